@@ -1,0 +1,400 @@
+"""The typed model of images.yml: load once, validate everything, fail with a located message.
+
+Every setting has a default, so images.yml only says what differs. `defaults` holds flavor
+settings that every flavor inherits (deep-merged under each flavor before validation).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+)
+
+from imageforge import yamlsource
+from imageforge.errors import ConfigError
+from imageforge.yamlsource import Mark
+
+CloudName = Literal["local", "aws", "gcp", "openstack"]
+CLOUDS: tuple[str, ...] = typing.get_args(CloudName)
+OsName = Literal["debian-12", "ubuntu-22.04", "ubuntu-24.04"]
+FlavorName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Size = Annotated[StrictInt, Field(ge=1, le=65536)]
+# Image-name patterns: placeholders {prefix}, {flavor} and {build_id}; characters every cloud takes.
+NamePattern = Annotated[str, StringConstraints(pattern=r"^[a-z{][a-z0-9{}_-]{0,62}$")]
+NAME_PLACEHOLDERS = ("prefix", "flavor", "build_id")
+
+
+class Model(BaseModel):
+    """Base for every section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _script_shorthand(value: Any) -> Any:
+    return {"script": value} if isinstance(value, str) else value
+
+
+class Provisioner(Model):
+    """A script run inside the build VM: shell or Python, chosen by its shebang."""
+
+    script: str = Field(description="Path relative to images.yml")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment for this script")
+
+
+Step = Annotated[
+    Provisioner, BeforeValidator(_script_shorthand, json_schema_input_type=str | Provisioner)
+]
+
+
+class OsPerCloud(Model):
+    """The base operating system a flavor starts from, on each cloud."""
+
+    local: Literal["debian-12"] = "debian-12"
+    aws: OsName = "ubuntu-24.04"
+    gcp: OsName = "ubuntu-24.04"
+    openstack: OsName = "ubuntu-24.04"
+
+
+class Flavor(Model):
+    """What goes into an image, independent of the cloud it is built on."""
+
+    description: str = ""
+    os: OsPerCloud = OsPerCloud()
+    user: Name = Field("imageforge", description="The image's default login user")
+    provisioners: tuple[Step, ...] = ()
+    cleanup: tuple[Step, ...] = (Provisioner(script="provisioners/cleanup/90-cleanup.sh"),)
+    env: dict[str, str] = Field(default_factory=dict, description="Environment for every script")
+    tests: str | None = Field(None, description="testinfra suite, relative to images.yml")
+    ports: tuple[Port, ...] = (22,)
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags/labels on every cloud")
+
+
+class AwsSourceAmi(Model):
+    owners: tuple[str, ...]
+    name: str = Field(description="AMI name pattern, most recent match wins")
+
+
+class AwsCloud(Model):
+    region: str = "eu-west-1"
+    instance_type: str = "t3.medium"
+    source_ami: dict[OsName, AwsSourceAmi] = {
+        "ubuntu-24.04": AwsSourceAmi(
+            owners=("099720675177",),
+            name="ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
+        ),
+        "ubuntu-22.04": AwsSourceAmi(
+            owners=("099720675177",),
+            name="ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
+        ),
+        "debian-12": AwsSourceAmi(owners=("136693071363",), name="debian-12-amd64-*"),
+    }
+    ami_name: NamePattern = "{prefix}-{flavor}-{build_id}"
+    copy_regions: tuple[str, ...] = ()
+    spot: StrictBool = False
+    subnet_id: str | None = None
+    vpc_id: str | None = None
+    ssh_interface: Literal["public_ip", "private_ip", "public_dns", "private_dns"] = "public_ip"
+    volume_size_gb: Size = 20
+    encrypt_boot: StrictBool = False
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class GcpSourceImage(Model):
+    family: str
+    project: str
+
+
+class GcpCloud(Model):
+    project: str | None = Field(None, description="Default: $GOOGLE_CLOUD_PROJECT at build time")
+    zone: str = "europe-west1-b"
+    machine_type: str = "e2-standard-2"
+    source_image: dict[OsName, GcpSourceImage] = {
+        "ubuntu-24.04": GcpSourceImage(family="ubuntu-2404-lts-amd64", project="ubuntu-os-cloud"),
+        "ubuntu-22.04": GcpSourceImage(family="ubuntu-2204-lts", project="ubuntu-os-cloud"),
+        "debian-12": GcpSourceImage(family="debian-12", project="debian-cloud"),
+    }
+    image_name: NamePattern = "{prefix}-{flavor}-{build_id}"
+    image_family: NamePattern = "{prefix}-{flavor}"
+    disk_size_gb: Size = 20
+    network: str | None = None
+    subnetwork: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class OpenstackSourceImage(Model):
+    name: str | None = None
+    filter: dict[str, str] = Field(default_factory=dict, description="Glance properties to match")
+
+
+class OpenstackCloud(Model):
+    cloud: str = Field("openstack", description="Entry in clouds.yaml")
+    flavor: str = "m1.medium"
+    source_image: dict[OsName, OpenstackSourceImage] = {
+        "ubuntu-24.04": OpenstackSourceImage(name="Ubuntu 24.04"),
+        "ubuntu-22.04": OpenstackSourceImage(name="Ubuntu 22.04"),
+        "debian-12": OpenstackSourceImage(name="Debian 12"),
+    }
+    networks: tuple[str, ...] = ()
+    floating_ip_pool: str | None = None
+    security_groups: tuple[str, ...] = ()
+    image_name: NamePattern = "{prefix}-{flavor}-{build_id}"
+    image_visibility: Literal["private", "shared", "community", "public"] = "private"
+    use_blockstorage_volume: StrictBool = False
+    volume_size_gb: Size = 20
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class LocalCloud(Model):
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+    cpus: Annotated[StrictInt, Field(ge=1, le=64)] = 2
+    memory_mb: Annotated[StrictInt, Field(ge=256, le=262144)] = 2048
+    disk_size_gb: Size = 8
+    formats: tuple[Literal["qcow2", "vagrant"], ...] = ("qcow2", "vagrant")
+    ssh_timeout_minutes: Annotated[StrictInt, Field(ge=1, le=240)] = 20
+
+
+class Clouds(Model):
+    local: LocalCloud = LocalCloud()
+    aws: AwsCloud = AwsCloud()
+    gcp: GcpCloud = GcpCloud()
+    openstack: OpenstackCloud = OpenstackCloud()
+
+
+class CellRef(Model):
+    flavor: str
+    cloud: CloudName
+
+
+class Matrix(Model):
+    """Which cells to build: flavors × clouds, less exclude, plus include."""
+
+    flavors: tuple[str, ...] | None = Field(None, description="Default: every flavor")
+    clouds: tuple[CloudName, ...] = CLOUDS  # type: ignore[assignment]
+    exclude: tuple[CellRef, ...] = ()
+    include: tuple[CellRef, ...] = ()
+
+
+class Settings(Model):
+    name_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,20}$")] = "imageforge"
+
+
+class ImagesFile(Model):
+    """The whole of images.yml."""
+
+    settings: Settings = Settings()
+    defaults: Flavor = Flavor()
+    clouds: Clouds = Clouds()
+    flavors: dict[FlavorName, Flavor] = Field(min_length=1)
+    matrix: Matrix = Matrix()
+
+
+@dataclass(frozen=True)
+class Project:
+    """A loaded images.yml and the directory its relative paths start from."""
+
+    path: Path
+    root: Path
+    images: ImagesFile
+    raw: Any
+
+    def where(self, *key_path: Any) -> Mark:
+        """Where a key path stands in images.yml."""
+        return yamlsource.locate(self.raw, key_path, Mark(self.display, 1, 1))
+
+    @property
+    def display(self) -> str:
+        return _display(self.path)
+
+    def error(
+        self, key_path: tuple[Any, ...], message: str, *, hint: str | None = None
+    ) -> ConfigError:
+        """A ConfigError located at key_path."""
+        return ConfigError(f"{self.where(*key_path)}: {dotted(key_path)}: {message}", hint=hint)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def dotted(path: tuple[Any, ...]) -> str:
+    """Key path as people write it: flavors.slurm-node.provisioners[0].script."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def suggest(word: str, choices: typing.Iterable[str]) -> str:
+    """'; did you mean X?' for the nearest choice, or nothing."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def load(path: Path | str = "images.yml") -> Project:
+    """Load, merge defaults into flavors, validate, and check cross-references."""
+    path = Path(path)
+    raw = yamlsource.load_file(path, _display(path))
+    display = _display(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{display}:1:1: the file must be a mapping with a 'flavors' key")
+    merged = _merge_defaults(raw)
+    try:
+        images = ImagesFile.model_validate(merged)
+    except ValidationError as exc:
+        raise _explain(exc, raw, merged, display) from None
+    project = Project(path=path, root=path.resolve().parent, images=images, raw=merged)
+    _check_files(project)
+    from imageforge.matrix import cells
+
+    cells(project)  # validates the matrix section
+    return project
+
+
+def _merge_defaults(raw: dict) -> dict:
+    flavors = raw.get("flavors")
+    defaults = raw.get("defaults")
+    if not isinstance(flavors, dict) or not isinstance(defaults, dict):
+        return raw
+    merged = yamlsource.LocatedDict(raw)
+    merged.mark, merged.marks = raw.mark, raw.marks  # type: ignore[attr-defined]
+    new_flavors = yamlsource.LocatedDict()
+    new_flavors.mark, new_flavors.marks = flavors.mark, flavors.marks  # type: ignore[attr-defined]
+    for name, flavor in flavors.items():
+        new_flavors[name] = yamlsource.merge(defaults, flavor if flavor is not None else {})
+    merged["flavors"] = new_flavors
+    return merged
+
+
+def _explain(exc: ValidationError, raw: Any, merged: Any, display: str) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if p != "[key]" and not _is_wrapper(p))
+    mark = yamlsource.locate(merged, loc, Mark(display, 1, 1))
+    kind = first["type"]
+    annotation = _annotation_at(ImagesFile, loc[:-1] if kind == "extra_forbidden" else loc)
+    if kind == "extra_forbidden":
+        allowed = _fields(annotation)
+        message = (
+            f"unknown key {loc[-1]!r}; allowed: {', '.join(allowed)}{suggest(loc[-1], allowed)}"
+        )
+        where = dotted(loc[:-1])
+    elif kind == "literal_error":
+        allowed = [str(a) for a in typing.get_args(_unwrap(annotation))]
+        message = f"{first['input']!r} is not allowed; allowed: {', '.join(allowed)}"
+        message += suggest(first["input"], allowed)
+        where = dotted(loc)
+    elif kind == "missing":
+        message = f"missing required key {loc[-1]!r}"
+        where = dotted(loc[:-1])
+    elif "[key]" in first["loc"]:
+        message = f"{loc[-1]!r} is not a valid name: {first['msg'].lower()}"
+        where = dotted(loc)
+    else:
+        shown = first["input"]
+        got = (
+            type(shown).__name__ if not isinstance(shown, str | int | float | bool) else repr(shown)
+        )
+        message = f"{first['msg'][0].lower()}{first['msg'][1:]} (got {got})"
+        where = dotted(loc)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(f"{mark}: {where}: {message}{more}")
+
+
+def _is_wrapper(part: Any) -> bool:
+    # pydantic adds validator names such as 'function-before[...]' to some locations
+    return isinstance(part, str) and ("[" in part and part.endswith("]") and "-" in part)
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+            if len(args) != 1:
+                return annotation
+        else:
+            return annotation
+
+
+def _annotation_at(model: Any, loc: tuple[Any, ...]) -> Any:
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap(annotation)
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif origin is dict:
+            annotation = typing.get_args(annotation)[1]
+        elif origin is tuple:
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return None
+    return annotation
+
+
+def _fields(annotation: Any) -> list[str]:
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _check_files(project: Project) -> None:
+    images = project.images
+    for name, flavor in images.flavors.items():
+        for section in ("provisioners", "cleanup"):
+            for index, step in enumerate(getattr(flavor, section)):
+                _check_file(project, ("flavors", name, section, index), step.script)
+        if flavor.tests is not None:
+            _check_file(project, ("flavors", name, "tests"), flavor.tests)
+    for section, cloud in images.clouds:
+        for field in ("ami_name", "image_name", "image_family"):
+            pattern = getattr(cloud, field, None)
+            if pattern is None:
+                continue
+            for placeholder in re.findall(r"\{([^{}]*)\}", pattern):
+                if placeholder not in NAME_PLACEHOLDERS:
+                    raise project.error(
+                        ("clouds", section, field),
+                        f"unknown placeholder {{{placeholder}}}; allowed: "
+                        + ", ".join(f"{{{p}}}" for p in NAME_PLACEHOLDERS)
+                        + suggest(placeholder, NAME_PLACEHOLDERS),
+                    )
+
+
+def _check_file(project: Project, key_path: tuple[Any, ...], relative: str) -> None:
+    path = project.root / relative
+    if path.is_file():
+        return
+    nearby = [
+        str(p.relative_to(project.root))
+        for p in (project.root / "provisioners").rglob("*")
+        if p.is_file()
+    ] + [str(p.relative_to(project.root)) for p in (project.root / "tests").rglob("test_*.py")]
+    raise project.error(key_path, f"file {relative!r} does not exist{suggest(relative, nearby)}")

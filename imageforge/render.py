@@ -1,0 +1,144 @@
+"""render: images.yml cell → Packer HCL files under build/<flavor>-<cloud>/.
+
+Templates are jinja2 with StrictUndefined; every value passes through imageforge.hcl, which
+escapes it. The output is already in `packer fmt` form. Values that change from build to build
+(build id, paths on this machine) are Packer variables, so the template hash only changes when
+the template's meaning does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from imageforge import clouds, hcl
+from imageforge.config import Project, Provisioner
+from imageforge.hcl import Raw
+from imageforge.matrix import Cell
+from imageforge.packer import PackerVersion
+
+VARFILE = "imageforge.auto.pkrvars.hcl"
+EXECUTE = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
+HOST_PASSTHROUGH = "provisioners/common/00-host-passthrough.sh"
+PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered template directory."""
+
+    directory: Path
+    files: tuple[Path, ...]
+    template_hash: str
+
+
+def environment(root: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["hcl"] = hcl.value
+    return env
+
+
+def build_dir(project: Project, cell: Cell) -> Path:
+    return project.root / "build" / cell.name
+
+
+def render(
+    project: Project, cell: Cell, version: PackerVersion, out: Path | None = None
+) -> Rendered:
+    """Write the cell's .pkr.hcl files and return them with their hash."""
+    out = out or build_dir(project, cell)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.pkr.hcl"):
+        stale.unlink()
+    env = environment(project.root)
+    cloud = clouds.get(cell.cloud)
+    source_name = cell.name
+    texts: dict[str, str] = {}
+    if version.has_plugins:
+        texts["plugins.pkr.hcl"] = (project.root / "packer" / "plugins.pkr.hcl").read_text()
+    texts["variables.pkr.hcl"] = (project.root / "packer" / "variables.pkr.hcl").read_text()
+    texts["source.pkr.hcl"] = env.get_template(f"sources/{cell.cloud}.pkr.hcl.j2").render(
+        source_name=source_name, **cloud.source(project, cell)
+    )
+    texts["build.pkr.hcl"] = env.get_template("build.pkr.hcl.j2").render(
+        build_name=cell.flavor_name,
+        source_ref=f"source.{cloud.builder}.{source_name}",
+        steps=list(_steps(cell)),
+        manifest_custom_data=hcl.attributes(
+            {"custom_data": cloud.metadata(project, cell, {})}, indent=4
+        ),
+        vagrant=cell.cloud == "local" and "vagrant" in project.images.clouds.local.formats,
+    )
+    files = []
+    for name, text in texts.items():
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        files.append(path)
+    return Rendered(out, tuple(files), template_hash(files))
+
+
+def template_hash(files: list[Path] | tuple[Path, ...]) -> str:
+    """sha256 over the rendered files (names and contents), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def write_vars(rendered: Rendered, values: dict[str, Any]) -> Path:
+    """The per-build variable values; never a secret (those come from PKR_VAR_* only)."""
+    path = rendered.directory / VARFILE
+    path.write_text(hcl.attributes(values, indent=0) + "\n", encoding="utf-8")
+    return path
+
+
+def _steps(cell: Cell) -> list[dict[str, Any]]:
+    steps = []
+    sections = (
+        ("host", (Provisioner(script=HOST_PASSTHROUGH),)),
+        ("provision", cell.flavor.provisioners),
+        ("cleanup", cell.flavor.cleanup),
+    )
+    for section, items in sections:
+        for step in items:
+            steps.append(
+                {
+                    "section": section,
+                    "script": step.script,
+                    "attributes": hcl.attributes(
+                        {
+                            "script": step.script,
+                            "execute_command": EXECUTE,
+                            "environment_vars": _env(cell, step),
+                        },
+                        indent=4,
+                    ),
+                }
+            )
+    return steps
+
+
+def _env(cell: Cell, step: Provisioner) -> list[Any]:
+    ours = {
+        "IMAGEFORGE_FLAVOR": cell.flavor_name,
+        "IMAGEFORGE_CLOUD": cell.cloud,
+        "IMAGEFORGE_OS": cell.os,
+        "IMAGE_USER": cell.flavor.user,
+        "IMAGE_PORTS": " ".join(str(p) for p in cell.flavor.ports),
+    }
+    merged = {**ours, **cell.flavor.env, **step.env}
+    env: list[Any] = [f"{key}={value}" for key, value in merged.items()]
+    env.append(Raw('"IMAGEFORGE_BUILD_ID=${var.build_id}"'))
+    env.extend(Raw(f'"{name}=${{var.{name}}}"') for name in PROXY_VARS)
+    return env

@@ -1,0 +1,117 @@
+"""Tasks about the matrix itself: list, render, validate, matrix, schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from invoke import task
+from rich.table import Table
+
+from imageforge import buildinfo, clouds, log, matrix, packer, render, schema
+from imageforge import validate as validation
+from imageforge.tasks.common import friendly, project
+
+HELP = {
+    "image": "flavor to act on (default: every flavor)",
+    "cloud": "cloud to act on: local, aws, gcp or openstack (default: every cloud)",
+    "config": "path to images.yml (default: ./images.yml)",
+    "packer_version": "render for this Packer version instead of the installed one",
+    "format": "github (strategy.matrix JSON), json or table",
+}
+
+
+def helps(*names: str) -> dict[str, str]:
+    return {name: HELP[name] for name in names}
+
+
+@task(name="list", help=helps("config"))
+@friendly
+def list_(c, config=None):
+    """Show the matrix: each flavor × cloud cell, with what it builds."""
+    proj = project(config)
+    enabled = {(cell.flavor_name, cell.cloud): cell for cell in matrix.cells(proj)}
+    table = Table(title=f"{proj.display}: {len(enabled)} cells")
+    table.add_column("flavor")
+    for cloud in clouds.CLOUDS:
+        table.add_column(cloud)
+    for name in proj.images.flavors:
+        row = [name]
+        for cloud in clouds.CLOUDS:
+            cell = enabled.get((name, cloud))
+            row.append(f"{cell.os} → {clouds.get(cloud).builder}" if cell else "[dim]—[/]")
+        table.add_row(*row)
+    log.console.print(table)
+
+
+@task(name="render", help=helps("image", "cloud", "config", "packer_version"))
+@friendly
+def render_(c, image=None, cloud=None, config=None, packer_version=None):
+    """Write build/<flavor>-<cloud>/*.pkr.hcl and the .pkrvars.hcl for the chosen cells."""
+    proj = project(config)
+    version = packer.version(packer_version)
+    build_id = buildinfo.new_build_id(proj.root)
+    for cell in matrix.selected(proj, image, cloud):
+        rendered = render.render(proj, cell, version)
+        render.write_vars(
+            rendered, buildinfo.packer_vars(proj.root, build_id, rendered.template_hash)
+        )
+        where = rendered.directory.relative_to(proj.root)
+        log.info(f"{cell.name}: {where}/ (Packer {version}, template {rendered.template_hash})")
+
+
+@task(help=helps("image", "cloud", "config", "packer_version"))
+@friendly
+def validate(c, image=None, cloud=None, config=None, packer_version=None):
+    """Render every chosen cell and run the real `packer validate` and `packer fmt -check`."""
+    proj = project(config)
+    version = packer.version(packer_version)
+    chosen = matrix.selected(proj, image, cloud)
+    with log.step(f"validate {len(chosen)} cells with Packer {version}"):
+        for cell in chosen:
+            with log.step(cell.name):
+                validation.validate(proj, cell, version)
+    log.info(f"all {len(chosen)} cells valid")
+
+
+@task(name="matrix", help=helps("format", "config", "image", "cloud"))
+@friendly
+def matrix_(c, format="github", config=None, image=None, cloud=None):  # noqa: A002
+    """Print the enabled cells for CI: `--format github` gives a strategy.matrix include list."""
+    proj = project(config)
+    chosen = matrix.selected(proj, image, cloud)
+    if format == "github":
+        print(matrix.github(chosen))
+    elif format == "json":
+        print(json.dumps([{"image": x.flavor_name, "cloud": x.cloud} for x in chosen], indent=2))
+    elif format == "table":
+        for cell in chosen:
+            print(f"{cell.flavor_name}\t{cell.cloud}")
+    else:
+        from imageforge.errors import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(f"unknown format {format!r}; allowed: github, json, table")
+
+
+@task(
+    name="schema",
+    help={"check": "fail if schema/images.schema.json is out of date instead of writing it"},
+)
+@friendly
+def schema_(c, check=False):
+    """Write the JSON Schema of images.yml (schema/images.schema.json) for editors."""
+    path = Path("schema/images.schema.json")
+    text = schema.text()
+    if check:
+        if not path.is_file() or path.read_text() != text:
+            from imageforge.errors import ImageforgeError  # noqa: PLC0415
+
+            raise ImageforgeError(f"{path} is out of date", hint="run `invoke schema`")
+        log.info(f"{path} is up to date")
+        return
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    log.info(f"wrote {path}")
+
+
+TASKS = [list_, render_, validate, matrix_, schema_]

@@ -1,0 +1,48 @@
+"""validate: render a cell and let the real `packer validate` and `packer fmt -check` judge it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from imageforge import buildinfo, clouds, packer, render, runner
+from imageforge.config import Project
+from imageforge.errors import CommandError, ImageforgeError
+from imageforge.matrix import Cell
+from imageforge.packer import PackerVersion
+
+
+def validate(project: Project, cell: Cell, version: PackerVersion) -> render.Rendered:
+    """Render the cell and validate it with no cloud account: dummy credentials only."""
+    rendered = render.render(project, cell, version)
+    render.write_vars(
+        rendered, buildinfo.packer_vars(project.root, "validate", rendered.template_hash)
+    )
+    cloud = clouds.get(cell.cloud)
+    with (
+        tempfile.TemporaryDirectory(prefix="imageforge-validate-") as scratch,
+        cloud.validation_env(project, Path(scratch)) as cloud_env,
+    ):
+        env = {
+            "PKR_VAR_host_files_dir": scratch,
+            "CHECKPOINT_DISABLE": "1",
+            "PACKER_CACHE_DIR": str(Path(scratch) / "cache"),
+            **cloud_env,
+        }
+        try:
+            runner.run(
+                [packer.binary(), "validate", str(rendered.directory)],
+                env=env,
+                cwd=project.root,
+                stream=False,
+                what=f"packer validate {cell.name}",
+            )
+            runner.run(
+                [packer.binary(), "fmt", "-check", "-diff", str(rendered.directory)],
+                cwd=project.root,
+                stream=False,
+                what=f"packer fmt -check {cell.name}",
+            )
+        except CommandError as exc:
+            raise ImageforgeError(str(exc)) from None
+    return rendered

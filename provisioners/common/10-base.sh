@@ -1,0 +1,22 @@
+#!/bin/sh
+# Common to every flavor: package index, the image's default user, time zone.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends sudo ca-certificates curl less
+
+if ! id "$IMAGE_USER" > /dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash --comment "imageforge default user" "$IMAGE_USER"
+fi
+echo "$IMAGE_USER ALL=(ALL) NOPASSWD:ALL" > "/etc/sudoers.d/90-$IMAGE_USER"
+chmod 0440 "/etc/sudoers.d/90-$IMAGE_USER"
+passwd --lock "$IMAGE_USER" > /dev/null
+
+mkdir -p /etc/imageforge
+cat > /etc/imageforge/image.env <<EOT
+IMAGEFORGE_FLAVOR=$IMAGEFORGE_FLAVOR
+IMAGEFORGE_CLOUD=$IMAGEFORGE_CLOUD
+IMAGEFORGE_BUILD_ID=$IMAGEFORGE_BUILD_ID
+IMAGE_USER=$IMAGE_USER
+IMAGE_PORTS="$IMAGE_PORTS"
+EOT
