@@ -307,17 +307,39 @@ def _explain(exc: ValidationError, raw: Any, merged: Any, display: str) -> Confi
         message = f"missing required key {loc[-1]!r}"
         where = dotted(loc[:-1])
     elif "[key]" in first["loc"]:
-        message = f"{loc[-1]!r} is not a valid name: {first['msg'].lower()}"
+        message = f"{loc[-1]!r} is not a valid name: {_human(first)}"
         where = dotted(loc)
     else:
-        shown = first["input"]
-        got = (
-            type(shown).__name__ if not isinstance(shown, str | int | float | bool) else repr(shown)
-        )
-        message = f"{first['msg'][0].lower()}{first['msg'][1:]} (got {got})"
+        message = f"{_human(first)} (got {_shown(first['input'])})"
         where = dotted(loc)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    others = {yamlsource.locate(merged, tuple(e["loc"]), mark) for e in errors[1:]} - {mark}
+    more = f" (and {len(others)} more)" if others else ""
     return ConfigError(f"{mark}: {where}: {message}{more}")
+
+
+def _human(error: Any) -> str:
+    """pydantic's message in this file's words."""
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx['pattern']}"
+    if kind == "too_short":
+        return "needs at least one entry"
+    if kind == "string_type" and isinstance(error["input"], int | float | bool):
+        return "input should be a string; quote it in YAML"
+    text = (
+        error["msg"].replace("a valid tuple", "a list").replace("a valid dictionary", "a mapping")
+    )
+    return text[0].lower() + text[1:]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping" if value else "an empty mapping"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if value is None:
+        return "nothing"
+    return repr(value) if isinstance(value, str | int | float | bool) else type(value).__name__
 
 
 def _is_wrapper(part: Any) -> bool:

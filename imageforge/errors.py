@@ -14,7 +14,7 @@ class ImageforgeError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
 
 
 class ConfigError(ImageforgeError):
@@ -31,6 +31,8 @@ class CommandError(ImageforgeError):
     ) -> None:
         self.argv = argv
         self.returncode = returncode
+        while tail and not tail[-1].strip():
+            tail = tail[:-1]
         self.tail = tail
         shown = what or " ".join(argv[:3])
         lines = "\n".join(f"    {line}" for line in tail)

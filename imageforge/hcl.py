@@ -18,17 +18,23 @@ class Raw(str):
 
 
 def string(text: str) -> str:
-    """A quoted HCL string literal whose value is exactly `text`."""
+    """A quoted HCL string literal whose value is exactly `text`.
+
+    A "$" or "%" before "{" is written as a unicode escape: HCL starts templates only at a
+    literal "${" or "%{", so the escaped form can never open one (and, unlike "$${", every
+    HCL parser reads it back the same way).
+    """
+    text = str(text)
     out = []
-    for char in str(text):
+    for index, char in enumerate(text):
+        following = text[index + 1 : index + 2]
         if char in _ESCAPES:
             out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
+        elif ord(char) < 0x20 or ord(char) == 0x7F or (char in "$%" and following == "{"):
             out.append(f"\\u{ord(char):04x}")
         else:
             out.append(char)
-    # Template sequences: a literal "${" is written "$${", a literal "%{" is written "%%{".
-    return '"' + "".join(out).replace("${", "$${").replace("%{", "%%{") + '"'
+    return '"' + "".join(out) + '"'
 
 
 def value(obj: Any, indent: int = 0) -> str:

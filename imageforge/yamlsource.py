@@ -84,8 +84,13 @@ def load(text: str, filename: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         where = exc.problem_mark or exc.context_mark
         pos = f"{filename}:{where.line + 1}:{where.column + 1}" if where else filename
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"{pos}: YAML syntax error: {problem}") from None
+        message = f"{pos}: YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"
+        if exc.context and exc.context_mark and exc.problem:
+            started = exc.context_mark
+            message += (
+                f" ({exc.context} started at line {started.line + 1}, column {started.column + 1})"
+            )
+        raise ConfigError(message) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{filename}: YAML error: {exc}") from None
     finally:

@@ -76,7 +76,7 @@ def validate(c, image=None, cloud=None, config=None, packer_version=None):
 
 @task(name="matrix", help=helps("format", "config", "image", "cloud"))
 @friendly
-def matrix_(c, format="github", config=None, image=None, cloud=None):  # noqa: A002
+def matrix_(c, format="github", config=None, image=None, cloud=None):
     """Print the enabled cells for CI: `--format github` gives a strategy.matrix include list."""
     proj = project(config)
     chosen = matrix.selected(proj, image, cloud)
@@ -88,7 +88,7 @@ def matrix_(c, format="github", config=None, image=None, cloud=None):  # noqa: A
         for cell in chosen:
             print(f"{cell.flavor_name}\t{cell.cloud}")
     else:
-        from imageforge.errors import ConfigError  # noqa: PLC0415
+        from imageforge.errors import ConfigError
 
         raise ConfigError(f"unknown format {format!r}; allowed: github, json, table")
 
@@ -104,7 +104,7 @@ def schema_(c, check=False):
     text = schema.text()
     if check:
         if not path.is_file() or path.read_text() != text:
-            from imageforge.errors import ImageforgeError  # noqa: PLC0415
+            from imageforge.errors import ImageforgeError
 
             raise ImageforgeError(f"{path} is out of date", hint="run `invoke schema`")
         log.info(f"{path} is up to date")

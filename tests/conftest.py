@@ -1,0 +1,3 @@
+"""tests/infra holds testinfra suites that run inside built VMs (imageforge verify), not here."""
+
+collect_ignore = ["infra"]

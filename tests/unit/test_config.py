@@ -1,0 +1,187 @@
+"""images.yml loading: defaults, merging, and the exact located message for each mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imageforge import config
+from imageforge.errors import ConfigError
+
+from .conftest import ROOT, write
+
+MALFORMED = {
+    "yaml syntax": (
+        "flavors:\n  slurm-node:\n    user: [unclosed\n",
+        "images.yml:4:1: YAML syntax error: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence started at line 3, column 11)",
+    ),
+    "wrong type": (
+        "clouds:\n  local:\n    cpus: two\nflavors:\n  a: {}\n",
+        "images.yml:3:5: clouds.local.cpus: input should be a valid integer (got 'two')",
+    ),
+    "scalar for a list": (
+        "flavors:\n  a:\n    ports: 22\n",
+        "images.yml:3:5: flavors.a.ports: input should be a list (got 22)",
+    ),
+    "number for a string": (
+        "flavors:\n  a:\n    tags:\n      version: 1.0\n",
+        "images.yml:4:7: flavors.a.tags.version: input should be a string; quote it in YAML "
+        "(got 1.0)",
+    ),
+    "unknown flavor": (
+        "flavors:\n  slurm-node: {}\nmatrix:\n  flavors: [slurm-nod]\n",
+        "images.yml:4:13: matrix.flavors[0]: unknown flavor 'slurm-nod'; allowed: slurm-node; "
+        "did you mean 'slurm-node'?",
+    ),
+    "unknown cloud": (
+        "flavors:\n  a: {}\nmatrix:\n  clouds: [local, azure]\n",
+        "images.yml:4:19: matrix.clouds[1]: 'azure' is not allowed; "
+        "allowed: local, aws, gcp, openstack",
+    ),
+    "unknown cloud section": (
+        "clouds:\n  awz: {}\nflavors:\n  a: {}\n",
+        "images.yml:2:3: clouds: unknown key 'awz'; allowed: local, aws, gcp, openstack; "
+        "did you mean 'aws'?",
+    ),
+    "empty matrix": (
+        "flavors:\n  a: {}\nmatrix:\n  clouds: []\n",
+        "images.yml:3:1: matrix: the matrix is empty: no flavor × cloud cell is left",
+    ),
+    "duplicate cell": (
+        "flavors:\n  a: {}\nmatrix:\n  include:\n    - {flavor: a, cloud: aws}\n",
+        "images.yml:5:7: matrix.include[0]: duplicate cell a-aws: it is already in the matrix "
+        "(hint: remove this include entry)",
+    ),
+    "duplicate cloud": (
+        "flavors:\n  a: {}\nmatrix:\n  clouds: [aws, gcp, aws]\n",
+        "images.yml:4:22: matrix.clouds[2]: duplicate entry 'aws'",
+    ),
+    "missing provisioner": (
+        "flavors:\n  a:\n    provisioners:\n      - provisioners/slurm-node/20-slurn.sh\n",
+        "images.yml:4:9: flavors.a.provisioners[0]: file 'provisioners/slurm-node/20-slurn.sh' "
+        "does not exist; did you mean 'provisioners/slurm-node/20-slurm.sh'?",
+    ),
+    "missing test suite": (
+        "flavors:\n  a:\n    tests: tests/infra/test_slurm.py\n",
+        "images.yml:3:5: flavors.a.tests: file 'tests/infra/test_slurm.py' does not exist; "
+        "did you mean 'tests/infra/test_slurm_node.py'?",
+    ),
+    "typo in a key": (
+        "flavors:\n  a:\n    provisoners: []\n",
+        "images.yml:3:5: flavors.a: unknown key 'provisoners'; allowed: description, os, user, "
+        "provisioners, cleanup, env, tests, ports, tags; did you mean 'provisioners'?",
+    ),
+    "typo under defaults": (
+        "defaults:\n  tagz: {}\nflavors:\n  a: {}\n",
+        "images.yml:2:3: defaults: unknown key 'tagz'; allowed: description, os, user, "
+        "provisioners, cleanup, env, tests, ports, tags; did you mean 'tags'?",
+    ),
+    "no flavors": (
+        "clouds: {}\n",
+        "images.yml:1:1: (top level): missing required key 'flavors'",
+    ),
+    "empty flavors": (
+        "flavors: {}\n",
+        "images.yml:1:1: flavors: needs at least one entry (got an empty mapping)",
+    ),
+    "duplicate key": (
+        "flavors:\n  a: {}\n  a: {}\n",
+        "images.yml:3:3: duplicate key 'a' (first defined at line 2)",
+    ),
+    "bad accelerator": (
+        "clouds:\n  local:\n    accelerator: kvmm\nflavors:\n  a: {}\n",
+        "images.yml:3:5: clouds.local.accelerator: 'kvmm' is not allowed; "
+        "allowed: auto, kvm, tcg; did you mean 'kvm'?",
+    ),
+    "bad placeholder": (
+        'clouds:\n  aws:\n    ami_name: "{prefix}-{flavour}"\nflavors:\n  a: {}\n',
+        "images.yml:3:5: clouds.aws.ami_name: unknown placeholder {flavour}; "
+        "allowed: {prefix}, {flavor}, {build_id}; did you mean 'flavor'?",
+    ),
+    "bad flavor name": (
+        "flavors:\n  Slurm_Node: {}\n",
+        "images.yml:2:3: flavors.Slurm_Node: 'Slurm_Node' is not a valid name: "
+        "must match ^[a-z][a-z0-9-]{0,40}$",
+    ),
+    "not a mapping": (
+        "- a\n- b\n",
+        "images.yml:1:1: the file must be a mapping with a 'flavors' key",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_file_gives_exact_located_message(scratch: Path, name: str) -> None:
+    text, expected = MALFORMED[name]
+    write(scratch, text)
+    with pytest.raises(ConfigError) as caught:
+        config.load("images.yml")
+    assert str(caught.value) == expected
+    assert "\n" not in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_invoke_reports_one_line_and_exit_code_2(scratch: Path) -> None:
+    write(scratch, "flavors:\n  a:\n    ports: [22, http]\n")
+    (scratch / "tasks.py").write_text((ROOT / "tasks.py").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "list"], capture_output=True, text=True, cwd=scratch
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: images.yml:3:17: flavors.a.ports[1]: input should be a valid integer (got 'http')"
+    )
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_defaults_are_inherited_and_overridden(scratch: Path) -> None:
+    write(
+        scratch,
+        "defaults:\n  user: alice\n  tags: {team: hpc, site: a}\n"
+        "flavors:\n  a: {}\n  b:\n    user: bob\n    tags: {site: b}\n",
+    )
+    images = config.load("images.yml").images
+    assert images.flavors["a"].user == "alice"
+    assert images.flavors["b"].user == "bob"
+    assert images.flavors["b"].tags == {"team": "hpc", "site": "b"}
+
+
+def test_inherited_value_errors_point_at_defaults(scratch: Path) -> None:
+    write(scratch, "defaults:\n  ports: [99999]\nflavors:\n  a: {}\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"^images.yml:2:11: defaults.ports\[0\]: input should be less than or equal to 65535",
+    ):
+        config.load("images.yml")
+
+
+def test_every_setting_has_a_default(scratch: Path) -> None:
+    write(scratch, "flavors:\n  a: {}\n")
+    images = config.load("images.yml").images
+    assert images.clouds.local.accelerator == "auto"
+    assert images.clouds.aws.source_ami["ubuntu-24.04"].owners == ("099720675177",)
+    assert images.flavors["a"].os.local == "debian-12"
+    assert images.flavors["a"].cleanup[0].script == "provisioners/cleanup/90-cleanup.sh"
+
+
+def test_shipped_images_yml_loads() -> None:
+    project = config.load(ROOT / "images.yml")
+    assert set(project.images.flavors) == {"quantum-mobile", "training-desktop", "slurm-node"}
+
+
+def test_script_shorthand_and_mapping_forms(scratch: Path) -> None:
+    write(
+        scratch,
+        "flavors:\n  a:\n    provisioners:\n      - provisioners/common/10-base.sh\n"
+        "      - script: provisioners/slurm-node/20-slurm.sh\n        env: {X: '1'}\n",
+    )
+    steps = config.load("images.yml").images.flavors["a"].provisioners
+    assert [s.script for s in steps] == [
+        "provisioners/common/10-base.sh",
+        "provisioners/slurm-node/20-slurm.sh",
+    ]
+    assert steps[1].env == {"X": "1"}

@@ -1,0 +1,55 @@
+"""HCL writing: any string survives a round trip through python-hcl2, and output is canonical."""
+
+from __future__ import annotations
+
+import hcl2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imageforge import hcl
+
+PARSE = hcl2.SerializationOptions(
+    strip_string_quotes=True, with_comments=False, explicit_blocks=False
+)
+
+
+def parse(text: str) -> dict:
+    return hcl2.loads(text, serialization_options=PARSE)
+
+
+NASTY = ['"', "\\", "${", "%{", "$${", "\n", "\r\n", "\t", "\x00", "\x1b", "ü", "日本", "🙂", "}"]
+text = st.lists(st.text(max_size=8) | st.sampled_from(NASTY), max_size=12).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text)
+def test_any_string_round_trips(value: str) -> None:
+    parsed = parse(f"x = {hcl.string(value)}\n")["x"]
+    assert parsed == value
+
+
+def test_interpolation_cannot_be_injected() -> None:
+    written = hcl.string('a"} ${file("/etc/shadow")} %{ if true }x%{ endif }')
+    assert "${" not in written and "%{" not in written
+    assert written == (
+        '"a\\"} \\u0024{file(\\"/etc/shadow\\")} \\u0025{ if true }x\\u0025{ endif }"'
+    )
+
+
+def test_control_characters_use_unicode_escapes() -> None:
+    assert hcl.string("a\x00b\x7f") == '"a\\u0000b\\u007f"'
+
+
+def test_attributes_align_like_packer_fmt() -> None:
+    text = hcl.attributes(
+        {"a": 1, "long_name": "x", "tags": {"k": "v", "key2": hcl.Raw("var.x")}, "b": None}
+    )
+    assert text.splitlines() == [
+        "  a         = 1",
+        '  long_name = "x"',
+        "  tags = {",
+        '    "k"    = "v"',
+        '    "key2" = var.x',
+        "  }",
+        "  b = null",
+    ]

@@ -1,0 +1,161 @@
+"""Rendering: parsed HCL equals the model, any user text survives, and versions are honoured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hcl2
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imageforge import config, matrix, render
+from imageforge.packer import PackerVersion
+
+from .conftest import ROOT
+
+OLD = PackerVersion(1, 6, 6)
+NEW = PackerVersion(1, 11, 2)
+PARSE = hcl2.SerializationOptions(
+    strip_string_quotes=True, with_comments=False, explicit_blocks=False
+)
+BUILDERS = {"local": "qemu", "aws": "amazon-ebs", "gcp": "googlecompute", "openstack": "openstack"}
+
+
+def parsed(rendered: render.Rendered, name: str) -> dict:
+    return hcl2.loads((rendered.directory / name).read_text(), serialization_options=PARSE)
+
+
+def source_of(rendered: render.Rendered, cloud: str, cell: str) -> dict:
+    return parsed(rendered, "source.pkr.hcl")["source"][0][BUILDERS[cloud]][cell]
+
+
+@pytest.fixture
+def shipped() -> config.Project:
+    return config.load(ROOT / "images.yml")
+
+
+@pytest.mark.parametrize("cloud", list(BUILDERS))
+def test_parsed_source_matches_model(shipped: config.Project, tmp_path: Path, cloud: str) -> None:
+    cell = matrix.find(shipped, "slurm-node", cloud)
+    rendered = render.render(shipped, cell, OLD, tmp_path)
+    source = source_of(rendered, cloud, cell.name)
+    settings_ = cell.cloud_settings
+    tags_key = {"local": None, "aws": "tags", "gcp": "image_labels", "openstack": "metadata"}[cloud]
+    if cloud == "aws":
+        assert source["region"] == settings_.region
+        assert source["instance_type"] == settings_.instance_type
+        assert source["ami_regions"] == list(settings_.copy_regions)
+        ami = settings_.source_ami[cell.os]
+        assert source["source_ami_filter"][0]["filters"]["name"] == ami.name
+        assert source["source_ami_filter"][0]["owners"] == list(ami.owners)
+        assert source["source_ami_filter"][0]["most_recent"] is True
+        assert source["ami_name"] == "imageforge-slurm-node-${var.build_id}"
+    elif cloud == "gcp":
+        assert source["zone"] == settings_.zone
+        assert source["source_image_family"] == settings_.source_image[cell.os].family
+        assert source["image_family"] == "imageforge-slurm-node"
+    elif cloud == "openstack":
+        assert source["flavor"] == settings_.flavor
+        assert source["cloud"] == settings_.cloud
+        assert source["source_image_name"] == settings_.source_image[cell.os].name
+    else:
+        assert source["cpus"] == settings_.cpus
+        assert source["memory"] == settings_.memory_mb
+        assert source["disk_image"] is True
+        assert "use_backing_file" not in source  # broken with QEMU 7.2 on Packer 1.6.6
+        assert any("hostfwd=tcp:127.0.0.1:" in arg for args in source["qemuargs"] for arg in args)
+    if tags_key:
+        tags = source[tags_key]
+        assert tags["imageforge-flavor"] == "slurm-node"
+        assert tags["imageforge-build-id"] == "${var.build_id}"
+        assert tags["imageforge-git-commit"] == "${var.git_commit}"
+        assert tags["imageforge-template-hash"] == "${var.template_hash}"
+        assert "imageforge-version" in tags
+
+
+def test_build_block_runs_steps_in_order(shipped: config.Project, tmp_path: Path) -> None:
+    cell = matrix.find(shipped, "slurm-node", "local")
+    build = parsed(render.render(shipped, cell, OLD, tmp_path), "build.pkr.hcl")["build"][0]
+    scripts = [p["shell"]["script"] for p in build["provisioner"] if "shell" in p]
+    expected = [s.script for s in cell.flavor.provisioners] + [
+        s.script for s in cell.flavor.cleanup
+    ]
+    assert scripts == [render.HOST_PASSTHROUGH, *expected]
+    env = next(p["shell"] for p in build["provisioner"] if "shell" in p)["environment_vars"]
+    assert "IMAGE_USER=slurm-admin" in env
+    post = [next(iter(p)) for p in build["post-processor"]]
+    assert post == ["manifest", "vagrant"]
+
+
+def test_plugins_block_only_for_packer_17_and_later(
+    shipped: config.Project, tmp_path: Path
+) -> None:
+    cell = matrix.find(shipped, "training-desktop", "aws")
+    old = render.render(shipped, cell, OLD, tmp_path / "old")
+    new = render.render(shipped, cell, NEW, tmp_path / "new")
+    assert not (old.directory / "plugins.pkr.hcl").exists()
+    plugins = parsed(new, "plugins.pkr.hcl")["packer"][0]["required_plugins"][0]
+    assert set(plugins) == {"amazon", "googlecompute", "openstack", "qemu", "vagrant"}
+    assert plugins["amazon"]["source"] == "github.com/hashicorp/amazon"
+    assert old.template_hash != new.template_hash
+
+
+def test_template_hash_is_stable_and_tracks_content(
+    shipped: config.Project, tmp_path: Path
+) -> None:
+    cell = matrix.find(shipped, "slurm-node", "gcp")
+    first = render.render(shipped, cell, OLD, tmp_path / "a")
+    again = render.render(shipped, cell, OLD, tmp_path / "b")
+    assert first.template_hash == again.template_hash
+    (tmp_path / "b" / "source.pkr.hcl").write_text("# changed\n")
+    assert render.template_hash(list((tmp_path / "b").glob("*.pkr.hcl"))) != first.template_hash
+
+
+def test_no_credentials_in_rendered_files(
+    shipped: config.Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value-123",
+        "OS_PASSWORD": "openstack-password-456",
+        "PKR_VAR_http_proxy": "http://user:proxy-pass-789@proxy.invalid:3128",
+    }
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    for cell in matrix.cells(shipped):
+        rendered = render.render(shipped, cell, NEW, tmp_path / cell.name)
+        render.write_vars(
+            rendered,
+            {"build_id": "b", "git_commit": "c", "template_hash": "h", "imageforge_version": "v"},
+        )
+        for path in rendered.directory.iterdir():
+            text = path.read_text()
+            for value in secrets.values():
+                assert value not in text, (path, value)
+    variables = parsed(rendered, "variables.pkr.hcl")["variable"]
+    by_name = {name: body for item in variables for name, body in item.items()}
+    assert by_name["http_proxy"]["sensitive"] is True
+    assert by_name["https_proxy"]["sensitive"] is True
+
+
+free_text = st.text(max_size=40) | st.sampled_from(['"', "\\", "${x}", "%{ if }", "\n", "ü🙂"])
+tag_key = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=12)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(description=free_text, tags=st.dictionaries(tag_key, free_text, max_size=4))
+def test_free_text_fields_round_trip(scratch: Path, description: str, tags: dict[str, str]) -> None:
+    """Arbitrary text in description and tags parses back to exactly the same value."""
+    images = {"flavors": {"a": {"description": description, "tags": tags}}}
+    (scratch / "images.yml").write_text(yaml.safe_dump(images, allow_unicode=True))
+    project = config.load("images.yml")
+    assert project.images.flavors["a"].description == description
+    cell = matrix.find(project, "a", "aws")
+    source = source_of(render.render(project, cell, OLD, scratch / "out"), "aws", cell.name)
+    assert source["ami_description"] == (description or "imageforge a")
+    for tag, value in tags.items():
+        if not tag.startswith("imageforge-"):
+            assert source["tags"][tag] == value
