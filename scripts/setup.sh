@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything imageforge needs on a fresh Debian 12 machine (run as root, or with sudo):
+# Debian packages for Packer, QEMU and the offline base-image build, then imageforge itself
+# with its test dependencies into the current Python environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    packer                          # Debian's Packer 1.6.6: qemu, amazon-ebs, googlecompute, openstack
+    qemu-system-x86 qemu-utils      # the local cloud, and qemu-img
+    mmdebstrap                      # the Debian base image, from packages
+    e2fsprogs fdisk                 # mke2fs -d and sfdisk: a disk image without loop devices
+    xorriso                         # Packer's cd_files (the cloud-init seed of a build)
+    cloud-image-utils               # cloud-localds: the NoCloud seed of a verification boot
+    openssh-client                  # testinfra's ssh backend, ssh-keygen for ephemeral keys
+    git ca-certificates
+)
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+sudo_ apt-get update -q
+sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    $(printf '%s\n' "${APT_PACKAGES[@]}" | sed 's/#.*//' | xargs)
+
+python3 -m pip install -q -e '.[test]'
+echo "imageforge is installed: $(packer version | head -1), $(qemu-system-x86_64 --version | head -1)"
