@@ -96,11 +96,11 @@ class AwsCloud(Model):
     instance_type: str = "t3.medium"
     source_ami: dict[OsName, AwsSourceAmi] = {
         "ubuntu-24.04": AwsSourceAmi(
-            owners=("099720675177",),
+            owners=("099720109477",),
             name="ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
         ),
         "ubuntu-22.04": AwsSourceAmi(
-            owners=("099720675177",),
+            owners=("099720109477",),
             name="ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
         ),
         "debian-12": AwsSourceAmi(owners=("136693071363",), name="debian-12-amd64-*"),
@@ -114,6 +114,9 @@ class AwsCloud(Model):
     volume_size_gb: Size = 20
     encrypt_boot: StrictBool = False
     tags: dict[str, str] = Field(default_factory=dict)
+    communicator: Literal["ssh", "none"] = Field(
+        "ssh", description="'none' copies the source AMI without provisioning (API test servers)"
+    )
 
 
 class GcpSourceImage(Model):

@@ -104,6 +104,8 @@ def write_vars(rendered: Rendered, values: dict[str, Any]) -> Path:
 
 
 def _steps(cell: Cell) -> list[dict[str, Any]]:
+    if getattr(cell.cloud_settings, "communicator", "ssh") == "none":
+        return []  # nothing can run in the VM: the image is a copy of its source
     steps = []
     sections = (
         ("host", (Provisioner(script=HOST_PASSTHROUGH),)),

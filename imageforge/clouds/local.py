@@ -7,11 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imageforge import qemu, state
 from imageforge.clouds.base import Cloud
 
 if TYPE_CHECKING:
+    from imageforge.buildsecrets import KeyPair
     from imageforge.config import Project
     from imageforge.matrix import Cell
+    from imageforge.state import BuildRecord
 
 
 class LocalCloud(Cloud):
@@ -31,6 +34,40 @@ class LocalCloud(Cloud):
             "vagrant": "vagrant" in local.formats,
         }
 
+    def base_image(self, project: Project, cell: Cell) -> dict[str, Any]:
+        from imageforge import base
+
+        image = base.ensure_base(accelerator=project.images.clouds.local.accelerator)
+        return {
+            "path": str(image.path),
+            "sha256": image.sha256,
+            "recipe_hash": image.recipe_hash,
+        }
+
+    def build_env(
+        self, project: Project, cell: Cell, record: BuildRecord, scratch: Path, key: KeyPair
+    ) -> dict[str, str]:
+        accelerator = qemu.probe_accelerator(project.images.clouds.local.accelerator)
+        record.accelerator = accelerator
+        record.qemu_version = qemu.qemu_version()
+        seed = scratch / "seed"
+        seed.mkdir()
+        (seed / "user-data").write_text(seed_user_data(key.public))
+        (seed / "meta-data").write_text(
+            f"instance-id: imageforge-build-{record.id}\nlocal-hostname: imageforge-build\n"
+        )
+        return {
+            "PKR_VAR_base_image": record.base_image["path"],
+            "PKR_VAR_base_image_checksum": f"sha256:{record.base_image['sha256']}",
+            "PKR_VAR_accelerator": accelerator,
+            "PKR_VAR_seed_dir": str(seed),
+        }
+
+    def collect_artifacts(self, record: BuildRecord) -> list[dict[str, Any]]:
+        names = [f"image/{record.flavor}.qcow2", f"{record.flavor}.box", "manifest.json"]
+        paths = [record.directory / n for n in names if (record.directory / n).is_file()]
+        return [state.describe(p, record.directory) for p in paths]
+
     @contextlib.contextmanager
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:
         base = scratch / "base.qcow2"
@@ -40,6 +77,17 @@ class LocalCloud(Cloud):
         for name in ("user-data", "meta-data"):
             (seed / name).write_text("")
         yield {"PKR_VAR_base_image": str(base), "PKR_VAR_seed_dir": str(seed)}
+
+
+def seed_user_data(public_key: str) -> str:
+    """cloud-init user-data that lets exactly one key log in as the image's default user."""
+    return (
+        "#cloud-config\n"
+        "ssh_pwauth: false\n"
+        "disable_root: true\n"
+        "ssh_authorized_keys:\n"
+        f"  - {public_key}\n"
+    )
 
 
 CLOUD = LocalCloud()

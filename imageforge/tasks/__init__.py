@@ -2,9 +2,9 @@
 
 from invoke import Collection
 
-from imageforge.tasks import images
+from imageforge.tasks import images, lifecycle, sharing
 
 namespace = Collection()
-for module in (images,):
+for module in (images, lifecycle, sharing):
     for task in module.TASKS:
         namespace.add_task(task)

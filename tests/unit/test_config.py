@@ -163,7 +163,7 @@ def test_every_setting_has_a_default(scratch: Path) -> None:
     write(scratch, "flavors:\n  a: {}\n")
     images = config.load("images.yml").images
     assert images.clouds.local.accelerator == "auto"
-    assert images.clouds.aws.source_ami["ubuntu-24.04"].owners == ("099720675177",)
+    assert images.clouds.aws.source_ami["ubuntu-24.04"].owners == ("099720109477",)
     assert images.flavors["a"].os.local == "debian-12"
     assert images.flavors["a"].cleanup[0].script == "provisioners/cleanup/90-cleanup.sh"
 

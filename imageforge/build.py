@@ -1,0 +1,215 @@
+"""build: render → base image → packer build → artifacts → verify, with a record of each stage.
+
+A rebuild with nothing changed (same rendered template, provisioner files, base recipe and
+flavor settings) returns the existing verified build at once; `force` builds anew.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imageforge import buildinfo, buildsecrets, clouds, log, packer, render, runner, state
+from imageforge.config import Project
+from imageforge.errors import CommandError, ImageforgeError, Interrupted
+from imageforge.matrix import Cell
+from imageforge.state import BuildRecord
+
+
+class BuildFailed(ImageforgeError):
+    """Packer or a provisioner failed."""
+
+
+def content_hash(project: Project, cell: Cell, rendered: render.Rendered, base_id: str) -> str:
+    """What decides whether a build would come out the same."""
+    digest = hashlib.sha256()
+    digest.update(rendered.template_hash.encode())
+    for step in (*cell.flavor.provisioners, *cell.flavor.cleanup):
+        digest.update(step.script.encode() + (project.root / step.script).read_bytes())
+    digest.update((project.root / render.HOST_PASSTHROUGH).read_bytes())
+    digest.update(base_id.encode())
+    digest.update(cell.flavor.model_dump_json().encode())
+    digest.update(json.dumps(cell.cloud_settings.model_dump(mode="json"), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def build(
+    project: Project,
+    cell: Cell,
+    *,
+    force: bool = False,
+    verify: bool = True,
+    packer_version: str | None = None,
+) -> BuildRecord:
+    """Build one cell, verify it, and return its record (an existing one if nothing changed)."""
+    cloud = clouds.get(cell.cloud)
+    version = packer.version(packer_version)
+    timings: dict[str, float] = {}
+    with log.step(f"render {cell.name}") as t:
+        rendered = render.render(project, cell, version)
+    timings["render"] = t["seconds"]
+    with log.step("base image") as t:
+        base = cloud.base_image(project, cell)
+    timings["base"] = t["seconds"]
+    chash = content_hash(project, cell, rendered, base.get("recipe_hash", ""))
+    if not force:
+        existing = state.reusable(project.root, cell.flavor_name, cell.cloud, chash)
+        if existing is not None:
+            log.info(
+                f"nothing changed since verified build {existing.id}; reusing it (--force rebuilds)"
+            )
+            return existing
+    build_id = buildinfo.new_build_id(project.root)
+    directory = state.artifacts_root(project.root) / cell.flavor_name / build_id
+    directory.mkdir(parents=True)
+    record = BuildRecord(
+        id=build_id,
+        flavor=cell.flavor_name,
+        cloud=cell.cloud,
+        git_commit=buildinfo.git_commit(project.root),
+        template_hash=rendered.template_hash,
+        content_hash=chash,
+        packer_version=str(packer.installed_version()),
+        base_image=base,
+        started_at=_now(),
+        timings=timings,
+    ).bind(directory)
+    record.save()
+    render.write_vars(
+        rendered, buildinfo.packer_vars(project.root, build_id, rendered.template_hash)
+    )
+    try:
+        with log.step(f"packer build {cell.name}") as t, _scratch(build_id) as scratch:
+            _packer_build(project, cell, rendered, record, scratch)
+        timings["packer"] = t["seconds"]
+        record.artifacts = cloud.collect_artifacts(record)
+        record.status = "built"
+        record.save()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        _abandon(record, "interrupted", "stopped by the user")
+        raise Interrupted(f"build {build_id} interrupted; nothing of it is left running") from exc
+    except BaseException as exc:
+        _abandon(record, "failed", str(exc) or type(exc).__name__)
+        raise
+    if verify:
+        from imageforge import verify as verification
+
+        verification.verify(project, cell, record)
+    _summary(record)
+    return record
+
+
+@contextmanager
+def _scratch(build_id: str) -> Iterator[Path]:
+    """A private temporary directory for the build's key and seed; always removed."""
+    path = Path(tempfile.mkdtemp(prefix=f"imageforge-{build_id}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _packer_build(
+    project: Project, cell: Cell, rendered: render.Rendered, record: BuildRecord, scratch: Path
+) -> None:
+    cloud = clouds.get(cell.cloud)
+    key = buildsecrets.ssh_keypair(scratch / "ssh", f"imageforge-build-{record.id}")
+    record.build_public_key = key.public
+    proxies = buildsecrets.host_proxies()
+    certificates = buildsecrets.host_ca_certificates()
+    host_files = buildsecrets.stage_host_files(scratch / "host", certificates)
+    if certificates:
+        log.info(f"passing {len(certificates)} host CA certificate(s) into the build VM")
+    if proxies:
+        log.info(f"passing proxy settings into the build VM: {', '.join(proxies)}")
+    env = {
+        "CHECKPOINT_DISABLE": "1",
+        "PACKER_CACHE_DIR": str(scratch / "packer-cache"),
+        "PKR_VAR_artifact_dir": str(record.directory),
+        "PKR_VAR_ssh_private_key_file": str(key.private),
+        "PKR_VAR_host_files_dir": str(host_files),
+        **{f"PKR_VAR_{name}": value for name, value in proxies.items()},
+        **cloud.build_env(project, cell, record, scratch, key),
+    }
+    record.save()
+    tracker = _ProvisionerTracker()
+    try:
+        runner.run(
+            [
+                packer.binary(),
+                "build",
+                "-color=false",
+                "-on-error=cleanup",
+                str(rendered.directory),
+            ],
+            env=env,
+            cwd=project.root,
+            logfile=record.directory / "build.log",
+            prefix=cell.flavor_name,
+            secrets=[v for k, v in proxies.items() if k != "no_proxy"],
+            on_line=tracker.feed,
+            what=f"packer build {cell.name}",
+        )
+    except CommandError as exc:
+        raise BuildFailed(tracker.explain(exc)) from None
+
+
+class _ProvisionerTracker:
+    """Follows Packer's output to name the provisioner that failed."""
+
+    STARTED = re.compile(r"Provisioning with shell script: (\S+)")
+    FAILED = re.compile(r"Script exited with non-zero exit status: (\d+)")
+
+    def __init__(self) -> None:
+        self.script: str | None = None
+        self.exit_code: int | None = None
+        self.lines: list[str] = []
+
+    def feed(self, line: str) -> None:
+        if match := self.STARTED.search(line):
+            self.script, self.lines = match.group(1), []
+        elif match := self.FAILED.search(line):
+            self.exit_code = int(match.group(1))
+        elif self.script and self.exit_code is None:
+            self.lines = [*self.lines[-14:], line]
+
+    def explain(self, exc: CommandError) -> str:
+        if self.script and self.exit_code is not None:
+            tail = "\n".join(f"    {line}" for line in self.lines)
+            return (
+                f"provisioner {self.script} failed with exit code {self.exit_code}; "
+                f"last lines of its output:\n{tail}"
+            )
+        return str(exc)
+
+
+def _abandon(record: BuildRecord, status: str, error: str) -> None:
+    """A failed or interrupted build keeps its record and log, and nothing else."""
+    for child in record.directory.iterdir():
+        if child.name not in (state.RECORD, "build.log", "serial.log"):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    record.status = status
+    record.error = error
+    record.finished_at = _now()
+    record.save()
+
+
+def _summary(record: BuildRecord) -> None:
+    total = sum(record.timings.values())
+    log.info(f"{record.flavor} on {record.cloud}: build {record.id}, {record.status}, {total:.0f}s")
+    for artifact in record.artifacts:
+        log.info(f"  {record.directory / artifact['path']}  {artifact['size'] / 2**20:.0f} MiB")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,310 @@
+"""QEMU helpers shared by the base image builder, local builds and verification.
+
+Every VM gets QEMU user networking with SSH forwarded on 127.0.0.1 only, its serial console
+in a log file, and is started through runner.spawn so its process group never outlives us.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from imageforge import log, runner
+from imageforge.errors import ImageforgeError
+
+QEMU = "qemu-system-x86_64"
+QEMU_IMG = "qemu-img"
+ACCELERATORS = ("auto", "kvm", "tcg")
+LOCALHOST = "127.0.0.1"
+KVM_PROBE_SECONDS = 3.0
+FIRMWARE_DONE = "No bootable device"
+# Lines QEMU prints when KVM exists but cannot run a guest.
+KVM_FAILURES = (
+    "failed to initialize kvm",
+    "could not access kvm",
+    "kvm internal error",
+    "kvm: entry failed",
+    "kvm_init_vcpu",
+    "error: kvm",
+)
+
+
+def qemu_version() -> str:
+    """The qemu-system-x86_64 version, e.g. '7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)'."""
+    return _first_line([QEMU, "--version"]).removeprefix("QEMU emulator version ").strip()
+
+
+def qemu_img_version() -> str:
+    """The qemu-img version, e.g. '7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)'."""
+    return _first_line([QEMU_IMG, "--version"]).removeprefix("qemu-img version ").strip()
+
+
+def _first_line(argv: list[str]) -> str:
+    return runner.output(argv).strip().splitlines()[0]
+
+
+@functools.cache
+def probe_accelerator(requested: str = "auto") -> str:
+    """The accelerator to use: 'kvm' if it really runs a guest (for 'auto'), else 'tcg'."""
+    if requested not in ACCELERATORS:
+        raise ImageforgeError(f"unknown accelerator {requested!r}", hint="use auto, kvm or tcg")
+    if requested == "tcg":
+        chosen = "tcg"
+    else:
+        works, reason = _kvm_works()
+        if requested == "kvm" and not works:
+            raise ImageforgeError(
+                f"KVM was requested but does not work here: {reason}",
+                hint="use accelerator 'auto' or 'tcg' (slower, but works everywhere)",
+            )
+        chosen = "kvm" if works else "tcg"
+        log.info(f"KVM probe: {reason}")
+    log.info(f"QEMU accelerator: {chosen}")
+    return chosen
+
+
+@functools.cache
+def _kvm_works() -> tuple[bool, str]:
+    """Whether KVM really runs guests at speed: a diskless KVM VM must get through its firmware.
+
+    /dev/kvm can exist and a KVM guest can stay alive while it runs far slower than TCG (nested
+    or emulated KVM); so SeaBIOS (which logs to port 0x402) must reach 'No bootable device' in
+    KVM_PROBE_SECONDS. That takes about 0.2 s with TCG and less with a working KVM.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    with tempfile.TemporaryDirectory(prefix="imageforge-kvm-") as tmp:
+        firmware_log, qemu_log = Path(tmp) / "firmware.log", Path(tmp) / "qemu.log"
+        argv = [QEMU, "-accel", "kvm", "-cpu", "host", "-nodefaults", "-display", "none"]
+        argv += ["-m", "32", "-chardev", f"file,id=fw,path={_escape(firmware_log)}"]
+        argv += ["-device", "isa-debugcon,iobase=0x402,chardev=fw"]
+        with runner.spawn(argv, logfile=qemu_log) as proc:
+            start = time.monotonic()
+            while time.monotonic() - start < KVM_PROBE_SECONDS and proc.poll() is None:
+                if FIRMWARE_DONE in _read(firmware_log):
+                    break
+                time.sleep(0.05)
+            seconds = time.monotonic() - start
+            time.sleep(0.5)  # and it must stay alive a moment longer
+            alive = proc.poll() is None
+        output, firmware = _read(qemu_log), _read(firmware_log)
+    lines = output.splitlines()
+    failure = next((ln for ln in lines if any(f in ln.lower() for f in KVM_FAILURES)), None)
+    if failure:
+        return False, failure.strip()
+    if not alive:
+        return False, f"a KVM test VM exited early: {output.strip()[-300:] or 'no output'}"
+    if FIRMWARE_DONE not in firmware:
+        return False, f"a KVM test VM did not get through its firmware in {seconds:.1f}s (too slow)"
+    return True, f"firmware ran in {seconds:.2f}s"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _escape(value: Path | str) -> str:
+    """Escape a value for a QEMU -option key=value list (commas are doubled)."""
+    return os.fspath(value).replace(",", ",,")
+
+
+def make_seed(
+    path: Path, *, user_data: str, meta_data: str, network_config: str | None = None
+) -> Path:
+    """Write a cloud-init NoCloud seed ISO (volume label 'cidata') to path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="imageforge-seed-") as tmp:
+        files = {"user-data": user_data, "meta-data": meta_data}
+        if network_config is not None:
+            files["network-config"] = network_config
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        src = {name: Path(tmp) / name for name in files}
+        if shutil.which("cloud-localds"):
+            net = ["--network-config", src["network-config"]] if network_config else []
+            argv = ["cloud-localds", *net, path, src["user-data"], src["meta-data"]]
+        elif shutil.which("xorriso"):
+            argv = [
+                "xorriso",
+                "-as",
+                "mkisofs",
+                "-output",
+                path,
+                "-volid",
+                "cidata",
+                "-joliet",
+                "-rock",
+                *src.values(),
+            ]
+        else:
+            raise ImageforgeError(
+                "cannot build a cloud-init seed ISO: no cloud-localds or xorriso",
+                hint="apt-get install cloud-image-utils",
+            )
+        runner.run(argv, stream=False, what="building the cloud-init seed ISO")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def overlay(base: Path, path: Path) -> Path:
+    """Create a qcow2 copy-on-write overlay at path on top of the qcow2 image base."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runner.run(
+        [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base.resolve(), path],
+        stream=False,
+        what="creating a qcow2 overlay",
+    )
+    return path
+
+
+def ssh_banner(port: int, *, timeout: float = 3.0) -> str | None:
+    """The SSH banner on 127.0.0.1:port, or None while nothing answers with one."""
+    try:
+        with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
+            data = sock.recv(256)
+    except OSError:
+        return None
+    text = data.decode(errors="replace")
+    return text.strip() if text.startswith("SSH-") else None
+
+
+def wait_for_ssh(port: int, timeout: float, *, proc: subprocess.Popen[bytes] | None = None) -> str:
+    """Wait until 127.0.0.1:port sends an SSH banner and return it; proc, if given, must live."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ImageforgeError(f"the VM exited (code {proc.returncode}) before SSH came up")
+        banner = ssh_banner(port)
+        if banner:
+            return banner
+        time.sleep(1.0)
+    raise ImageforgeError(f"no SSH on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class VirtualMachine:
+    """A QEMU VM; use as a context manager: the VM is killed on the way out, whatever happens."""
+
+    disk: Path
+    serial_log: Path
+    disk_format: str = "qcow2"
+    seed: Path | None = None
+    cpus: int = 2
+    memory_mb: int = 1024
+    accelerator: str = "auto"
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    network: bool = True
+    reboot: bool = True
+    ssh_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _stack: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.serial_log.with_name(self.serial_log.stem + ".qemu.log")
+
+    def argv(self) -> list[str]:
+        """The qemu-system-x86_64 command line for this VM."""
+        accel = probe_accelerator(self.accelerator)
+        argv = [
+            QEMU,
+            "-name",
+            self.disk.stem,
+            "-nodefaults",
+            "-display",
+            "none",
+            "-accel",
+            accel,
+            *(["-cpu", "host"] if accel == "kvm" else []),
+            "-smp",
+            str(self.cpus),
+            "-m",
+            str(self.memory_mb),
+            "-drive",
+            f"file={_escape(self.disk)},format={self.disk_format},if=virtio",
+            "-device",
+            "virtio-rng-pci",
+            "-chardev",
+            f"file,id=serial0,path={_escape(self.serial_log)}",
+            "-serial",
+            "chardev:serial0",
+        ]
+        if self.seed is not None:
+            argv += ["-drive", f"file={_escape(self.seed)},format=raw,media=cdrom,readonly=on"]
+        if self.network:
+            forward = f"hostfwd=tcp:{LOCALHOST}:{self.ssh_port}-:22"
+            argv += ["-netdev", f"user,id=net0,{forward}", "-device", "virtio-net-pci,netdev=net0"]
+        if self.kernel is not None:
+            argv += ["-kernel", os.fspath(self.kernel)]
+        if self.initrd is not None:
+            argv += ["-initrd", os.fspath(self.initrd)]
+        if self.append is not None:
+            argv += ["-append", self.append]
+        if not self.reboot:
+            argv += ["-no-reboot"]
+        return argv
+
+    def __enter__(self) -> VirtualMachine:
+        argv = self.argv()
+        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        self.serial_log.write_bytes(b"")
+        self.proc = self._stack.enter_context(runner.spawn(argv, logfile=self.qemu_log))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise ImageforgeError("the VM is not started; use it as a context manager")
+        return self.proc
+
+    def wait_for_ssh(self, timeout: float) -> str:
+        """Wait for the guest's SSH banner on the forwarded port; fail early if QEMU exits."""
+        try:
+            return wait_for_ssh(self.ssh_port, timeout, proc=self._running())
+        except ImageforgeError as exc:
+            raise ImageforgeError(f"{exc.message}\n{self.console_tail()}") from None
+
+    def wait_shutdown(self, timeout: float) -> int:
+        """Wait for the guest to power off by itself; return QEMU's exit code."""
+        try:
+            return self._running().wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ImageforgeError(
+                f"the VM did not power off within {timeout:.0f}s\n{self.console_tail()}"
+            ) from None
+
+    def console(self) -> str:
+        """Everything the guest wrote to its serial console so far."""
+        return _read(self.serial_log)
+
+    def console_tail(self, lines: int = 20) -> str:
+        """The last lines of the serial console and of QEMU's own output, for error messages."""
+        tail = self.console().splitlines()[-lines:] + _read(self.qemu_log).splitlines()[-5:]
+        return f"last lines of {self.serial_log}:\n" + "\n".join(f"    {t}" for t in tail)

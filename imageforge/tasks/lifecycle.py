@@ -1,0 +1,42 @@
+"""Tasks that make images: build and verify."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from imageforge import build as builder
+from imageforge import matrix, state
+from imageforge import verify as verification
+from imageforge.tasks.common import friendly, project
+
+HELP = {
+    "image": "flavor to build, e.g. slurm-node",
+    "cloud": "local (default), aws, gcp or openstack",
+    "config": "path to images.yml (default: ./images.yml)",
+    "force": "build again even if a verified build of the same content exists",
+    "no_verify": "skip verification (the build cannot be published until verified)",
+    "build": "build id (default: the newest build)",
+    "packer_version": "render for this Packer version instead of the installed one",
+}
+
+
+@task(help={k: v for k, v in HELP.items() if k != "build"})
+@friendly
+def build(c, image, cloud="local", config=None, force=False, no_verify=False, packer_version=None):
+    """Build an image with Packer (local: QEMU) and verify it with testinfra."""
+    proj = project(config)
+    cell = matrix.find(proj, image, cloud)
+    builder.build(proj, cell, force=force, verify=not no_verify, packer_version=packer_version)
+
+
+@task(help={k: HELP[k] for k in ("image", "cloud", "build", "config")})
+@friendly
+def verify(c, image, cloud="local", build=None, config=None):
+    """Boot a built image from an overlay and run the hygiene and flavor suites in it."""
+    proj = project(config)
+    cell = matrix.find(proj, image, cloud)
+    record = state.find(proj.root, cell.flavor_name, cell.cloud, build)
+    verification.verify(proj, cell, record)
+
+
+TASKS = [build, verify]

@@ -1,0 +1,98 @@
+"""Tasks that touch cloud accounts: doctor, publish, import, prune, sweep."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from imageforge import clouds, log, matrix, state
+from imageforge import publish as publishing
+from imageforge.clouds.base import Sharing
+from imageforge.errors import ImageforgeError
+from imageforge.tasks.common import friendly, project
+
+HELP = {
+    "image": "flavor, e.g. training-desktop",
+    "cloud": "aws, gcp or openstack (local builds are published by `import` to openstack)",
+    "config": "path to images.yml (default: ./images.yml)",
+    "build": "build id (default: the newest build)",
+    "account": "share with this account/project/member instead of everyone (repeatable)",
+    "organization": "AWS: share with this organization or OU ARN (repeatable)",
+    "revoke": "remove exactly what publish added",
+    "keep": "how many of the newest images per flavor to keep",
+    "yes": "really delete (without it, only show what would go)",
+}
+
+
+def pick(*names: str) -> dict[str, str]:
+    return {n: HELP[n] for n in names}
+
+
+@task(help=pick("cloud", "image", "config"))
+@friendly
+def doctor(c, cloud, image=None, config=None):
+    """Check credentials, region/project and source image before a cloud build."""
+    proj = project(config)
+    for cell in matrix.selected(proj, image, cloud):
+        with log.step(f"doctor {cell.name}"):
+            for line in clouds.get(cell.cloud).doctor(proj, cell):
+                log.info(f"ok: {line}")
+
+
+@task(
+    help=pick("image", "cloud", "build", "account", "organization", "revoke", "config"),
+    iterable=["account", "organization"],
+)
+@friendly
+def publish(
+    c, image, cloud, build=None, account=None, organization=None, revoke=False, config=None
+):
+    """Share a verified build: public, or with named accounts (`--revoke` takes it back)."""
+    proj = project(config)
+    cell = matrix.find(proj, image, cloud)
+    record = state.find(proj.root, cell.flavor_name, cell.cloud, build)
+    accounts, orgs = tuple(account or ()), tuple(organization or ())
+    sharing = Sharing(public=not (accounts or orgs), accounts=accounts, organizations=orgs)
+    publishing.publish(proj, record, sharing, revoke=revoke)
+
+
+@task(name="import", help=pick("image", "cloud", "build", "config"))
+@friendly
+def import_(c, image, cloud="openstack", build=None, config=None):
+    """Upload a verified local build (qcow2) to OpenStack Glance with its metadata."""
+    if cloud != "openstack":
+        raise ImageforgeError(f"import goes to openstack only, not {cloud!r}")
+    proj = project(config)
+    record = state.find(proj.root, image, "local", build)
+    publishing.require_verified(record)
+    openstack = clouds.get("openstack")
+    image_id = openstack.import_image(proj, record)  # type: ignore[attr-defined]
+    log.info(f"imported {record.flavor} build {record.id} as Glance image {image_id}")
+
+
+@task(help=pick("cloud", "image", "keep", "yes", "config"))
+@friendly
+def prune(c, cloud, keep=3, image=None, yes=False, config=None):
+    """Delete this pipeline's old images beyond the newest N per flavor (dry run without --yes)."""
+    proj = project(config)
+    flavors = [image] if image else list(proj.images.flavors)
+    for flavor in flavors:
+        outcomes = clouds.get(cloud).prune(proj, flavor, int(keep), apply=yes)
+        publishing.report(outcomes)
+    if not yes:
+        log.info("dry run: nothing was deleted (add --yes to delete)")
+
+
+@task(help=pick("cloud", "yes", "config"))
+@friendly
+def sweep(c, cloud, yes=False, config=None):
+    """Find what killed builds left behind (instances, keys, groups, volumes); --yes removes it."""
+    proj = project(config)
+    outcomes = clouds.get(cloud).sweep(proj, apply=yes)
+    publishing.report(outcomes)
+    if not outcomes:
+        log.info("nothing left behind")
+    elif not yes:
+        log.info("dry run: nothing was removed (add --yes to remove)")
+
+
+TASKS = [doctor, publish, import_, prune, sweep]

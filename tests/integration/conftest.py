@@ -1,0 +1,69 @@
+"""Integration fixtures: a copy of the project to build in, and process/temp-file accounting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_PARTS = ("tasks.py", "packer", "templates", "provisioners", "vagrant", "tests/infra")
+
+
+def copy_project(dest: Path, images_yml: str | None = None) -> Path:
+    """A throwaway copy of the project's build inputs (its own artifacts/ and build/)."""
+    for part in PROJECT_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part)
+        else:
+            (dest / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / part)
+    (dest / "images.yml").write_text(images_yml or (ROOT / "images.yml").read_text())
+    return dest
+
+
+def invoke(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes (not zombies) that mention text."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(cmdline)
+    return found
+
+
+def temp_leftovers(build_id: str) -> list[Path]:
+    import tempfile
+
+    return sorted(Path(tempfile.gettempdir()).glob(f"imageforge-*{build_id}*"))
+
+
+@pytest.fixture(scope="session")
+def base_cache() -> Path:
+    """Where the Debian base image is cached; CI and developers keep it between runs."""
+    path = Path(
+        os.environ.get("IMAGEFORGE_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imageforge"
+    )
+    return path

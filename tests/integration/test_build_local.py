@@ -1,0 +1,134 @@
+"""Local builds for real: packer + QEMU build slurm-node, testinfra verifies it; faults clean up."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import copy_project, invoke, processes_mentioning, temp_leftovers
+
+pytestmark = pytest.mark.integration
+
+
+def records(project: Path, flavor: str) -> list[dict]:
+    return [
+        json.loads(p.read_text())
+        for p in sorted((project / "artifacts" / flavor).glob("*/build.json"))
+    ]
+
+
+@pytest.fixture(scope="module")
+def built(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    project = copy_project(tmp_path_factory.mktemp("local-build"))
+    result = invoke(project, "build", "--image", "slurm-node")
+    return project, result
+
+
+def test_build_and_verify_slurm_node(built) -> None:
+    project, result = built
+    assert result.returncode == 0, result.stderr[-4000:]
+    [record] = records(project, "slurm-node")
+    assert record["status"] == "verified" and record["verified"] is True
+    assert record["verification"]["failed"] == 0 and record["verification"]["passed"] >= 10
+    directory = project / "artifacts" / "slurm-node" / record["id"]
+    names = {a["path"] for a in record["artifacts"]}
+    assert names == {"image/slurm-node.qcow2", "slurm-node.box", "manifest.json"}
+    for artifact in record["artifacts"]:
+        assert (directory / artifact["path"]).stat().st_size == artifact["size"]
+        assert len(artifact["sha256"]) == 64
+    for name in ("build.log", "verify.junit.xml", "verify-summary.txt"):
+        assert (directory / name).is_file(), name
+    assert record["accelerator"] in ("kvm", "tcg")
+    assert record["packer_version"] and record["qemu_version"] and record["base_image"]["sha256"]
+    assert set(record["timings"]) >= {"render", "base", "packer", "verify"}
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["builds"][0]["custom_data"]["imageforge-build-id"] == record["id"]
+    # The build's private key never reaches the artifacts or the log.
+    assert "PRIVATE KEY" not in (directory / "build.log").read_text()
+    assert processes_mentioning(str(project)) == []
+    assert temp_leftovers(record["id"]) == []
+
+
+def test_rebuild_with_nothing_changed_reuses_the_build(built) -> None:
+    project, first = built
+    assert first.returncode == 0
+    again = invoke(project, "build", "--image", "slurm-node")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing it" in again.stderr
+    assert len(records(project, "slurm-node")) == 1
+
+
+FAULTY = """
+flavors:
+  broken:
+    provisioners:
+      - provisioners/test/10-fail.sh
+  stuck:
+    provisioners:
+      - provisioners/test/10-stuck.sh
+matrix:
+  clouds: [local]
+"""
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Path:
+    project = copy_project(tmp_path, FAULTY)
+    tests = project / "provisioners" / "test"
+    tests.mkdir()
+    (tests / "10-fail.sh").write_text("#!/bin/sh\necho 'about to fail'\nexit 1\n")
+    (tests / "10-stuck.sh").write_text(
+        "#!/bin/sh\necho 'imageforge-test: provisioning'\nsleep 900\n"
+    )
+    return project
+
+
+def test_failing_provisioner_is_named_and_cleaned_up(faulty: Path) -> None:
+    result = invoke(faulty, "build", "--image", "broken")
+    assert result.returncode == 1
+    assert "provisioner provisioners/test/10-fail.sh failed with exit code 1" in result.stderr
+    assert "about to fail" in result.stderr
+    [record] = records(faulty, "broken")
+    assert record["status"] == "failed" and record["verified"] is False
+    directory = faulty / "artifacts" / "broken" / record["id"]
+    assert sorted(p.name for p in directory.iterdir()) == ["build.json", "build.log", "serial.log"]
+    assert processes_mentioning(str(faulty)) == []
+    assert temp_leftovers(record["id"]) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_provisioning_stops_everything(faulty: Path, sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "build", "--image", "stuck"],
+        cwd=faulty,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    logs = faulty / "artifacts" / "stuck"
+    while time.monotonic() < deadline:
+        found = list(logs.glob("*/build.log"))
+        if found and "imageforge-test: provisioning" in found[0].read_text():
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(1)
+    else:
+        pytest.fail("the build never reached the provisioning stage")
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-2000:]
+    [record] = records(faulty, "stuck")
+    assert record["status"] == "interrupted"
+    assert processes_mentioning(str(faulty)) == []
+    assert temp_leftovers(record["id"]) == []
+    directory = faulty / "artifacts" / "stuck" / record["id"]
+    assert not (directory / "image").exists()

@@ -1,0 +1,57 @@
+"""What makes a build reusable, and how a failed provisioner is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imageforge import build, config, matrix, render
+from imageforge.errors import CommandError
+from imageforge.packer import PackerVersion
+
+from .conftest import write
+
+V = PackerVersion(1, 6, 6)
+
+
+def content_hash(project_dir: Path, base_id: str = "base-1") -> str:
+    project = config.load(project_dir / "images.yml")
+    cell = matrix.find(project, "a", "local")
+    rendered = render.render(project, cell, V, project_dir / "out")
+    return build.content_hash(project, cell, rendered, base_id)
+
+
+def test_content_hash_is_stable_and_tracks_every_input(scratch: Path) -> None:
+    write(scratch, "flavors:\n  a:\n    provisioners: [provisioners/slurm-node/20-slurm.sh]\n")
+    first = content_hash(scratch)
+    assert content_hash(scratch) == first
+    assert content_hash(scratch, base_id="base-2") != first
+    script = scratch / "provisioners" / "slurm-node" / "20-slurm.sh"
+    script.write_text(script.read_text() + "# changed\n")
+    changed_script = content_hash(scratch)
+    assert changed_script != first
+    write(
+        scratch,
+        "flavors:\n  a:\n    env: {X: '1'}\n    provisioners: [provisioners/slurm-node/20-slurm.sh]\n",
+    )
+    assert content_hash(scratch) not in (first, changed_script)
+    write(
+        scratch,
+        "clouds:\n  local: {memory_mb: 4096}\nflavors:\n  a:\n    provisioners: [provisioners/slurm-node/20-slurm.sh]\n",
+    )
+    assert content_hash(scratch) not in (first, changed_script)
+
+
+def test_failed_provisioner_is_named_with_its_output() -> None:
+    tracker = build._ProvisionerTracker()
+    for line in [
+        "==> slurm-node.qemu.x: Provisioning with shell script: provisioners/common/10-base.sh",
+        "    slurm-node.qemu.x: ok",
+        "==> slurm-node.qemu.x: Provisioning with shell script: provisioners/x/20-y.sh",
+        "    slurm-node.qemu.x: E: Unable to locate package nope",
+        "==> slurm-node.qemu.x: Script exited with non-zero exit status: 100.Allowed exit codes are: [0]",
+    ]:
+        tracker.feed(line)
+    message = tracker.explain(CommandError(["packer"], 1, []))
+    assert message.startswith("provisioner provisioners/x/20-y.sh failed with exit code 100;")
+    assert "Unable to locate package nope" in message
+    assert "10-base.sh" not in message
