@@ -136,18 +136,8 @@ def make_seed(
             net = ["--network-config", src["network-config"]] if network_config else []
             argv = ["cloud-localds", *net, path, src["user-data"], src["meta-data"]]
         elif shutil.which("xorriso"):
-            argv = [
-                "xorriso",
-                "-as",
-                "mkisofs",
-                "-output",
-                path,
-                "-volid",
-                "cidata",
-                "-joliet",
-                "-rock",
-                *src.values(),
-            ]
+            argv = ["xorriso", "-as", "mkisofs", "-output", path, "-volid", "cidata"]
+            argv += ["-joliet", "-rock", *src.values()]
         else:
             raise ImageforgeError(
                 "cannot build a cloud-init seed ISO: no cloud-localds or xorriso",
@@ -214,6 +204,7 @@ class VirtualMachine:
     initrd: Path | None = None
     append: str | None = None
     network: bool = True
+    restrict_network: bool = False  # no traffic leaves the VM; the SSH forward still works
     reboot: bool = True
     ssh_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -226,34 +217,20 @@ class VirtualMachine:
     def argv(self) -> list[str]:
         """The qemu-system-x86_64 command line for this VM."""
         accel = probe_accelerator(self.accelerator)
-        argv = [
-            QEMU,
-            "-name",
-            self.disk.stem,
-            "-nodefaults",
-            "-display",
-            "none",
-            "-accel",
-            accel,
-            *(["-cpu", "host"] if accel == "kvm" else []),
-            "-smp",
-            str(self.cpus),
-            "-m",
-            str(self.memory_mb),
-            "-drive",
-            f"file={_escape(self.disk)},format={self.disk_format},if=virtio",
-            "-device",
-            "virtio-rng-pci",
-            "-chardev",
-            f"file,id=serial0,path={_escape(self.serial_log)}",
-            "-serial",
-            "chardev:serial0",
-        ]
+        argv = [QEMU, "-name", self.disk.stem, "-nodefaults", "-display", "none"]
+        argv += ["-accel", accel, *(["-cpu", "host"] if accel == "kvm" else [])]
+        argv += ["-smp", str(self.cpus), "-m", str(self.memory_mb)]
+        argv += ["-drive", f"file={_escape(self.disk)},format={self.disk_format},if=virtio"]
+        argv += ["-device", "virtio-rng-pci"]
+        argv += ["-chardev", f"file,id=serial0,path={_escape(self.serial_log)}"]
+        argv += ["-serial", "chardev:serial0"]
         if self.seed is not None:
             argv += ["-drive", f"file={_escape(self.seed)},format=raw,media=cdrom,readonly=on"]
         if self.network:
             forward = f"hostfwd=tcp:{LOCALHOST}:{self.ssh_port}-:22"
-            argv += ["-netdev", f"user,id=net0,{forward}", "-device", "virtio-net-pci,netdev=net0"]
+            restrict = ",restrict=on" if self.restrict_network else ""
+            argv += ["-netdev", f"user,id=net0{restrict},{forward}"]
+            argv += ["-device", "virtio-net-pci,netdev=net0"]
         if self.kernel is not None:
             argv += ["-kernel", os.fspath(self.kernel)]
         if self.initrd is not None:

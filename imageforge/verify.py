@@ -69,7 +69,7 @@ def _boot_and_test(
     seed = qemu.make_seed(
         scratch / "seed.iso",
         user_data=seed_user_data(key.public),
-        meta_data=f"instance-id: {instance_id}\nlocal-hostname: imageforge-verify\n",
+        meta_data=f"instance-id: {instance_id}\nlocal-hostname: debian\n",
     )
     user = "debian"
     vm = qemu.VirtualMachine(
@@ -94,7 +94,9 @@ def _boot_and_test(
             vm.wait_for_ssh(SSH_TIMEOUT)
             _wait_for_login(ssh_config, user, vm.ssh_port)
         env = {
+            "PYTHONUNBUFFERED": "1",
             "IMAGEFORGE_BUILD_PUBKEY": record.build_public_key,
+            "IMAGEFORGE_VERIFY_PUBKEY": key.public,
             "IMAGEFORGE_VERIFY_INSTANCE_ID": instance_id,
             "IMAGE_USER": project.images.flavors[record.flavor].user,
             "IMAGEFORGE_FORBIDDEN_VALUES": "\n".join(

@@ -54,7 +54,7 @@ class LocalCloud(Cloud):
         seed.mkdir()
         (seed / "user-data").write_text(seed_user_data(key.public))
         (seed / "meta-data").write_text(
-            f"instance-id: imageforge-build-{record.id}\nlocal-hostname: imageforge-build\n"
+            f"instance-id: imageforge-build-{record.id}\nlocal-hostname: debian\n"
         )
         return {
             "PKR_VAR_base_image": record.base_image["path"],

@@ -4,7 +4,7 @@ set -eu
 export DEBIAN_FRONTEND=noninteractive
 
 # What the host passed in for this build only (proxy settings, CA certificates).
-rm -f /etc/apt/apt.conf.d/99imageforge-build-proxy
+rm -f /etc/apt/apt.conf.d/99imageforge-build-proxy /etc/dpkg/dpkg.cfg.d/99imageforge-build-unsafe-io
 if [ -d /usr/local/share/ca-certificates/imageforge-build ]; then
     rm -rf /usr/local/share/ca-certificates/imageforge-build
     update-ca-certificates --fresh > /dev/null

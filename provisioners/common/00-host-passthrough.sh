@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs first in every build: makes the host's proxy settings and extra CA certificates
-# (for TLS-inspecting corporate proxies) work inside the build VM. Nothing here is kept:
+# (for TLS-inspecting corporate proxies) work inside the build VM, and lets dpkg skip fsync
+# while the build runs. Nothing here is kept:
 # provisioners/cleanup/90-cleanup.sh removes all of it before the image is taken.
 set -eu
 conf=/etc/apt/apt.conf.d/99imageforge-build-proxy
@@ -16,3 +17,7 @@ if ls /tmp/imageforge-host/ca/*.crt > /dev/null 2>&1; then
     echo "imageforge: trusting $(ls /tmp/imageforge-host/ca | wc -l) host CA certificate(s) for this build"
 fi
 rm -rf /tmp/imageforge-host
+
+# Builds are throwaway until the image is taken: dpkg need not fsync every file (much faster
+# under emulation). Cleanup removes this again.
+echo force-unsafe-io > /etc/dpkg/dpkg.cfg.d/99imageforge-build-unsafe-io
