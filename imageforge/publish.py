@@ -6,11 +6,27 @@ reports per region (or project); a second run changes nothing and says so.
 
 from __future__ import annotations
 
-from imageforge import clouds, log
+from imageforge import clouds, log, state
 from imageforge.clouds.base import Outcome, Sharing
 from imageforge.config import Project
 from imageforge.errors import ImageforgeError
 from imageforge.state import BuildRecord
+
+
+def find_publishable(
+    project: Project, flavor: str, cloud: str, build_id: str | None
+) -> BuildRecord:
+    """The build to publish on cloud: one built there, or a local build imported into it."""
+    candidates = [
+        r
+        for r in state.records(project.root, flavor)
+        if r.cloud == cloud or any(k.startswith(f"{cloud}:") for k in r.artifact_ids)
+    ]
+    if build_id:
+        candidates = [r for r in candidates if r.id == build_id]
+    if not candidates:
+        return state.find(project.root, flavor, cloud, build_id)  # says what is missing
+    return candidates[-1]
 
 
 def require_verified(record: BuildRecord) -> None:
@@ -34,15 +50,24 @@ def require_verified(record: BuildRecord) -> None:
 
 
 def publish(
-    project: Project, record: BuildRecord, sharing: Sharing, *, revoke: bool = False
+    project: Project,
+    record: BuildRecord,
+    sharing: Sharing,
+    *,
+    revoke: bool = False,
+    cloud_name: str | None = None,
 ) -> list[Outcome]:
-    """Share (or with revoke, unshare) a build's images; report and record every outcome."""
-    cloud = clouds.get(record.cloud)
+    """Share (or with revoke, unshare) a build's images; report and record every outcome.
+
+    cloud_name defaults to the cloud the build ran on; a local build imported into OpenStack
+    is published with cloud_name="openstack".
+    """
+    cloud = clouds.get(cloud_name or record.cloud)
     if not revoke:
         require_verified(record)
     action = "unpublish" if revoke else "publish"
     with log.step(
-        f"{action} {record.flavor} build {record.id} on {record.cloud} ({sharing.describe()})"
+        f"{action} {record.flavor} build {record.id} on {cloud.name} ({sharing.describe()})"
     ):
         outcomes = (cloud.unpublish if revoke else cloud.publish)(project, record, sharing)
         report(outcomes)

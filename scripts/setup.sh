@@ -22,5 +22,5 @@ sudo_ apt-get update -q
 sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     $(printf '%s\n' "${APT_PACKAGES[@]}" | sed 's/#.*//' | xargs)
 
-python3 -m pip install -q -e '.[test]'
+python3 -m pip install -q -e '.[test,services]'
 echo "imageforge is installed: $(packer version | head -1), $(qemu-system-x86_64 --version | head -1)"

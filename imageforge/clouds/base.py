@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 OS_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ubuntu"}
 
 
-
 @dataclass(frozen=True)
 class Sharing:
     """Who may use a published image: everyone, or named accounts/projects/members."""

@@ -49,10 +49,10 @@ def publish(
     """Share a verified build: public, or with named accounts (`--revoke` takes it back)."""
     proj = project(config)
     cell = matrix.find(proj, image, cloud)
-    record = state.find(proj.root, cell.flavor_name, cell.cloud, build)
+    record = publishing.find_publishable(proj, cell.flavor_name, cell.cloud, build)
     accounts, orgs = tuple(account or ()), tuple(organization or ())
     sharing = Sharing(public=not (accounts or orgs), accounts=accounts, organizations=orgs)
-    publishing.publish(proj, record, sharing, revoke=revoke)
+    publishing.publish(proj, record, sharing, revoke=revoke, cloud_name=cell.cloud)
 
 
 @task(name="import", help=pick("image", "cloud", "build", "config"))
