@@ -41,21 +41,29 @@ def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
     with log.step(f"verify {record.flavor} build {record.id}") as timing:
         try:
             outcome = _boot_and_test(project, record, image, suites, scratch, local)
+        except BaseException as exc:
+            record.verified, record.status = False, "failed"
+            reason = (str(exc) or type(exc).__name__).splitlines()[0]
+            record.error = f"verification could not run: {reason}"
+            record.save()
+            raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    record.timings["verify"] = timing["seconds"]
-    record.verification = outcome
-    record.verified = outcome["failed"] == 0 and outcome["errors"] == 0 and outcome["passed"] > 0
-    record.status = "verified" if record.verified else "failed"
-    if not record.verified:
-        record.error = "verification failed: " + ", ".join(outcome["failures"])
-    record.save()
-    (record.directory / "verify-summary.txt").write_text(_summary_text(record))
-    if not record.verified:
-        raise ImageforgeError(
-            f"build {record.id} failed verification: {', '.join(outcome['failures'])}",
-            hint=f"see {record.directory / 'verify.log'}",
+        record.verification = outcome
+        record.verified = outcome["failed"] == outcome["errors"] == 0 and outcome["passed"] > 0
+        record.status = "verified" if record.verified else "failed"
+        record.error = (
+            "" if record.verified else "verification failed: " + ", ".join(outcome["failures"])
         )
+        record.save()
+        (record.directory / "verify-summary.txt").write_text(_summary_text(record))
+        if not record.verified:
+            raise ImageforgeError(
+                f"build {record.id} failed verification: {', '.join(outcome['failures'])}",
+                hint=f"see {record.directory / 'verify.log'}",
+            )
+    record.timings["verify"] = timing["seconds"]
+    record.save()
     log.info(f"verified: {outcome['passed']} checks passed")
     return record
 

@@ -11,7 +11,7 @@ def test_slurm_daemons_installed(host):
 def test_slurm_daemons_run(host):
     # Both daemons print their version without a cluster configuration.
     for daemon in ("slurmd", "slurmctld"):
-        assert re.fullmatch(r"slurm \d+\.\d+\.\d+", host.check_output(f"{daemon} -V")), daemon
+        assert re.fullmatch(r"slurm(-wlm)? \d+\.\d+\.\d+", host.check_output(f"{daemon} -V")), daemon
 
 
 def test_no_munge_key_baked_in(host):
