@@ -55,6 +55,10 @@ def build(
     with log.step(f"render {cell.name}") as t:
         rendered = render.render(project, cell, version)
     timings["render"] = t["seconds"]
+    if cell.cloud != "local":
+        with log.step(f"preflight {cell.cloud}"):
+            for line in cloud.doctor(project, cell):
+                log.info(f"ok: {line}")
     with log.step("base image") as t:
         base = cloud.base_image(project, cell)
     timings["base"] = t["seconds"]

@@ -61,6 +61,7 @@ def test_packer_builds_and_copies_an_ami_against_moto(aws: str, tmp_path: Path) 
         env={**os.environ, **env},
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "ok: source AMI ami-" in result.stderr  # the preflight ran before Packer
     [record_path] = (project / "artifacts" / "slurm-node").glob("*/build.json")
     record = json.loads(record_path.read_text())
     assert record["status"] == "built" and record["verified"] is False
