@@ -50,7 +50,7 @@ def base_image() -> base.BaseImage:
     return image
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def guest(base_image: base.BaseImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     tmp = tmp_path_factory.mktemp("guest")
     key = tmp / "id_ed25519"
@@ -66,7 +66,10 @@ def guest(base_image: base.BaseImage, tmp_path_factory: pytest.TempPathFactory) 
         + "\n",
         meta_data=f"instance-id: {instance_id}\nlocal-hostname: imageforge-test\n",
     )
-    vm = qemu.VirtualMachine(disk=disk, seed=seed, serial_log=tmp / "console.log")
+    # No network beyond the SSH forward, as in verification (apt timers must not reach out).
+    vm = qemu.VirtualMachine(
+        disk=disk, seed=seed, serial_log=tmp / "console.log", restrict_network=True
+    )
     with vm:
         started = time.monotonic()
         vm.wait_for_ssh(SSH_TIMEOUT)
