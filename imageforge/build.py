@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +46,14 @@ def build(
     cell: Cell,
     *,
     force: bool = False,
+    refresh: bool = False,
     verify: bool = True,
     packer_version: str | None = None,
 ) -> BuildRecord:
-    """Build one cell, verify it, and return its record (an existing one if nothing changed)."""
+    """Build one cell, verify it, and return its record (an existing one if nothing changed).
+
+    refresh rebuilds the cell's layer from the current packages even if its recipe is the same.
+    """
     cloud = clouds.get(cell.cloud)
     version = packer.version(packer_version)
     timings: dict[str, float] = {}
@@ -59,10 +64,11 @@ def build(
         with log.step(f"preflight {cell.cloud}"):
             for line in cloud.doctor(project, cell):
                 log.info(f"ok: {line}")
-    with log.step("base image") as t:
-        base = cloud.base_image(project, cell)
+    with log.step("base image and layer") as t:
+        base = cloud.base_image(project, cell, refresh=refresh)
     timings["base"] = t["seconds"]
-    chash = content_hash(project, cell, rendered, base.get("recipe_hash", ""))
+    # The layer's own sha256: after --refresh the same recipe can hold newer packages.
+    chash = content_hash(project, cell, rendered, base.get("sha256", ""))
     if not force:
         existing = state.reusable(project.root, cell.flavor_name, cell.cloud, chash)
         if existing is not None:
@@ -81,7 +87,8 @@ def build(
         template_hash=rendered.template_hash,
         content_hash=chash,
         packer_version=str(packer.installed_version()),
-        base_image=base,
+        base_image={k: v for k, v in base.items() if k != "packages"},
+        packages=base.get("packages", {}),
         started_at=_now(),
         timings=timings,
     ).bind(directory)
@@ -163,20 +170,31 @@ def _packer_build(
         )
     except CommandError as exc:
         raise BuildFailed(tracker.explain(exc)) from None
+    finally:
+        if tracker.seconds_to_ssh is not None:
+            record.boot["packer_to_ssh_seconds"] = tracker.seconds_to_ssh
 
 
 class _ProvisionerTracker:
     """Follows Packer's output to name the provisioner that failed."""
 
     STARTED = re.compile(r"Provisioning with shell script: (\S+)")
+    SSH_WAIT = "Waiting for SSH to become available"
+    SSH_UP = "Connected to SSH!"
     FAILED = re.compile(r"Script exited with non-zero exit status: (\d+)")
 
     def __init__(self) -> None:
         self.script: str | None = None
         self.exit_code: int | None = None
         self.lines: list[str] = []
+        self.ssh_wait_started: float | None = None
+        self.seconds_to_ssh: float | None = None
 
     def feed(self, line: str) -> None:
+        if self.SSH_WAIT in line:
+            self.ssh_wait_started = time.monotonic()
+        elif self.SSH_UP in line and self.ssh_wait_started is not None:
+            self.seconds_to_ssh = round(time.monotonic() - self.ssh_wait_started, 1)
         if match := self.STARTED.search(line):
             self.script, self.lines = match.group(1), []
         elif match := self.FAILED.search(line):

@@ -35,6 +35,8 @@ OsName = Literal["debian-12", "ubuntu-22.04", "ubuntu-24.04"]
 FlavorName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+# A distribution package name as Debian policy allows it (apt takes nothing else from a list).
+Package = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]+$")]
 Size = Annotated[StrictInt, Field(ge=1, le=65536)]
 # Image-name patterns: placeholders {prefix}, {flavor} and {build_id}; characters every cloud takes.
 NamePattern = Annotated[str, StringConstraints(pattern=r"^[a-z{][a-z0-9{}_-]{0,62}$")]
@@ -78,6 +80,11 @@ class Flavor(Model):
     description: str = ""
     os: OsPerCloud = OsPerCloud()
     user: Name = Field("imageforge", description="The image's default login user")
+    packages: tuple[Package, ...] = Field(
+        (),
+        description="Distribution packages, added to those of `defaults`. Local builds install "
+        "them natively into a cached layer; cloud builds install them first in the build VM",
+    )
     provisioners: tuple[Step, ...] = ()
     cleanup: tuple[Step, ...] = (Provisioner(script="provisioners/cleanup/90-cleanup.sh"),)
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every script")
@@ -265,6 +272,7 @@ def load(path: Path | str = "images.yml") -> Project:
         images = ImagesFile.model_validate(merged)
     except ValidationError as exc:
         raise _explain(exc, raw, merged, display) from None
+    images = _add_default_packages(images)
     project = Project(path=path, root=path.resolve().parent, images=images, raw=merged)
     _check_files(project)
     from imageforge.matrix import cells
@@ -273,11 +281,28 @@ def load(path: Path | str = "images.yml") -> Project:
     return project
 
 
+def _add_default_packages(images: ImagesFile) -> ImagesFile:
+    """A flavor's packages are the defaults' packages plus its own (lists are not replaced)."""
+    common = images.defaults.packages
+    flavors = {
+        name: flavor.model_copy(
+            update={"packages": tuple(dict.fromkeys((*common, *flavor.packages)))}
+        )
+        for name, flavor in images.flavors.items()
+    }
+    return images.model_copy(update={"flavors": flavors})
+
+
 def _merge_defaults(raw: dict) -> dict:
     flavors = raw.get("flavors")
     defaults = raw.get("defaults")
     if not isinstance(flavors, dict) or not isinstance(defaults, dict):
         return raw
+    # packages add up (see _add_default_packages); every other key is deep-merged.
+    trimmed = yamlsource.LocatedDict((k, v) for k, v in defaults.items() if k != "packages")
+    trimmed.mark = getattr(defaults, "mark", None)  # type: ignore[attr-defined]
+    trimmed.marks = getattr(defaults, "marks", {})  # type: ignore[attr-defined]
+    defaults = trimmed
     merged = yamlsource.LocatedDict(raw)
     merged.mark, merged.marks = raw.mark, raw.marks  # type: ignore[attr-defined]
     new_flavors = yamlsource.LocatedDict()

@@ -25,6 +25,13 @@ VARFILE = "imageforge.auto.pkrvars.hcl"
 EXECUTE = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
 HOST_PASSTHROUGH = "provisioners/common/00-host-passthrough.sh"
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
+# cloud-init's datasource on each cloud's own images.
+DATASOURCES = {
+    "aws": "Ec2",
+    "gcp": "GCE",
+    "openstack": "OpenStack, ConfigDrive",
+    "local": "NoCloud",
+}
 
 
 @dataclass(frozen=True)
@@ -103,32 +110,59 @@ def write_vars(rendered: Rendered, values: dict[str, Any]) -> Path:
     return path
 
 
+def package_commands(cell: Cell) -> list[str]:
+    """The generated first provisioner of a cloud build: the flavor's packages, installed in the
+    build VM (local builds get them natively, in the layer), and cloud-init pinned to the
+    cloud's own datasource so that instances do not probe for others at boot."""
+    datasource = DATASOURCES[cell.cloud]
+    commands = [
+        "set -eu",
+        "export DEBIAN_FRONTEND=noninteractive",
+        f"printf 'datasource_list: [{datasource}, None]\\n' "
+        "> /etc/cloud/cloud.cfg.d/90-imageforge-datasource.cfg",
+    ]
+    if cell.flavor.packages:
+        commands += [
+            "apt-get update -q",
+            "apt-get install -y -q --no-install-recommends " + " ".join(cell.flavor.packages),
+        ]
+    return commands
+
+
 def _steps(cell: Cell) -> list[dict[str, Any]]:
     if getattr(cell.cloud_settings, "communicator", "ssh") == "none":
         return []  # nothing can run in the VM: the image is a copy of its source
-    steps = []
-    sections = (
-        ("host", (Provisioner(script=HOST_PASSTHROUGH),)),
-        ("provision", cell.flavor.provisioners),
-        ("cleanup", cell.flavor.cleanup),
-    )
+    steps = [_step("host", Provisioner(script=HOST_PASSTHROUGH), cell)]
+    if cell.cloud != "local":
+        attributes = {
+            "inline": package_commands(cell),
+            "execute_command": EXECUTE,
+            "environment_vars": _env(cell, Provisioner(script="packages")),
+        }
+        steps.append(
+            {
+                "section": "packages",
+                "script": "generated from images.yml (packages, datasource)",
+                "attributes": hcl.attributes(attributes, indent=4),
+            }
+        )
+    sections = (("provision", cell.flavor.provisioners), ("cleanup", cell.flavor.cleanup))
     for section, items in sections:
-        for step in items:
-            steps.append(
-                {
-                    "section": section,
-                    "script": step.script,
-                    "attributes": hcl.attributes(
-                        {
-                            "script": step.script,
-                            "execute_command": EXECUTE,
-                            "environment_vars": _env(cell, step),
-                        },
-                        indent=4,
-                    ),
-                }
-            )
+        steps += [_step(section, step, cell) for step in items]
     return steps
+
+
+def _step(section: str, step: Provisioner, cell: Cell) -> dict[str, Any]:
+    attributes = {
+        "script": step.script,
+        "execute_command": EXECUTE,
+        "environment_vars": _env(cell, step),
+    }
+    return {
+        "section": section,
+        "script": step.script,
+        "attributes": hcl.attributes(attributes, indent=4),
+    }
 
 
 def _env(cell: Cell, step: Provisioner) -> list[Any]:

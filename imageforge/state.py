@@ -36,10 +36,12 @@ class BuildRecord:
     qemu_version: str = ""
     accelerator: str = ""
     base_image: dict[str, Any] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)  # installed name: version (local)
     build_public_key: str = ""
     started_at: str = ""
     finished_at: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    boot: dict[str, float] = field(default_factory=dict)  # seconds to SSH in the build VM
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     artifact_ids: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)

@@ -7,10 +7,13 @@ and everything temporary is removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from imageforge.state import BuildRecord
 COMMON_SUITE = "tests/infra/test_common.py"
 SSH_TIMEOUT = 300.0
 JUNIT = "verify.junit.xml"
+BOOT_LOG = "verify-boot.log"
 
 
 def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
@@ -90,17 +94,27 @@ def _boot_and_test(
         restrict_network=True,
     )
     ssh_config = scratch / "ssh_config"
+    sockets = Path(tempfile.mkdtemp(prefix="imageforge-ssh-"))
     ssh_config.write_text(
         "Host *\n"
         f"  IdentityFile {key.private}\n  IdentitiesOnly yes\n"
         "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
         "  ConnectTimeout 10\n"
+        # One SSH connection for every check: each command of a check is a new session on it.
+        # Its socket's path must stay short (sun_path is 108 bytes), hence a directory of its own.
+        f"  ControlMaster auto\n  ControlPath {sockets}/%C\n  ControlPersist 600\n"
     )
     junit = record.directory / JUNIT
-    with vm:
-        with log.step("boot"):
+    with vm, _control_master(ssh_config, user, vm, sockets):
+        with log.step("boot") as boot:
             vm.wait_for_ssh(SSH_TIMEOUT)
             _wait_for_login(ssh_config, user, vm.ssh_port)
+        with log.step("wait for a running system; systemd-analyze") as settle:
+            startup = _startup(ssh_config, user, vm.ssh_port, record.directory / BOOT_LOG)
+        log.info(
+            f"startup: kernel {startup.get('kernel_seconds')}s + userspace "
+            f"{startup.get('userspace_seconds')}s (systemd-analyze, in {BOOT_LOG})"
+        )
         env = {
             "PYTHONUNBUFFERED": "1",
             "IMAGEFORGE_BUILD_PUBKEY": record.build_public_key,
@@ -111,7 +125,7 @@ def _boot_and_test(
                 v for k, v in buildsecrets.host_proxies().items() if k != "no_proxy"
             ),
         }
-        with log.step(f"testinfra: {', '.join(suites)}"):
+        with log.step(f"testinfra: {', '.join(suites)}") as checks:
             try:
                 runner.run(
                     [
@@ -125,9 +139,9 @@ def _boot_and_test(
                         *suites,
                         f"--hosts=ssh://{user}@127.0.0.1:{vm.ssh_port}",
                         f"--ssh-config={ssh_config}",
-                        "--sudo",
                         f"--junitxml={junit}",
                         "-q",
+                        "--durations=5",
                     ],
                     env=env,
                     cwd=project.root,
@@ -141,7 +155,56 @@ def _boot_and_test(
                     raise
                 log.warn(f"testinfra reported failures (exit code {exc.returncode})")
         _poweroff(ssh_config, user, vm)
-    return parse_junit(junit)
+    outcome = parse_junit(junit)
+    outcome["boot"] = {
+        "to_login_seconds": boot["seconds"],
+        "to_running_seconds": round(boot["seconds"] + settle["seconds"], 2),
+        **startup,
+        "checks_seconds": checks["seconds"],
+    }
+    return outcome
+
+
+STARTUP = re.compile(r"Startup finished in (.+?) \(kernel\) \+ (.+?) \(userspace\)")
+
+
+def _startup(ssh_config: Path, user: str, port: int, logfile: Path) -> dict[str, float]:
+    """Wait until systemd has finished booting; log systemd-analyze and return its times."""
+    command = (
+        "systemctl is-system-running --wait; systemd-analyze; systemd-analyze critical-chain; "
+        "systemd-analyze blame | head -n 25; sudo cloud-init analyze show | tail -n 12"
+    )
+    result = runner.run(_ssh(ssh_config, user, port, command), stream=False, check=False)
+    logfile.write_text(result.output + "\n")
+    match = STARTUP.search(result.output)
+    if not match:
+        return {}
+    return {
+        "kernel_seconds": timespan_seconds(match.group(1)),
+        "userspace_seconds": timespan_seconds(match.group(2)),
+    }
+
+
+def timespan_seconds(text: str) -> float:
+    """systemd's time span ('1min 2.345s', '850ms', '4.2s') in seconds."""
+    units = {"h": 3600.0, "min": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    total = 0.0
+    for number, unit in re.findall(r"([\d.]+)\s*(h|min|ms|us|s)", text):
+        total += float(number) * units[unit]
+    return round(total, 3)
+
+
+@contextlib.contextmanager
+def _control_master(
+    ssh_config: Path, user: str, vm: qemu.VirtualMachine, sockets: Path
+) -> Iterator[None]:
+    """Stop the shared SSH connection on the way out, whatever happened, and remove its socket."""
+    try:
+        yield
+    finally:
+        argv = ["ssh", "-F", str(ssh_config), "-p", str(vm.ssh_port), "-O", "exit"]
+        runner.run([*argv, f"{user}@127.0.0.1"], stream=False, check=False)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def _ssh(ssh_config: Path, user: str, port: int, command: str) -> list[str]:

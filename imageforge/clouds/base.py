@@ -69,8 +69,9 @@ class Cloud(ABC):
         """Environment that lets `packer validate` check a template with no real account."""
         yield {}
 
-    def base_image(self, project: Project, cell: Cell) -> dict[str, Any]:
-        """The image a build starts from, when imageforge makes it (local builds)."""
+    def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
+        """The image a build starts from, when imageforge makes it (local builds): its path,
+        sha256, recipe hash and installed package versions. refresh rebuilds it."""
         return {}
 
     def build_env(

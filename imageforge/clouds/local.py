@@ -34,15 +34,12 @@ class LocalCloud(Cloud):
             "vagrant": "vagrant" in local.formats,
         }
 
-    def base_image(self, project: Project, cell: Cell) -> dict[str, Any]:
+    def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
+        """The flavor's layer: the base recipe plus its declared packages, built natively."""
         from imageforge import base
 
-        image = base.ensure_base(accelerator=project.images.clouds.local.accelerator)
-        return {
-            "path": str(image.path),
-            "sha256": image.sha256,
-            "recipe_hash": image.recipe_hash,
-        }
+        recipe = base.BaseRecipe(extra_packages=cell.flavor.packages)
+        return base.ensure_base(recipe, force=refresh).record()
 
     def build_env(
         self, project: Project, cell: Cell, record: BuildRecord, scratch: Path, key: KeyPair

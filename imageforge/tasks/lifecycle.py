@@ -14,6 +14,7 @@ HELP = {
     "cloud": "local (default), aws, gcp or openstack",
     "config": "path to images.yml (default: ./images.yml)",
     "force": "build again even if a verified build of the same content exists",
+    "refresh": "rebuild the package layer even if its recipe is unchanged (security updates)",
     "no_verify": "skip verification (the build cannot be published until verified)",
     "build": "build id (default: the newest build)",
     "packer_version": "render for this Packer version instead of the installed one",
@@ -22,11 +23,27 @@ HELP = {
 
 @task(help={k: v for k, v in HELP.items() if k != "build"})
 @friendly
-def build(c, image, cloud="local", config=None, force=False, no_verify=False, packer_version=None):
+def build(
+    c,
+    image,
+    cloud="local",
+    config=None,
+    force=False,
+    refresh=False,
+    no_verify=False,
+    packer_version=None,
+):
     """Build an image with Packer (local: QEMU) and verify it with testinfra."""
     proj = project(config)
     cell = matrix.find(proj, image, cloud)
-    builder.build(proj, cell, force=force, verify=not no_verify, packer_version=packer_version)
+    builder.build(
+        proj,
+        cell,
+        force=force,
+        refresh=refresh,
+        verify=not no_verify,
+        packer_version=packer_version,
+    )
 
 
 @task(help={k: HELP[k] for k in ("image", "cloud", "build", "config")})

@@ -1,10 +1,7 @@
 #!/bin/sh
-# Common to every flavor: package index, the image's default user, time zone.
+# Common to every flavor: the image's default user and what the image knows about itself.
+# Packages are declared in images.yml (`packages:`), not installed here.
 set -eu
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends sudo ca-certificates curl less
-
 if ! id "$IMAGE_USER" > /dev/null 2>&1; then
     useradd --create-home --shell /bin/bash --comment "imageforge default user" "$IMAGE_USER"
 fi

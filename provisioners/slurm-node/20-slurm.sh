@@ -1,9 +1,7 @@
 #!/bin/sh
-# Slurm node: the controller and worker daemons and MUNGE. The role (controller or worker),
-# the munge key and slurm.conf are per cluster, so they are set at first boot, not baked in.
+# Slurm node: the daemons and MUNGE are declared packages (images.yml). The role (controller or
+# worker), the munge key and slurm.conf are per cluster, so they are set at first boot.
 set -eu
-export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -q --no-install-recommends slurmd slurmctld slurm-client munge
 # Daemons start once the instance is configured, not in the image.
 systemctl disable slurmd slurmctld munge > /dev/null 2>&1 || true
 # The package generates a munge key; a key shared by every instance of an image is a secret

@@ -1,0 +1,182 @@
+"""What imageforge writes into, and scrubs out of, an image's root tree before it becomes a disk.
+
+Written: host name, fstab, GRUB and sshd settings, cloud-init's datasources (local images boot
+with a NoCloud seed, or a config drive when imported into OpenStack), and a lean boot: timers a
+server image never needs at boot are masked. Scrubbed: everything per-instance or cached, so
+the image holds no host keys, no machine-id, no package lists, caches or logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from imageforge import disk, runner
+
+KERNEL_APPEND = ""
+DATASOURCES = ("NoCloud", "ConfigDrive", "None")
+# Periodic jobs that only slow a fresh VM down, and modules a server VM loads on demand if at
+# all; images that want them enable them again.
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "man-db.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@dm_mod.service",
+    "modprobe@loop.service",
+    "modprobe@fuse.service",
+)
+# A small initramfs: only the drivers a virtual disk and a seed CD-ROM need (ext4 is built in);
+# cloud-init looks for its seed as soon as systemd starts, so the CD-ROM must be there by then.
+# Written before the kernel is installed (an mmdebstrap essential hook), so its own postinst
+# makes the initramfs this way.
+INITRAMFS_DRIVERS = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "ahci",
+    "nvme",
+    "ata_piix",
+    "sr_mod",  # the CD-ROM that carries a NoCloud seed or a config drive
+)
+INITRAMFS_FILES = {
+    "etc/initramfs-tools/conf.d/50-imageforge.conf": "MODULES=list\n",
+    "etc/initramfs-tools/hooks/imageforge-disk-drivers": f"""\
+#!/bin/sh
+# imageforge: the disk drivers of virtual machines (MODULES=list adds no others).
+[ "$1" = prereqs ] && exit 0
+. /usr/share/initramfs-tools/hook-functions
+for module in {" ".join(INITRAMFS_DRIVERS)}; do manual_add_modules "$module"; done
+""",
+}
+# cloud-init, lean: no RSA host key (its generation alone took 8 s of an emulated boot), and
+# only the modules a local image can use; each stage is a Python process, so fewer is faster.
+CLOUD_INIT_LEAN = """\
+ssh_genkeytypes: [ed25519, ecdsa]
+cloud_init_modules: [seed_random, bootcmd, write-files, growpart, resizefs, disk_setup, mounts,
+  set_hostname, update_hostname, update_etc_hosts, ca-certs, users-groups, ssh]
+cloud_config_modules: [locale, set-passwords, timezone, runcmd]
+cloud_final_modules: [package-update-upgrade-install, write-files-deferred, scripts-vendor,
+  scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user,
+  ssh-authkey-fingerprints, final-message, power-state-change]
+"""
+GRUB_DEFAULTS = f"""\
+# imageforge: no menu delay, and a serial console on ttyS0.
+GRUB_TIMEOUT=0
+GRUB_CMDLINE_LINUX_DEFAULT="{KERNEL_APPEND}"
+GRUB_CMDLINE_LINUX="{disk.KERNEL_CONSOLE}"
+GRUB_TERMINAL="console serial"
+GRUB_SERIAL_COMMAND="serial --speed=115200"
+"""
+SSHD_CONFIG = """\
+# imageforge: keys only, no root logins.
+PermitRootLogin no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+"""
+DEBCONF = "grub-pc grub-pc/install_devices multiselect /dev/vda\n"
+# Per-instance or cached state: none of it may be in an image.
+SCRUB_GLOBS = (
+    "etc/ssh/ssh_host_*",
+    "var/lib/apt/lists/*",
+    "var/cache/apt/*.bin",
+    "var/cache/apt/archives/*.deb",
+    "var/cache/debconf/*-old",
+    "var/lib/dbus/machine-id",
+    "var/lib/systemd/random-seed",
+    "etc/resolv.conf",
+    "tmp/*",
+    "var/tmp/*",
+)
+
+
+def mmdebstrap_options() -> list[str]:
+    """An essential hook that writes INITRAMFS_FILES before the kernel is installed."""
+    hooks = []
+    for relative, text in INITRAMFS_FILES.items():
+        quoted = shlex.quote(text)
+        target = f'"$1/{relative}"'
+        hooks.append(f'mkdir -p "$(dirname {target})" && printf %s {quoted} > {target}')
+        hooks.append(f"chmod 0755 {target}" if "/hooks/" in relative else "true")
+    return [f"--essential-hook={' && '.join(hooks)}"]
+
+
+def files(user: str, hostname: str) -> dict[str, str]:
+    """The files written into the tree (relative path: content)."""
+    datasources = ", ".join(DATASOURCES)
+    return {
+        "etc/hostname": f"{hostname}\n",
+        "etc/hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+        "::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\n"
+        "ff02::2\t\tip6-allrouters\n",
+        "etc/fstab": f"LABEL={disk.ROOT_LABEL}\t/\text4\terrors=remount-ro\t0\t0\n",
+        "etc/default/locale": "LANG=C.UTF-8\n",
+        "etc/default/grub.d/50-imageforge.cfg": GRUB_DEFAULTS,
+        "etc/ssh/sshd_config.d/50-imageforge.conf": SSHD_CONFIG,
+        "etc/cloud/cloud.cfg.d/50-imageforge.cfg": "# imageforge local image\n"
+        f"datasource_list: [{datasources}]\n"
+        "manage_etc_hosts: true\n"
+        f"system_info:\n  default_user:\n    name: {user}\n" + CLOUD_INIT_LEAN,
+    }
+
+
+def fingerprint(user: str, hostname: str) -> str:
+    """Changes whenever what this module or disk.py would write into an image changes."""
+    digest = hashlib.sha256(f"{user}\0{hostname}\0".encode())
+    for module in (__file__, disk.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()
+
+
+def apply(rootfs: Path, user: str, hostname: str) -> None:
+    """Write the files, mask the units, set debconf answers and scrub the tree."""
+    for relative, text in files(user, hostname).items():
+        target = rootfs / relative
+        _delete(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(0o644)
+    for unit in MASKED_UNITS:
+        link = rootfs / "etc/systemd/system" / unit
+        _delete(link)
+        link.symlink_to("/dev/null")
+    runner.run(
+        ["chroot", rootfs, "debconf-set-selections"],
+        stdin=DEBCONF,
+        stream=False,
+        what="debconf-set-selections",
+    )
+    (rootfs / "etc/machine-id").write_text("")  # empty: systemd makes one at the first boot
+    for pattern in SCRUB_GLOBS:
+        for path in rootfs.glob(pattern):
+            _delete(path)
+    for path in (rootfs / "var/log").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.write_bytes(b"")
+
+
+def per_instance_leftovers(rootfs: Path) -> list[str]:
+    """What in the tree would be shared by every instance of the image (should be empty)."""
+    found = [str(p.relative_to(rootfs)) for g in SCRUB_GLOBS[:-2] for p in rootfs.glob(g)]
+    if (rootfs / "etc/machine-id").read_text().strip():
+        found.append("etc/machine-id")
+    found += [
+        str(p.relative_to(rootfs))
+        for p in (rootfs / "var/log").rglob("*")
+        if p.is_file() and not p.is_symlink() and p.stat().st_size
+    ]
+    return found
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
