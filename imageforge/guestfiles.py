@@ -67,6 +67,23 @@ cloud_final_modules: [package-update-upgrade-install, write-files-deferred, scri
   scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user,
   ssh-authkey-fingerprints, final-message, power-state-change]
 """
+# ssl-cert's snakeoil pair is made when the package is installed; the image ships none, and
+# this unit makes the instance's own before any service that uses it starts.
+SNAKEOIL_UNIT = """\
+[Unit]
+Description=imageforge: this instance's own snakeoil TLS key and certificate
+ConditionPathExists=/usr/sbin/make-ssl-cert
+ConditionPathExists=!/etc/ssl/private/ssl-cert-snakeoil.key
+Before=postgresql.service postgresql@.service nginx.service apache2.service
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/sbin/make-ssl-cert generate-default-snakeoil
+
+[Install]
+WantedBy=multi-user.target
+"""
 GRUB_DEFAULTS = f"""\
 # imageforge: no menu delay, and a serial console on ttyS0.
 GRUB_TIMEOUT=0
@@ -92,6 +109,9 @@ SCRUB_GLOBS = (
     "var/lib/dbus/machine-id",
     "var/lib/systemd/random-seed",
     "etc/resolv.conf",
+    "etc/munge/munge.key",  # packages make these at install time: they must be per instance
+    "etc/ssl/private/ssl-cert-snakeoil.key",
+    "etc/ssl/certs/ssl-cert-snakeoil.pem",
     "tmp/*",
     "var/tmp/*",
 )
@@ -120,6 +140,7 @@ def files(user: str, hostname: str) -> dict[str, str]:
         "etc/default/locale": "LANG=C.UTF-8\n",
         "etc/default/grub.d/50-imageforge.cfg": GRUB_DEFAULTS,
         "etc/ssh/sshd_config.d/50-imageforge.conf": SSHD_CONFIG,
+        "etc/systemd/system/imageforge-snakeoil.service": SNAKEOIL_UNIT,
         "etc/cloud/cloud.cfg.d/50-imageforge.cfg": "# imageforge local image\n"
         f"datasource_list: [{datasources}]\n"
         "manage_etc_hosts: true\n"
@@ -143,6 +164,10 @@ def apply(rootfs: Path, user: str, hostname: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         target.chmod(0o644)
+    wants = rootfs / "etc/systemd/system/multi-user.target.wants/imageforge-snakeoil.service"
+    wants.parent.mkdir(parents=True, exist_ok=True)
+    _delete(wants)
+    wants.symlink_to("/etc/systemd/system/imageforge-snakeoil.service")
     for unit in MASKED_UNITS:
         link = rootfs / "etc/systemd/system" / unit
         _delete(link)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import base, qemu, runner
+from imageforge import aptsources, base, guestfiles, qemu, runner
 from imageforge.errors import ImageforgeError
 from imageforge.runner import CommandResult
 
@@ -102,6 +102,7 @@ def test_cached_call_reuses_the_image(base_image: base.BaseImage) -> None:
 
 @pytest.mark.integration
 def test_boots_without_kernel_argument_so_grub_is_installed(guest: Guest) -> None:
+    # GRUB was put on the disk without booting it (boot.img in the MBR, core.img behind it).
     assert "-kernel" not in guest.vm.argv()
     assert "BOOT_IMAGE=" in guest.output("cat /proc/cmdline")  # set by GRUB only
     assert "console=ttyS0,115200" in guest.output("cat /proc/cmdline")
@@ -155,9 +156,12 @@ def test_recipe_hash_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None
     reordered = replace(recipe, packages=tuple(reversed(recipe.packages)))
     assert base.recipe_hash(reordered) == base.recipe_hash(recipe)
     assert base.recipe_hash(replace(recipe, disk_size_mib=8192)) != base.recipe_hash(recipe)
+    layer = replace(recipe, extra_packages=("munge",))
+    assert layer.kind == "layers" and recipe.kind == "base"
+    assert base.recipe_hash(layer) != base.recipe_hash(recipe)
     before = base.recipe_hash(recipe)
-    monkeypatch.setattr(base, "FIRSTBOOT_SCRIPT", base.FIRSTBOOT_SCRIPT + "# changed\n")
-    assert base.recipe_hash(recipe) != before  # a script the build uses changed
+    monkeypatch.setattr(guestfiles, "fingerprint", lambda user, host: "changed")
+    assert base.recipe_hash(recipe) != before  # what the build writes into the tree changed
 
 
 @pytest.mark.integration
@@ -172,7 +176,7 @@ def test_host_sources_are_read_from_apt(tmp_path: Path) -> None:
         "Suites: bookworm-security\nComponents: main\nSigned-By: /k.gpg\n\n"
         "Types: deb\nURIs: http://c.invalid/x\nSuites: bookworm\nComponents: main\nEnabled: no\n"
     )
-    assert base.host_sources("bookworm", tmp_path) == (
+    assert aptsources.host_sources("bookworm", tmp_path) == (
         "deb [arch=amd64] http://a.invalid/debian bookworm main contrib",
         "deb [signed-by=/k.gpg] http://b.invalid/debian-security bookworm-security main",
     )

@@ -73,12 +73,21 @@ MALFORMED = {
     "typo in a key": (
         "flavors:\n  a:\n    provisoners: []\n",
         "images.yml:3:5: flavors.a: unknown key 'provisoners'; allowed: description, os, user, "
-        "provisioners, cleanup, env, tests, ports, tags; did you mean 'provisioners'?",
+        "packages, provisioners, cleanup, env, tests, ports, tags; did you mean 'provisioners'?",
     ),
     "typo under defaults": (
         "defaults:\n  tagz: {}\nflavors:\n  a: {}\n",
         "images.yml:2:3: defaults: unknown key 'tagz'; allowed: description, os, user, "
-        "provisioners, cleanup, env, tests, ports, tags; did you mean 'tags'?",
+        "packages, provisioners, cleanup, env, tests, ports, tags; did you mean 'tags'?",
+    ),
+    "bad package name": (
+        "flavors:\n  a:\n    packages: [slurmd, 'curl; rm -rf /']\n",
+        "images.yml:3:24: flavors.a.packages[1]: must match ^[a-z0-9][a-z0-9+.-]+$ "
+        "(got 'curl; rm -rf /')",
+    ),
+    "bad package name under defaults": (
+        "defaults:\n  packages: [Sudo]\nflavors:\n  a: {}\n",
+        "images.yml:2:14: defaults.packages[0]: must match ^[a-z0-9][a-z0-9+.-]+$ (got 'Sudo')",
     ),
     "no flavors": (
         "clouds: {}\n",
@@ -148,6 +157,17 @@ def test_defaults_are_inherited_and_overridden(scratch: Path) -> None:
     assert images.flavors["a"].user == "alice"
     assert images.flavors["b"].user == "bob"
     assert images.flavors["b"].tags == {"team": "hpc", "site": "b"}
+
+
+def test_packages_add_to_the_defaults_packages(scratch: Path) -> None:
+    write(
+        scratch,
+        "defaults:\n  packages: [sudo, curl]\n"
+        "flavors:\n  a: {}\n  b:\n    packages: [munge, curl]\n",
+    )
+    images = config.load("images.yml").images
+    assert images.flavors["a"].packages == ("sudo", "curl")
+    assert images.flavors["b"].packages == ("sudo", "curl", "munge")
 
 
 def test_inherited_value_errors_point_at_defaults(scratch: Path) -> None:

@@ -89,6 +89,32 @@ def test_build_block_runs_steps_in_order(shipped: config.Project, tmp_path: Path
     assert post == ["manifest", "vagrant"]
 
 
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "openstack"])
+def test_cloud_builds_install_the_declared_packages_first(
+    shipped: config.Project, tmp_path: Path, cloud: str
+) -> None:
+    cell = matrix.find(shipped, "slurm-node", cloud)
+    build = parsed(render.render(shipped, cell, OLD, tmp_path), "build.pkr.hcl")["build"][0]
+    shells = [p["shell"] for p in build["provisioner"] if "shell" in p]
+    assert shells[0]["script"] == render.HOST_PASSTHROUGH
+    inline = shells[1]["inline"]
+    install = next(line for line in inline if line.startswith("apt-get install"))
+    assert install.split()[-len(cell.flavor.packages) :] == list(cell.flavor.packages)
+    assert "munge" in cell.flavor.packages and "sudo" in cell.flavor.packages
+    datasource = render.DATASOURCES[cloud]
+    assert any(f"datasource_list: [{datasource}, None]" in line for line in inline)
+    assert [s.get("script") for s in shells[2:]] == [
+        *(s.script for s in cell.flavor.provisioners),
+        *(s.script for s in cell.flavor.cleanup),
+    ]
+
+
+def test_local_builds_install_no_packages_in_the_vm(shipped: config.Project, tmp_path: Path):
+    cell = matrix.find(shipped, "slurm-node", "local")
+    text = (render.render(shipped, cell, OLD, tmp_path).directory / "build.pkr.hcl").read_text()
+    assert "apt-get install" not in text
+
+
 def test_plugins_block_only_for_packer_17_and_later(
     shipped: config.Project, tmp_path: Path
 ) -> None:

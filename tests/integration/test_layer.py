@@ -1,0 +1,98 @@
+"""Flavor layers: built natively from the base recipe plus declared packages, read offline.
+
+The layer is read without booting or mounting it: qemu-img makes a raw copy and debugfs reads
+the ext4 partition at its offset, the way an auditor would look at an artifact.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imageforge import base, config, disk
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def slurm_recipe() -> base.BaseRecipe:
+    packages = config.load(ROOT / "images.yml").images.flavors["slurm-node"].packages
+    return base.BaseRecipe(extra_packages=packages)
+
+
+@pytest.fixture(scope="module")
+def layer() -> base.BaseImage:
+    return base.ensure_base(slurm_recipe())
+
+
+class Offline:
+    """debugfs on a raw copy of the image's root partition."""
+
+    def __init__(self, image: Path, tmp: Path) -> None:
+        self.raw = tmp / "disk.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", image, self.raw], check=True)
+        self.device = f"{self.raw}?offset={disk.PARTITION_START_MIB * disk.MIB}"
+
+    def debugfs(self, request: str) -> str:
+        result = subprocess.run(
+            ["debugfs", "-R", request, self.device], capture_output=True, text=True, check=True
+        )
+        return result.stdout
+
+    def names(self, directory: str) -> list[str]:
+        return [n for n in self.debugfs(f"ls -p {directory}").split("\n") if n.strip()]
+
+    def files(self, directory: str) -> dict[str, int]:
+        """name: size of the regular files directly in directory (ls -p rows: /ino/mode/...)."""
+        found = {}
+        for row in self.names(directory):
+            fields = row.strip("/").split("/")
+            if len(fields) >= 6 and fields[1].startswith("100"):
+                found[fields[4]] = int(fields[5])
+        return found
+
+
+@pytest.fixture(scope="module")
+def offline(layer: base.BaseImage, tmp_path_factory: pytest.TempPathFactory) -> Offline:
+    return Offline(layer.path, tmp_path_factory.mktemp("layer-offline"))
+
+
+def test_layer_records_the_installed_versions(layer: base.BaseImage) -> None:
+    for name in ("slurmd", "slurmctld", "munge", "linux-image-cloud-amd64", "cloud-init"):
+        assert layer.packages.get(name), name
+    assert layer.path.is_relative_to(base.cache_dir() / "layers")
+
+
+def test_layer_holds_nothing_per_instance(offline: Offline) -> None:
+    assert offline.files("/etc")["machine-id"] == 0
+    assert [n for n in offline.files("/etc/ssh") if n.startswith("ssh_host_")] == []
+    assert offline.files("/var/lib/apt/lists") == {}
+    assert [n for n in offline.files("/var/cache/apt/archives") if n.endswith(".deb")] == []
+    assert [n for n in offline.files("/var/cache/apt") if n.endswith(".bin")] == []
+    assert "munge.key" not in offline.files("/etc/munge")
+    assert "random-seed" not in offline.files("/var/lib/systemd")
+    logs = offline.files("/var/log")
+    assert logs and all(size == 0 for size in logs.values()), logs
+
+
+def test_layer_boots_lean(offline: Offline) -> None:
+    units = offline.debugfs("ls -l /etc/systemd/system")
+    for unit in ("apt-daily.timer", "modprobe@drm.service"):
+        assert unit in units
+    assert "/dev/null" in offline.debugfs("stat /etc/systemd/system/apt-daily.timer")
+    cloud = offline.debugfs("cat /etc/cloud/cloud.cfg.d/50-imageforge.cfg")
+    assert "datasource_list: [NoCloud, ConfigDrive, None]" in cloud
+    assert "ssh_genkeytypes: [ed25519, ecdsa]" in cloud
+    grub = offline.debugfs("cat /boot/grub/grub.cfg")
+    assert "root=LABEL=rootfs" in grub and "set timeout=0" in grub
+
+
+def test_second_cold_build_downloads_nothing(layer: base.BaseImage) -> None:
+    """--refresh rebuilds the layer from the package lists; the .deb files come from the cache."""
+    again = base.ensure_base(slurm_recipe(), force=True)
+    assert again.built and again.recipe_hash == layer.recipe_hash
+    assert again.downloaded == 0
+    assert again.packages.keys() == layer.packages.keys()
