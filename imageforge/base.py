@@ -115,6 +115,7 @@ class BaseImage:
             "sha256": self.sha256,
             "recipe_hash": self.recipe_hash,
             "packages": self.packages,
+            "downloaded": self.downloaded,
         }
 
 

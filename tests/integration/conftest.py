@@ -67,3 +67,13 @@ def base_cache() -> Path:
         or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imageforge"
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One real `invoke build --image slurm-node` (layer, packer, verification) per test run,
+    shared by every test that only reads what it made."""
+    project = copy_project(tmp_path_factory.mktemp("local-build"))
+    return project, invoke(project, "build", "--image", "slurm-node")

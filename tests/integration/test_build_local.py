@@ -23,17 +23,8 @@ def records(project: Path, flavor: str) -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module")
-def built(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    project = copy_project(tmp_path_factory.mktemp("local-build"))
-    result = invoke(project, "build", "--image", "slurm-node")
-    return project, result
-
-
-def test_build_and_verify_slurm_node(built) -> None:
-    project, result = built
+def test_build_and_verify_slurm_node(slurm_build) -> None:
+    project, result = slurm_build
     assert result.returncode == 0, result.stderr[-4000:]
     [record] = records(project, "slurm-node")
     assert record["status"] == "verified" and record["verified"] is True
@@ -49,6 +40,16 @@ def test_build_and_verify_slurm_node(built) -> None:
     assert record["accelerator"] in ("kvm", "tcg")
     assert record["packer_version"] and record["qemu_version"] and record["base_image"]["sha256"]
     assert set(record["timings"]) >= {"render", "base", "packer", "verify"}
+    # Packages came from the layer, natively installed: the record lists them with versions.
+    assert record["packages"]["slurmd"] and record["packages"]["munge"]
+    assert record["base_image"]["path"].split("/")[-3] == "layers"
+    # The verification waited for a running system and kept systemd-analyze's account of it.
+    boot = record["verification"]["boot"]
+    assert boot["kernel_seconds"] > 0 and boot["userspace_seconds"] > 0, boot
+    assert "Startup finished in" in (directory / "verify-boot.log").read_text()
+    assert record["boot"]["packer_to_ssh_seconds"] > 0
+    # No package was installed inside the build VM.
+    assert "apt-get install" not in (directory / "build.log").read_text()
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["builds"][0]["custom_data"]["imageforge-build-id"] == record["id"]
     # The build's private key never reaches the artifacts or the log.
@@ -57,8 +58,8 @@ def test_build_and_verify_slurm_node(built) -> None:
     assert temp_leftovers(record["id"]) == []
 
 
-def test_rebuild_with_nothing_changed_reuses_the_build(built) -> None:
-    project, first = built
+def test_rebuild_with_nothing_changed_reuses_the_build(slurm_build) -> None:
+    project, first = slurm_build
     assert first.returncode == 0
     again = invoke(project, "build", "--image", "slurm-node")
     assert again.returncode == 0, again.stderr[-2000:]
