@@ -1,0 +1,43 @@
+"""What a tree must not keep: the per-instance leftovers check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imageforge import guestfiles
+from imageforge.verify import timespan_seconds
+
+
+def tree(root: Path) -> Path:
+    for directory in ("etc/ssh", "var/log", "var/lib/apt/lists", "etc/munge"):
+        (root / directory).mkdir(parents=True)
+    (root / "etc/machine-id").write_text("")
+    (root / "var/log/dpkg.log").write_text("")
+    return root
+
+
+def test_a_clean_tree_has_no_leftovers(tmp_path: Path) -> None:
+    assert guestfiles.per_instance_leftovers(tree(tmp_path)) == []
+
+
+def test_every_kind_of_leftover_is_named(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("key")
+    (root / "var/lib/apt/lists/deb_dists_bookworm_InRelease").write_text("x")
+    (root / "etc/munge/munge.key").write_text("secret")
+    (root / "var/log/dpkg.log").write_text("installed\n")
+    assert sorted(guestfiles.per_instance_leftovers(root)) == [
+        "etc/machine-id",
+        "etc/munge/munge.key",
+        "etc/ssh/ssh_host_ed25519_key",
+        "var/lib/apt/lists/deb_dists_bookworm_InRelease",
+        "var/log/dpkg.log",
+    ]
+
+
+def test_systemd_time_spans() -> None:
+    assert timespan_seconds("5.371s") == 5.371
+    assert timespan_seconds("1min 2.5s") == 62.5
+    assert timespan_seconds("850ms") == 0.85
+    assert timespan_seconds("1h 1min 1s") == 3661.0
