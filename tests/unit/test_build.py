@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imageforge import build, config, matrix, render
+import pytest
+
+from imageforge import build, clouds, config, matrix, render, state
 from imageforge.errors import CommandError
 from imageforge.packer import PackerVersion
 
@@ -55,3 +57,29 @@ def test_failed_provisioner_is_named_with_its_output() -> None:
     assert message.startswith("provisioner provisioners/x/20-y.sh failed with exit code 100;")
     assert "Unable to locate package nope" in message
     assert "10-base.sh" not in message
+
+
+def test_refresh_rebuilds_the_layer_and_a_new_layer_is_a_new_build(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--refresh reaches the layer; a refreshed layer (new sha256, same recipe) is not reused."""
+    write(scratch, "flavors:\n  a:\n    packages: [munge]\n")
+    project = config.load(scratch / "images.yml")
+    cell = matrix.find(project, "a", "local")
+    refreshes: list[bool] = []
+
+    def layer(project, cell, *, refresh=False):
+        refreshes.append(refresh)
+        sha = "sha-after-refresh" if refresh else "sha-before"
+        return {"path": "/layer.qcow2", "sha256": sha, "recipe_hash": "same", "packages": {}}
+
+    hashes: list[str] = []
+    reused = state.BuildRecord(id="earlier", flavor="a", cloud="local")
+    monkeypatch.setattr(clouds.get("local"), "base_image", layer)
+    monkeypatch.setattr(
+        state, "reusable", lambda root, flavor, cloud, chash: hashes.append(chash) or reused
+    )
+    assert build.build(project, cell, verify=False, packer_version="1.6.6") is reused
+    assert build.build(project, cell, refresh=True, verify=False, packer_version="1.6.6") is reused
+    assert refreshes == [False, True]
+    assert hashes[0] != hashes[1]
