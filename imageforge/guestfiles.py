@@ -112,6 +112,9 @@ SCRUB_GLOBS = (
     "var/lib/dbus/machine-id",
     "var/lib/systemd/random-seed",
     "etc/resolv.conf",
+    # mmdebstrap keeps its --aptopt/--dpkgopt files; force-unsafe-io is for the build only.
+    "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
+    "etc/apt/apt.conf.d/99mmdebstrap",
     "etc/munge/munge.key",  # packages make these at install time: they must be per instance
     "etc/ssl/private/ssl-cert-snakeoil.key",
     "etc/ssl/certs/ssl-cert-snakeoil.pem",
@@ -191,7 +194,7 @@ def apply(rootfs: Path, user: str, hostname: str) -> None:
 
 
 def per_instance_leftovers(rootfs: Path) -> list[str]:
-    """What in the tree would be shared by every instance of the image (should be empty)."""
+    """What in the tree is per-instance, or the build's own (its dpkg options): should be none."""
     found = [str(p.relative_to(rootfs)) for g in SCRUB_GLOBS[:-2] for p in rootfs.glob(g)]
     if (rootfs / "etc/machine-id").read_text().strip():
         found.append("etc/machine-id")

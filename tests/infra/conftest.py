@@ -50,7 +50,7 @@ def root_facts(host, build) -> dict[str, str]:
         "build_key": f"grep -rlsF {shlex.quote(material)} {HOME_DIRS} /etc/ssh",
         "authorized_keys": "cat /home/*/.ssh/authorized_keys /root/.ssh/authorized_keys",
         "leftovers": f"for p in {' '.join(LEFTOVERS)} /home/*/.aws /home/*/.config/gcloud; "
-        'do [ -e "$p" ] && echo "$p"; done',
+        'do [ -e "$p" ] && echo "$p"; done; grep -rls force-unsafe-io /etc/dpkg',
         "credentials": f"grep -rlEs '{CREDENTIALS}' /etc {HOME_DIRS} /var/lib/cloud",
         "proxy_values": "grep -rlsF "
         + " ".join(f"-e {shlex.quote(v)}" for v in secrets)

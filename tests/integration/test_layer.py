@@ -74,6 +74,9 @@ def test_layer_holds_nothing_per_instance(offline: Offline) -> None:
     assert [n for n in offline.files("/var/cache/apt") if n.endswith(".bin")] == []
     assert "munge.key" not in offline.files("/etc/munge")
     assert "random-seed" not in offline.files("/var/lib/systemd")
+    # The build's dpkg and apt options (force-unsafe-io) stay out of the image.
+    assert "99mmdebstrap" not in offline.files("/etc/dpkg/dpkg.cfg.d")
+    assert "99mmdebstrap" not in offline.files("/etc/apt/apt.conf.d")
     logs = offline.files("/var/log")
     assert logs and all(size == 0 for size in logs.values()), logs
 

@@ -27,7 +27,10 @@ def test_every_kind_of_leftover_is_named(tmp_path: Path) -> None:
     (root / "var/lib/apt/lists/deb_dists_bookworm_InRelease").write_text("x")
     (root / "etc/munge/munge.key").write_text("secret")
     (root / "var/log/dpkg.log").write_text("installed\n")
+    (root / "etc/dpkg/dpkg.cfg.d").mkdir(parents=True)
+    (root / "etc/dpkg/dpkg.cfg.d/99mmdebstrap").write_text("force-unsafe-io\n")
     assert sorted(guestfiles.per_instance_leftovers(root)) == [
+        "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
         "etc/machine-id",
         "etc/munge/munge.key",
         "etc/ssh/ssh_host_ed25519_key",
