@@ -206,6 +206,8 @@ class VirtualMachine:
     network: bool = True
     restrict_network: bool = False  # no traffic leaves the VM; the SSH forward still works
     reboot: bool = True
+    mac: str | None = None  # of the user-networking NIC
+    extra_args: tuple[str, ...] = ()  # more devices, e.g. a NIC on a cluster's own network
     ssh_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _stack: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
@@ -230,7 +232,8 @@ class VirtualMachine:
             forward = f"hostfwd=tcp:{LOCALHOST}:{self.ssh_port}-:22"
             restrict = ",restrict=on" if self.restrict_network else ""
             argv += ["-netdev", f"user,id=net0{restrict},{forward}"]
-            argv += ["-device", "virtio-net-pci,netdev=net0"]
+            mac = f",mac={self.mac}" if self.mac else ""
+            argv += ["-device", f"virtio-net-pci,netdev=net0{mac}"]
         if self.kernel is not None:
             argv += ["-kernel", os.fspath(self.kernel)]
         if self.initrd is not None:
@@ -239,7 +242,7 @@ class VirtualMachine:
             argv += ["-append", self.append]
         if not self.reboot:
             argv += ["-no-reboot"]
-        return argv
+        return [*argv, *self.extra_args]
 
     def __enter__(self) -> VirtualMachine:
         argv = self.argv()

@@ -2,9 +2,10 @@
 
 from invoke import Collection
 
-from imageforge.tasks import images, lifecycle, sharing
+from imageforge.tasks import cluster, images, lifecycle, sharing
 
 namespace = Collection()
 for module in (images, lifecycle, sharing):
     for task in module.TASKS:
         namespace.add_task(task)
+namespace.add_collection(cluster.collection)

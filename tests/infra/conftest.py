@@ -61,6 +61,7 @@ def root_facts(host, build) -> dict[str, str]:
         "find /var/cache/apt -type f \\( -name '*.deb' -o -name '*.bin' \\)",
         "sshd": "sshd -T",
         "munge_key": "test -e /etc/munge/munge.key && echo present",
+        "slurm_journal": "journalctl -b -u imageforge-slurm.service --no-pager -o cat",
     }
     script = "".join(
         f"echo '### {name}'; ( {command} ) 2>/dev/null; echo \"### rc $?\"; "

@@ -28,3 +28,18 @@ def test_no_munge_key_baked_in(root_facts):
 
 def test_cluster_name_recorded(host):
     assert host.run("grep -q '^ClusterName=' /etc/slurm/cluster-name.conf").rc == 0
+
+
+def test_first_boot_unit_is_enabled(host):
+    assert host.check_output("systemctl is-enabled imageforge-slurm.service") == "enabled"
+    assert host.run("test -x /usr/local/sbin/imageforge-slurm-setup").rc == 0
+
+
+def test_node_without_a_key_stays_unconfigured_and_says_so(host, root_facts):
+    # The verification boot gives no imageforge_slurm block: nothing may start, and the node
+    # says why in motd and on the console (its journal, here).
+    motd = host.check_output("cat /run/motd.d/50-imageforge-slurm")
+    assert "not configured" in motd, motd
+    assert "not configured" in root_facts["slurm_journal"], root_facts["slurm_journal"]
+    states = host.run("systemctl is-active munge slurmd slurmctld").stdout.split()
+    assert "active" not in states, states

@@ -1,0 +1,296 @@
+"""A Slurm cluster on this machine from the newest verified local slurm-node build.
+
+One controller and N workers boot from copy-on-write overlays of the build's qcow2. They share
+a private layer-2 network, a VDE switch on a unix socket (no interface on the host, no
+multicast), with addresses from CLUSTER_NET; each one also has QEMU user networking with
+restrict=on, used only for SSH forwarded on 127.0.0.1. Every node gets its own NoCloud seed:
+its role, the cluster name, the controller's address and the cluster's MUNGE key, made anew for
+every cluster. The cluster's state lives in build/cluster/, so that `status` and `down` find it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from imageforge import buildsecrets, log, qemu, runner, state
+from imageforge.config import Project
+from imageforge.errors import ImageforgeError
+
+FLAVOR = "slurm-node"
+CLUSTER_NET = "10.77.0"
+CONTROLLER_HOST = 10
+BOOT_TIMEOUT = 600.0
+MEMORY_MB = 1024
+MAX_WORKERS = 8
+
+
+@dataclass
+class Node:
+    name: str
+    role: str
+    address: str
+    ssh_port: int
+    pid: int = 0
+
+
+@dataclass
+class Cluster:
+    """What `up` started: enough for `status` and `down` to find every piece."""
+
+    name: str
+    directory: str
+    build_id: str
+    user: str
+    nodes: list[Node]
+    switch_pid: int = 0
+
+    @property
+    def key(self) -> Path:
+        return Path(self.directory) / "ssh" / "id_ed25519"
+
+    def ssh_argv(self, node: Node, command: str | None = None) -> list[str]:
+        argv = ["ssh", "-i", str(self.key), "-p", str(node.ssh_port)]
+        argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        argv += ["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"]
+        return [*argv, f"{self.user}@127.0.0.1", *([command] if command else [])]
+
+    def ssh(self, node: Node, command: str) -> runner.CommandResult:
+        return runner.run(self.ssh_argv(node, command), stream=False, check=False)
+
+    @property
+    def controller(self) -> Node:
+        return self.nodes[0]
+
+
+def state_dir(project: Project) -> Path:
+    return project.root / "build" / "cluster"
+
+
+def load(project: Project) -> Cluster | None:
+    path = state_dir(project) / "cluster.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    data["nodes"] = [Node(**n) for n in data["nodes"]]
+    return Cluster(**data)
+
+
+def _save(cluster: Cluster) -> None:
+    path = Path(cluster.directory) / "cluster.json"
+    path.write_text(json.dumps(asdict(cluster), indent=2) + "\n")
+
+
+def alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def up(project: Project, workers: int, name: str = "imageforge") -> Cluster:
+    """Boot the controller and `workers` workers, wait until every worker is idle in sinfo."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ImageforgeError(f"--workers must be 1 to {MAX_WORKERS}, not {workers}")
+    running = load(project)
+    if running is not None and any(alive(p) for p in _pids(running)):
+        raise ImageforgeError(
+            f"cluster {running.name} is already running",
+            hint="stop it first with `invoke cluster down`",
+        )
+    if running is not None:
+        down(project)
+    record = _newest_verified(project)
+    directory = state_dir(project)
+    directory.mkdir(parents=True)
+    directory.chmod(0o700)
+    nodes = [Node("ctl", "controller", f"{CLUSTER_NET}.{CONTROLLER_HOST}", qemu.free_port())]
+    nodes += [
+        Node(f"worker{i}", "worker", f"{CLUSTER_NET}.{CONTROLLER_HOST + i}", qemu.free_port())
+        for i in range(1, workers + 1)
+    ]
+    cluster = Cluster(name, str(directory), record.id, "debian", nodes)
+    _save(cluster)
+    try:
+        _start(project, cluster, record)
+        _wait(cluster, workers)
+    except BaseException:
+        log.warn("stopping the cluster's VMs after the failure")
+        down(project)
+        raise
+    return cluster
+
+
+def _newest_verified(project: Project) -> state.BuildRecord:
+    found = [r for r in state.records(project.root, FLAVOR, "local") if r.verified]
+    if not found:
+        raise ImageforgeError(
+            "there is no verified local slurm-node build",
+            hint="run `invoke build --image slurm-node` first",
+        )
+    return found[-1]
+
+
+def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> None:
+    directory = Path(cluster.directory)
+    key = buildsecrets.ssh_keypair(directory / "ssh", f"imageforge-cluster-{cluster.name}")
+    munge_key = base64.b64encode(secrets.token_bytes(1024)).decode()
+    hosts = {n.name: n.address for n in cluster.nodes}
+    switch = directory / "switch"
+    with log.step("VDE switch for the cluster network"):
+        runner.run(
+            [
+                *("vde_switch", "--sock", switch, "--mode", "0700"),
+                *("--daemon", "--pidfile", directory / "switch.pid"),
+            ],
+            stream=False,
+            what="vde_switch",
+        )
+        cluster.switch_pid = _read_pid(directory / "switch.pid")
+        _save(cluster)
+    image = record.directory / "image" / f"{FLAVOR}.qcow2"
+    for index, node in enumerate(cluster.nodes):
+        with log.step(f"start {node.name} ({node.role}, {node.address})"):
+            overlay = qemu.overlay(image, directory / f"{node.name}.qcow2")
+            seed = qemu.make_seed(
+                directory / f"{node.name}-seed.iso",
+                user_data=_user_data(key.public, node, cluster, munge_key, hosts),
+                meta_data=f"instance-id: {cluster.name}-{node.name}-{secrets.token_hex(4)}\n"
+                f"local-hostname: {node.name}\n",
+                network_config=_network_config(index, node),
+            )
+            vm = qemu.VirtualMachine(
+                disk=overlay,
+                serial_log=directory / f"{node.name}-console.log",
+                seed=seed,
+                cpus=1,
+                memory_mb=MEMORY_MB,
+                accelerator=project.images.clouds.local.accelerator,
+                restrict_network=True,
+                mac=f"52:54:00:12:34:{index:02x}",
+                ssh_port=node.ssh_port,
+                extra_args=(
+                    "-netdev",
+                    f"vde,id=cluster,sock={switch}",
+                    "-device",
+                    f"virtio-net-pci,netdev=cluster,mac=52:54:00:77:00:{index:02x}",
+                ),
+            )
+            pidfile = directory / f"{node.name}.pid"
+            vm.serial_log.write_bytes(b"")
+            runner.run(
+                [*vm.argv(), "-daemonize", "-pidfile", pidfile],
+                stream=False,
+                what=f"starting {node.name}",
+            )
+            node.pid = _read_pid(pidfile)
+            _save(cluster)
+
+
+def _user_data(public_key: str, node: Node, cluster: Cluster, munge: str, hosts: dict) -> str:
+    document = {
+        "ssh_pwauth": False,
+        "disable_root": True,
+        "ssh_authorized_keys": [public_key],
+        "imageforge_slurm": {
+            "role": node.role,
+            "cluster_name": cluster.name,
+            "controller": cluster.controller.address,
+            "munge_key": munge,
+            "hosts": hosts,
+        },
+    }
+    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
+
+
+def _network_config(index: int, node: Node) -> str:
+    document = {
+        "version": 2,
+        "ethernets": {
+            "nat": {"match": {"macaddress": f"52:54:00:12:34:{index:02x}"}, "dhcp4": True},
+            "cluster": {
+                "match": {"macaddress": f"52:54:00:77:00:{index:02x}"},
+                "addresses": [f"{node.address}/24"],
+            },
+        },
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def _read_pid(path: Path, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            time.sleep(0.1)
+    raise ImageforgeError(f"no pid in {path}")
+
+
+def _wait(cluster: Cluster, workers: int) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    for node in cluster.nodes:
+        with log.step(f"wait for {node.name}: SSH"):
+            qemu.wait_for_ssh(node.ssh_port, max(deadline - time.monotonic(), 1))
+            while cluster.ssh(node, "true").returncode != 0:
+                _check_time(deadline, f"{node.name} does not accept the cluster's key")
+                time.sleep(2)
+    with log.step(f"wait for {workers} idle workers in sinfo"):
+        while True:
+            out = cluster.ssh(cluster.controller, "sinfo -h -N -o '%N %t'").output
+            idle = [line.split()[0] for line in out.splitlines() if line.endswith(" idle")]
+            if len(idle) >= workers:
+                break
+            _check_time(deadline, f"only {len(idle)} of {workers} workers are idle: {out}")
+            time.sleep(3)
+
+
+def _check_time(deadline: float, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise ImageforgeError(f"the cluster did not come up in {BOOT_TIMEOUT:.0f}s: {what}")
+
+
+def _pids(cluster: Cluster) -> list[int]:
+    return [n.pid for n in cluster.nodes] + [cluster.switch_pid]
+
+
+def down(project: Project) -> Cluster | None:
+    """Stop every VM and the switch, and remove the overlays, seeds, keys and sockets."""
+    cluster = load(project)
+    directory = state_dir(project)
+    if cluster is not None:
+        for pid in _pids(cluster):
+            if alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in _pids(cluster)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in _pids(cluster):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(directory, ignore_errors=True)
+    return cluster
+
+
+def status(project: Project) -> tuple[Cluster, str] | None:
+    """The cluster, and sinfo on its controller (or why it cannot be asked)."""
+    cluster = load(project)
+    if cluster is None:
+        return None
+    if not alive(cluster.controller.pid):
+        return cluster, "the controller is not running"
+    result = cluster.ssh(cluster.controller, "sinfo")
+    return cluster, result.output

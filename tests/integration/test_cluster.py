@@ -1,0 +1,134 @@
+"""A real Slurm cluster from the built slurm-node image: 1 controller and 2 workers.
+
+Everything runs inside a network namespace this test creates (`ip netns add`): `invoke cluster
+up`, its VMs and VDE switch, and every SSH connection to the nodes. The nodes' own network is
+the VDE switch; nothing reaches the machine's namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import processes_mentioning
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[str]:
+    name = f"imageforge-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def in_ns(netns: str, *argv: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *map(str, argv)], capture_output=True, text=True, **kwargs
+    )
+
+
+def cluster_invoke(project: Path, netns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return in_ns(netns, sys.executable, "-m", "invoke", "cluster", *args, cwd=project)
+
+
+class Nodes:
+    """SSH into the cluster's nodes (inside the namespace) with the cluster's own key."""
+
+    def __init__(self, project: Path, netns: str) -> None:
+        state = json.loads((project / "build/cluster/cluster.json").read_text())
+        self.key = Path(state["directory"]) / "ssh" / "id_ed25519"
+        self.ports = {n["name"]: n["ssh_port"] for n in state["nodes"]}
+        self.netns = netns
+
+    def run(self, node: str, command: str) -> subprocess.CompletedProcess[str]:
+        return in_ns(
+            self.netns,
+            *("ssh", "-i", self.key, "-p", str(self.ports[node]), "-o", "BatchMode=yes"),
+            *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
+            *("-o", "LogLevel=ERROR", "debian@127.0.0.1", command),
+            timeout=300,
+        )
+
+    def output(self, node: str, command: str) -> str:
+        result = self.run(node, command)
+        assert result.returncode == 0, f"{node}: {command}: {result.stdout}{result.stderr}"
+        return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def cluster(slurm_build, netns: str) -> Iterator[tuple[Path, Nodes]]:
+    project, built = slurm_build
+    assert built.returncode == 0, built.stderr[-3000:]
+    result = cluster_invoke(project, netns, "up", "--image", "slurm-node", "--workers", "2")
+    try:
+        assert result.returncode == 0, result.stderr[-4000:]
+        yield project, Nodes(project, netns)
+    finally:
+        cluster_invoke(project, netns, "down")
+
+
+def test_workers_are_idle_in_sinfo(cluster) -> None:
+    _, nodes = cluster
+    rows = nodes.output("ctl", "sinfo -h -N -o '%N %t'").splitlines()
+    assert sorted(rows) == ["worker1 idle", "worker2 idle"], rows
+
+
+def test_srun_answers_from_both_workers(cluster) -> None:
+    _, nodes = cluster
+    names = nodes.output("ctl", "srun -N2 hostname").split()
+    assert sorted(names) == ["worker1", "worker2"]
+
+
+def test_batch_job_completes_and_its_output_is_read_back(cluster) -> None:
+    _, nodes = cluster
+    job = nodes.output(
+        "ctl",
+        "sbatch --parsable --wait -N1 -w worker2 -o /tmp/job-%j.out "
+        "--wrap 'echo imageforge-batch-$(hostname)'",
+    )
+    assert re.fullmatch(r"\d+", job), job
+    assert nodes.output("worker2", f"cat /tmp/job-{job}.out") == "imageforge-batch-worker2"
+
+
+def test_second_up_is_refused_while_it_runs(cluster, netns: str) -> None:
+    project, _ = cluster
+    again = cluster_invoke(project, netns, "up", "--workers", "1")
+    assert again.returncode == 1
+    assert "invoke cluster down" in again.stderr
+
+
+def test_status_shows_the_nodes_and_sinfo(cluster, netns: str) -> None:
+    project, _ = cluster
+    result = cluster_invoke(project, netns, "status")
+    assert result.returncode == 0, result.stderr
+    for name in ("ctl", "worker1", "worker2", "PARTITION"):
+        assert name in result.stdout + result.stderr
+
+
+def munge_key_digest(nodes: Nodes, node: str) -> str:
+    return nodes.output(node, "sudo sha256sum /etc/munge/munge.key").split()[0]
+
+
+def test_nodes_share_a_key_that_a_new_cluster_does_not(cluster, netns: str) -> None:
+    project, nodes = cluster
+    first = {munge_key_digest(nodes, n) for n in ("ctl", "worker1", "worker2")}
+    assert len(first) == 1
+    cluster_invoke(project, netns, "down")
+    assert processes_mentioning(str(project / "build" / "cluster")) == []
+    assert not (project / "build" / "cluster").exists()
+    result = cluster_invoke(project, netns, "up", "--workers", "1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    second = munge_key_digest(Nodes(project, netns), "ctl")
+    assert second not in first
