@@ -176,3 +176,10 @@ StandardOutput=journal+console
 WantedBy=multi-user.target
 UNIT
 systemctl enable imageforge-slurm.service > /dev/null 2>&1
+
+# Configless workers have no local slurm.conf, which Debian's slurmd.service requires.
+mkdir -p /etc/systemd/system/slurmd.service.d
+cat > /etc/systemd/system/slurmd.service.d/imageforge-configless.conf <<'UNIT'
+[Unit]
+ConditionPathExists=
+UNIT
