@@ -5,7 +5,6 @@ from invoke import Collection
 from imageforge.tasks import cluster, images, lifecycle, sharing
 
 namespace = Collection()
-for module in (images, lifecycle, sharing):
+for module in (images, lifecycle, sharing, cluster):
     for task in module.TASKS:
         namespace.add_task(task)
-namespace.add_collection(cluster.collection)

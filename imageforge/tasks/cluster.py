@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from invoke import Collection, task
+from invoke import task
 
 from imageforge import cluster as clusters
 from imageforge import log
@@ -12,43 +12,36 @@ from imageforge.errors import ImageforgeError
 from imageforge.tasks.common import friendly, project
 
 HELP = {
+    "action": "up, status or down",
     "image": "the flavor to boot: slurm-node",
-    "workers": "number of workers besides the controller (default 2)",
+    "workers": "with up: number of workers besides the controller (default 2)",
     "config": "path to images.yml (default: ./images.yml)",
 }
+ACTIONS = ("up", "status", "down")
 
 
-@task(help=HELP)
+@task(help=HELP, positional=["action"])
 @friendly
-def up(c, image="slurm-node", workers=2, config=None):
-    """Boot 1 controller and N workers from the newest verified local slurm-node build."""
-    if image != clusters.FLAVOR:
-        raise ImageforgeError(f"clusters are made of {clusters.FLAVOR} images, not {image!r}")
+def cluster(c, action, image="slurm-node", workers=2, config=None):
+    """A Slurm cluster from the slurm-node build: `invoke cluster up|status|down`."""
+    if action not in ACTIONS:
+        raise ImageforgeError(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
     proj = project(config)
-    with log.step(f"cluster up: 1 controller + {workers} workers"):
-        cluster = clusters.up(proj, int(workers))
-    _summary(cluster)
-
-
-@task(help={"config": HELP["config"]})
-@friendly
-def status(c, config=None):
-    """Show the cluster's nodes, their SSH commands and sinfo."""
-    found = clusters.status(project(config))
-    if found is None:
-        log.info("no cluster is running (start one with `invoke cluster up`)")
-        return
-    cluster, sinfo = found
-    _summary(cluster)
-    log.info(sinfo)
-
-
-@task(help={"config": HELP["config"]})
-@friendly
-def down(c, config=None):
-    """Stop every VM of the cluster and remove its overlays, seeds, keys and sockets."""
-    cluster = clusters.down(project(config))
-    log.info("cluster stopped and removed" if cluster else "no cluster was running")
+    if action == "up":
+        if image != clusters.FLAVOR:
+            raise ImageforgeError(f"clusters are made of {clusters.FLAVOR} images, not {image!r}")
+        with log.step(f"cluster up: 1 controller + {workers} workers"):
+            _summary(clusters.up(proj, int(workers)))
+    elif action == "status":
+        found = clusters.status(proj)
+        if found is None:
+            log.info("no cluster is running (start one with `invoke cluster up`)")
+            return
+        _summary(found[0])
+        log.info(found[1])
+    else:
+        stopped = clusters.down(proj)
+        log.info("cluster stopped and removed" if stopped else "no cluster was running")
 
 
 def _summary(cluster: clusters.Cluster) -> None:
@@ -60,4 +53,4 @@ def _summary(cluster: clusters.Cluster) -> None:
     log.info("try: " + shlex.join(cluster.ssh_argv(cluster.controller, "srun -N2 hostname")))
 
 
-collection = Collection("cluster", up, status, down)
+TASKS = [cluster]
