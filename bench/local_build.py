@@ -168,9 +168,7 @@ def main() -> None:
         results["second_cold_layer_slurm_node"] = layer(env, "slurm-node", force=True)
         for flavor in warm_flavors:
             if flavor != "slurm-node":
-                print(
-                    f"build + verify {flavor} (cold through packer, layer cached) ...", flush=True
-                )
+                print(f"first {flavor} build + verify (its layer is cached above) ...", flush=True)
                 build(project, env, flavor)
                 print(f"warm {flavor} build + verify ...", flush=True)
                 results["warm"][flavor] = build(project, env, flavor, "--force")

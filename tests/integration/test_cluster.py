@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +134,29 @@ def test_nodes_share_a_key_that_a_new_cluster_does_not(cluster, netns: str) -> N
     assert result.returncode == 0, result.stderr[-4000:]
     second = munge_key_digest(Nodes(project, netns), "ctl")
     assert second not in first
+
+
+def test_ctrl_c_during_up_leaves_nothing_running(cluster, netns: str) -> None:
+    project, _ = cluster
+    cluster_invoke(project, netns, "down")
+    state = project / "build" / "cluster" / "cluster.json"
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "invoke", "cluster", "up"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the last node's VM has been started
+        if state.is_file() and all(n["pid"] for n in json.loads(state.read_text())["nodes"]):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    else:
+        pytest.fail("the cluster's VMs never started")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-2000:]
+    assert processes_mentioning(str(project / "build" / "cluster")) == []
+    assert not (project / "build" / "cluster").exists()
