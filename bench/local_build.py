@@ -178,7 +178,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-    print(f"written to {args.out}")
+    print(f"written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:

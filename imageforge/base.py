@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from imageforge import aptsources, disk, guestfiles, log, qemu, runner
-from imageforge.debcache import DebCache
+from imageforge.debcache import DebCache, Harvest
 from imageforge.errors import ImageforgeError
 
 # Bump when the build changes in a way the hashed recipe, guest files and options do not show.
@@ -245,7 +245,7 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
         _remove_tree(work)
 
 
-def _bootstrap(recipe: BaseRecipe, rootfs: Path, outbox: Path, logfile: Path) -> Any:
+def _bootstrap(recipe: BaseRecipe, rootfs: Path, outbox: Path, logfile: Path) -> Harvest:
     if os.geteuid() != 0:
         raise ImageforgeError(
             "building the base image needs root (mmdebstrap --mode=root, mke2fs -d)",

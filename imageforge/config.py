@@ -6,9 +6,7 @@ settings that every flavor inherits (deep-merged under each flavor before valida
 
 from __future__ import annotations
 
-import difflib
 import re
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from pydantic import (
 )
 
 from imageforge import yamlsource
+from imageforge.configerrors import dotted, explain, suggest
 from imageforge.errors import ConfigError
 from imageforge.yamlsource import Mark
 
@@ -246,20 +245,6 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def dotted(path: tuple[Any, ...]) -> str:
-    """Key path as people write it: flavors.slurm-node.provisioners[0].script."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def suggest(word: str, choices: typing.Iterable[str]) -> str:
-    """'; did you mean X?' for the nearest choice, or nothing."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def load(path: Path | str = "images.yml") -> Project:
     """Load, merge defaults into flavors, validate, and check cross-references."""
     path = Path(path)
@@ -271,7 +256,7 @@ def load(path: Path | str = "images.yml") -> Project:
     try:
         images = ImagesFile.model_validate(merged)
     except ValidationError as exc:
-        raise _explain(exc, raw, merged, display) from None
+        raise explain(exc, merged, display, ImagesFile) from None
     images = _add_default_packages(images)
     project = Project(path=path, root=path.resolve().parent, images=images, raw=merged)
     _check_files(project)
@@ -311,108 +296,6 @@ def _merge_defaults(raw: dict) -> dict:
         new_flavors[name] = yamlsource.merge(defaults, flavor if flavor is not None else {})
     merged["flavors"] = new_flavors
     return merged
-
-
-def _explain(exc: ValidationError, raw: Any, merged: Any, display: str) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = tuple(p for p in first["loc"] if p != "[key]" and not _is_wrapper(p))
-    mark = yamlsource.locate(merged, loc, Mark(display, 1, 1))
-    kind = first["type"]
-    annotation = _annotation_at(ImagesFile, loc[:-1] if kind == "extra_forbidden" else loc)
-    if kind == "extra_forbidden":
-        allowed = _fields(annotation)
-        message = (
-            f"unknown key {loc[-1]!r}; allowed: {', '.join(allowed)}{suggest(loc[-1], allowed)}"
-        )
-        where = dotted(loc[:-1])
-    elif kind == "literal_error":
-        allowed = [str(a) for a in typing.get_args(_unwrap(annotation))]
-        message = f"{first['input']!r} is not allowed; allowed: {', '.join(allowed)}"
-        message += suggest(first["input"], allowed)
-        where = dotted(loc)
-    elif kind == "missing":
-        message = f"missing required key {loc[-1]!r}"
-        where = dotted(loc[:-1])
-    elif "[key]" in first["loc"]:
-        message = f"{loc[-1]!r} is not a valid name: {_human(first)}"
-        where = dotted(loc)
-    else:
-        message = f"{_human(first)} (got {_shown(first['input'])})"
-        where = dotted(loc)
-    others = {yamlsource.locate(merged, tuple(e["loc"]), mark) for e in errors[1:]} - {mark}
-    more = f" (and {len(others)} more)" if others else ""
-    return ConfigError(f"{mark}: {where}: {message}{more}")
-
-
-def _human(error: Any) -> str:
-    """pydantic's message in this file's words."""
-    kind, ctx = error["type"], error.get("ctx", {})
-    if kind == "string_pattern_mismatch":
-        return f"must match {ctx['pattern']}"
-    if kind == "too_short":
-        return "needs at least one entry"
-    if kind == "string_type" and isinstance(error["input"], int | float | bool):
-        return "input should be a string; quote it in YAML"
-    text = (
-        error["msg"].replace("a valid tuple", "a list").replace("a valid dictionary", "a mapping")
-    )
-    return text[0].lower() + text[1:]
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping" if value else "an empty mapping"
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    if value is None:
-        return "nothing"
-    return repr(value) if isinstance(value, str | int | float | bool) else type(value).__name__
-
-
-def _is_wrapper(part: Any) -> bool:
-    # pydantic adds validator names such as 'function-before[...]' to some locations
-    return isinstance(part, str) and ("[" in part and part.endswith("]") and "-" in part)
-
-
-def _unwrap(annotation: Any) -> Any:
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            annotation = args[0] if len(args) == 1 else annotation
-            if len(args) != 1:
-                return annotation
-        else:
-            return annotation
-
-
-def _annotation_at(model: Any, loc: tuple[Any, ...]) -> Any:
-    annotation: Any = model
-    for part in loc:
-        annotation = _unwrap(annotation)
-        origin = typing.get_origin(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(str(part))
-            if field is None:
-                return None
-            annotation = field.annotation
-        elif origin is dict:
-            annotation = typing.get_args(annotation)[1]
-        elif origin is tuple:
-            annotation = typing.get_args(annotation)[0]
-        else:
-            return None
-    return annotation
-
-
-def _fields(annotation: Any) -> list[str]:
-    annotation = _unwrap(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
 
 
 def _check_files(project: Project) -> None:
