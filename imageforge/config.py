@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import typing
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -40,6 +42,19 @@ Size = Annotated[StrictInt, Field(ge=1, le=65536)]
 # Image-name patterns: placeholders {prefix}, {flavor} and {build_id}; characters every cloud takes.
 NamePattern = Annotated[str, StringConstraints(pattern=r"^[a-z{][a-z0-9{}_-]{0,62}$")]
 NAME_PLACEHOLDERS = ("prefix", "flavor", "build_id")
+
+
+def _known_timezone(name: str) -> str:
+    zones = zoneinfo.available_timezones()
+    if name not in zones:
+        raise ValueError(f"not a tz database timezone such as Europe/London{suggest(name, zones)}")
+    return name
+
+
+Timezone = Annotated[str, AfterValidator(_known_timezone)]
+ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+GuestPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]*$")]
+BucketName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
 
 
 class Model(BaseModel):
@@ -73,6 +88,43 @@ class OsPerCloud(Model):
     openstack: OsName = "ubuntu-24.04"
 
 
+class AutoShutdown(Model):
+    """Power off every day at a local time (a systemd timer; user-data can override it)."""
+
+    time: ClockTime = Field("18:00", description="HH:MM, 24-hour clock")
+    timezone: Timezone = Field("Europe/London", description="tz database name")
+
+
+class S3fsMount(Model):
+    """A bucket mounted at /mnt/s3fs at boot. Credentials never come from here: user-data
+    gives keys, or the instance's own role is used."""
+
+    bucket: BucketName
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+/?$")] | None = (
+        Field(None, description="S3 endpoint; default: AWS")
+    )
+    path_style: StrictBool = Field(False, description="path-style requests (non-AWS servers)")
+    read_only: StrictBool = True
+
+
+class Desktop(Model):
+    """A per-attendee XFCE desktop served by TigerVNC on display :1 (port 5901)."""
+
+    vnc_localhost_only: StrictBool = Field(
+        False, description="serve VNC on localhost only, for attendees who tunnel over SSH"
+    )
+    geometry: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{2,3}x[1-9][0-9]{2,3}$")] = (
+        "1280x800"
+    )
+    shutdown: AutoShutdown | None = Field(AutoShutdown(), description="null: never")
+    autosquash: GuestPath | None = Field(
+        None,
+        description="directory whose *.squashfs files are mounted read-only under "
+        "/mnt/autosquash/<name> at boot, e.g. /mnt/s3fs/autosquash in the s3fs bucket",
+    )
+    s3fs: S3fsMount | None = None
+
+
 class Flavor(Model):
     """What goes into an image, independent of the cloud it is built on."""
 
@@ -90,6 +142,13 @@ class Flavor(Model):
     tests: str | None = Field(None, description="testinfra suite, relative to images.yml")
     ports: tuple[Port, ...] = (22,)
     tags: dict[str, str] = Field(default_factory=dict, description="Tags/labels on every cloud")
+    desktop: Desktop | None = Field(
+        None, description="XFCE + TigerVNC desktop: image defaults; user-data overrides"
+    )
+    verify_user_data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="cloud-config keys added to the user-data of the verification boot",
+    )
 
 
 class AwsSourceAmi(Model):

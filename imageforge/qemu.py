@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -106,6 +107,19 @@ def _kvm_works() -> tuple[bool, str]:
     if FIRMWARE_DONE not in firmware:
         return False, f"a KVM test VM did not get through its firmware in {seconds:.1f}s (too slow)"
     return True, f"firmware ran in {seconds:.2f}s"
+
+
+# How a guest shows its owner a secret it generated (a VNC password, a token): one console line.
+# Kept logs never hold the value: it is redacted when the VM stops.
+SECRET_LINE = re.compile(r"(imageforge-secret: [\w.-]+=)\S+")
+
+
+def redact_console(path: Path) -> None:
+    """Replace the values of the guest's secret lines in a console log."""
+    text = _read(path)
+    redacted = SECRET_LINE.sub(r"\1[redacted]", text)
+    if redacted != text:
+        path.write_text(redacted)
 
 
 def _read(path: Path) -> str:
@@ -208,6 +222,11 @@ class VirtualMachine:
     reboot: bool = True
     mac: str | None = None  # of the user-networking NIC
     extra_args: tuple[str, ...] = ()  # more devices, e.g. a NIC on a cluster's own network
+    # More guest ports on 127.0.0.1: {guest port: host port}.
+    forwards: dict[int, int] = field(default_factory=dict)
+    # Guest-initiated connections to one address that QEMU hands to a host command, e.g.
+    # ("10.0.2.100:80", "socat - TCP:127.0.0.1:9000"): one command per connection.
+    guest_commands: tuple[tuple[str, str], ...] = ()
     ssh_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _stack: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
@@ -229,7 +248,12 @@ class VirtualMachine:
         if self.seed is not None:
             argv += ["-drive", f"file={_escape(self.seed)},format=raw,media=cdrom,readonly=on"]
         if self.network:
-            forward = f"hostfwd=tcp:{LOCALHOST}:{self.ssh_port}-:22"
+            ports = {22: self.ssh_port, **self.forwards}
+            forward = ",".join(
+                f"hostfwd=tcp:{LOCALHOST}:{host}-:{guest}" for guest, host in ports.items()
+            )
+            for address, command in self.guest_commands:
+                forward += f",guestfwd=tcp:{address}-cmd:{_escape(command)}"
             restrict = ",restrict=on" if self.restrict_network else ""
             argv += ["-netdev", f"user,id=net0{restrict},{forward}"]
             mac = f",mac={self.mac}" if self.mac else ""
@@ -258,6 +282,7 @@ class VirtualMachine:
         tb: TracebackType | None,
     ) -> None:
         self._stack.close()
+        redact_console(self.serial_log)
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self.proc is None:

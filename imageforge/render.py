@@ -173,6 +173,8 @@ def _env(cell: Cell, step: Provisioner) -> list[Any]:
         "IMAGE_USER": cell.flavor.user,
         "IMAGE_PORTS": " ".join(str(p) for p in cell.flavor.ports),
     }
+    if cell.flavor.desktop is not None:
+        ours["IMAGEFORGE_DESKTOP"] = cell.flavor.desktop.model_dump_json()
     merged = {**ours, **cell.flavor.env, **step.env}
     env: list[Any] = [f"{key}={value}" for key, value in merged.items()]
     env.append(Raw('"IMAGEFORGE_BUILD_ID=${var.build_id}"'))

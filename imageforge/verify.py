@@ -8,6 +8,7 @@ and everything temporary is removed afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import sys
@@ -40,11 +41,10 @@ def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
     if not image.is_file():
         raise ImageforgeError(f"build {record.id} has no image at {image}")
     suites = [COMMON_SUITE] + ([cell.flavor.tests] if cell.flavor.tests else [])
-    local = project.images.clouds.local
     scratch = Path(tempfile.mkdtemp(prefix=f"imageforge-verify-{record.id}-"))
     with log.step(f"verify {record.flavor} build {record.id}") as timing:
         try:
-            outcome = _boot_and_test(project, record, image, suites, scratch, local)
+            outcome = _boot_and_test(project, cell, record, image, suites, scratch)
         except BaseException as exc:
             record.verified, record.status = False, "failed"
             reason = (str(exc) or type(exc).__name__).splitlines()[0]
@@ -73,18 +73,22 @@ def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
 
 
 def _boot_and_test(
-    project: Project, record: BuildRecord, image: Path, suites: list[str], scratch: Path, local: Any
+    project: Project, cell: Cell, record: BuildRecord, image: Path, suites: list[str], scratch: Path
 ) -> dict[str, Any]:
+    local = project.images.clouds.local
     overlay = qemu.overlay(image, scratch / "overlay.qcow2")
     key = buildsecrets.ssh_keypair(scratch / "ssh", f"imageforge-verify-{record.id}")
     instance_id = f"imageforge-verify-{record.id}"
     seed = qemu.make_seed(
         scratch / "seed.iso",
-        user_data=seed_user_data(key.public),
+        user_data=seed_user_data(key.public, cell.flavor.verify_user_data),
         meta_data=f"instance-id: {instance_id}\nlocal-hostname: debian\n",
     )
     user = "debian"
+    # The flavor's other ports, for suites that use them as a client would (e.g. VNC).
+    forwards = {port: qemu.free_port() for port in cell.flavor.ports if port != 22}
     vm = qemu.VirtualMachine(
+        forwards=forwards,
         disk=overlay,
         serial_log=record.directory / "verify-serial.log",
         seed=seed,
@@ -120,7 +124,10 @@ def _boot_and_test(
             "IMAGEFORGE_BUILD_PUBKEY": record.build_public_key,
             "IMAGEFORGE_VERIFY_PUBKEY": key.public,
             "IMAGEFORGE_VERIFY_INSTANCE_ID": instance_id,
-            "IMAGE_USER": project.images.flavors[record.flavor].user,
+            "IMAGE_USER": cell.flavor.user,
+            "IMAGEFORGE_PORTS": json.dumps({str(g): h for g, h in forwards.items()}),
+            "IMAGEFORGE_ARTIFACTS": str(record.directory),
+            "IMAGEFORGE_VERIFY_USER_DATA": json.dumps(cell.flavor.verify_user_data),
             "IMAGEFORGE_FORBIDDEN_VALUES": "\n".join(
                 v for k, v in buildsecrets.host_proxies().items() if k != "no_proxy"
             ),

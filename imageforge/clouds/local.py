@@ -76,15 +76,21 @@ class LocalCloud(Cloud):
         yield {"PKR_VAR_base_image": str(base), "PKR_VAR_seed_dir": str(seed)}
 
 
-def seed_user_data(public_key: str) -> str:
-    """cloud-init user-data that lets exactly one key log in as the image's default user."""
-    return (
+def seed_user_data(public_key: str, extra: dict[str, Any] | None = None) -> str:
+    """cloud-init user-data that lets exactly one key log in as the image's default user,
+    with any further cloud-config keys (such as a flavor's own block) after it."""
+    text = (
         "#cloud-config\n"
         "ssh_pwauth: false\n"
         "disable_root: true\n"
         "ssh_authorized_keys:\n"
         f"  - {public_key}\n"
     )
+    if extra:
+        import yaml
+
+        text += yaml.safe_dump(extra, default_flow_style=False, sort_keys=False)
+    return text
 
 
 CLOUD = LocalCloud()

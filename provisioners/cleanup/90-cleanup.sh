@@ -22,6 +22,11 @@ rm -f /etc/ssh/ssh_host_*
 cloud-init clean --logs --seed > /dev/null 2>&1 || cloud-init clean --logs
 rm -rf /var/lib/dhcp/* /var/lib/NetworkManager/*.lease 2>/dev/null || true
 
+# Secrets and identity a first boot makes (none should exist yet; a password or key that a
+# provisioner's test run left would be shared by every instance).
+rm -rf /var/lib/imageforge/private/* /etc/passwd-s3fs /etc/imageforge/attendee
+rm -f /var/lib/imageforge/desktop/background.png /home/*/.vnc/passwd /root/.vnc/passwd
+
 # Keys and histories: the build's SSH key goes from every account.
 for home in /root /home/*; do
     rm -f "$home/.ssh/authorized_keys" "$home/.bash_history" "$home/.python_history" \

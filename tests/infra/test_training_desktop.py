@@ -1,16 +1,136 @@
-"""training-desktop: XFCE and TigerVNC, with no screen locker and no baked VNC password."""
+"""training-desktop: the attendee's desktop, checked the way an attendee uses it.
+
+A real VNC client logs in with the instance's own password and looks at the screen: it must
+show an XFCE desktop with the attendee number on it. The screenshot is kept next to the build's
+artifacts (screenshot.png) for a person to look at. Passwords never appear in an assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+from imageforge import vnc
+
+USER_DATA = json.loads(os.environ.get("IMAGEFORGE_VERIFY_USER_DATA") or "{}")
+ATTENDEE = str((USER_DATA.get("imageforge_desktop") or {}).get("attendee", ""))
+PORTS = json.loads(os.environ.get("IMAGEFORGE_PORTS") or "{}")
+ARTIFACTS = Path(os.environ.get("IMAGEFORGE_ARTIFACTS") or ".")
+PRIVATE = "/var/lib/imageforge/private"
+DESKTOP_SECONDS = 300
 
 
-def test_desktop_packages(host):
-    for package in ("xfce4", "tigervnc-standalone-server"):
-        assert host.package(package).is_installed, package
+@pytest.fixture(scope="module")
+def vnc_port() -> int:
+    if "5901" not in PORTS:
+        pytest.fail("verification did not forward the VNC port 5901 (is it in the flavor's ports?)")
+    return int(PORTS["5901"])
 
 
-def test_no_screen_locker(host):
+@pytest.fixture(scope="module")
+def desktop(host) -> dict[str, str]:
+    """The guest's desktop facts, gathered as root in one call once the VNC server is up."""
+    host.run("timeout 120 sh -c 'until systemctl is-active -q tigervncserver@:1; do sleep 1; done'")
+    sections = {
+        "password": f"cat {PRIVATE}/vnc-password",
+        "password_mode": f"stat -c '%U %a' {PRIVATE} {PRIVATE}/vnc-password",
+        "vnc_passwd_mode": "stat -c '%U %a %s' /home/*/.vnc/passwd",
+        "settings": "cat /etc/imageforge/desktop.json",
+        "timer": "systemctl show imageforge-autoshutdown.timer -p TimersCalendar -p ActiveState",
+        "timezone": "readlink /etc/localtime",
+        "listen": "ss -Hltn 'sport = :5901'",
+        "setup": "journalctl -b -u imageforge-desktop.service -o cat --no-pager",
+        "vnc_config": "cat /etc/tigervnc/vncserver-config-mandatory",
+    }
+    script = "".join(f"echo '### {k}'; ( {v} ) 2>&1; " for k, v in sections.items())
+    out = host.check_output(f"sudo -n sh -c {shlex.quote(script)}")
+    facts: dict[str, str] = {}
+    current = ""
+    for line in out.splitlines():
+        if line.startswith("### "):
+            current = line.removeprefix("### ")
+            facts[current] = ""
+        else:
+            facts[current] += line + "\n"
+    return facts
+
+
+def test_vnc_server_runs_for_the_training_user(host, desktop):
+    assert host.service("tigervncserver@:1").is_running
+    assert host.file("/etc/tigervnc/vncserver.users").contains("^:1=training$")
+    settings = json.loads(desktop["settings"])
+    wanted = "127.0.0.1:5901" if settings.get("vnc_localhost_only") else "0.0.0.0:5901"
+    assert wanted in desktop["listen"], desktop["listen"]
+
+
+def test_only_vnc_authentication_is_offered(vnc_port):
+    offered = vnc.handshake(vnc_port)
+    assert offered.security_types == (vnc.SECURITY_VNC_AUTH,)
+    assert not offered.accepted, "the server let a client in with security type None"
+
+
+def test_password_is_per_instance_and_root_only(desktop):
+    assert desktop["password_mode"].split() == ["root", "700", "root", "600"]
+    password = desktop["password"].strip()
+    assert len(password) == 8 and password.isalnum(), "not an 8-character generated password"
+    owner, mode, size = desktop["vnc_passwd_mode"].split()
+    assert (owner, mode, size) == ("training", "600", "8")
+    assert "vnc_password=" not in desktop["setup"], "the journal holds the password"
+
+
+def test_wrong_password_is_refused(vnc_port, tmp_path):
+    ok, messages = vnc.capture(vnc_port, "wrong-pw", tmp_path / "wrong.png", timeout=30)
+    assert not ok
+    assert "Authentication failure" in messages
+
+
+def test_desktop_shows_the_attendee_number(vnc_port, desktop, tmp_path):
+    """Log in with the instance's password until the XFCE desktop is up and readable."""
+    password = desktop["password"].strip()
+    shot = tmp_path / "screen.png"
+    deadline = time.monotonic() + DESKTOP_SECONDS
+    colours, text, messages = 0, "", ""
+    while time.monotonic() < deadline:
+        ok, messages = vnc.capture(vnc_port, password, shot, timeout=30)
+        if ok:
+            colours, text = vnc.distinct_colours(shot), vnc.text_on_screen(shot)
+            if colours > 200 and f"ATTENDEE {ATTENDEE}" in text:
+                break
+        time.sleep(5)
+    assert shot.is_file(), f"no screenshot: {messages}"
+    (ARTIFACTS / "screenshot.png").write_bytes(shot.read_bytes())
+    assert colours > 200, f"a blank or flat frame ({colours} colours), not a desktop"
+    assert f"ATTENDEE {ATTENDEE}" in text, f"attendee {ATTENDEE} not on the screen: {text!r}"
+
+
+def test_screen_never_blanks(host):
+    """After the session started (the screenshot test waited for it): no blanking, no DPMS."""
+    xset = host.run(
+        "sudo -n -u training env DISPLAY=:1 XAUTHORITY=/home/training/.Xauthority xset q"
+    )
+    assert xset.rc == 0, xset.stderr
+    assert "timeout:  0" in xset.stdout, xset.stdout
+    assert "DPMS is Enabled" not in xset.stdout
     for package in ("light-locker", "xfce4-screensaver", "xscreensaver"):
         assert not host.package(package).is_installed, package
 
 
-def test_no_vnc_password_in_image(host):
-    result = host.run("find /home /root /etc -name passwd -path '*vnc*'")
-    assert result.stdout.strip() == ""
+def test_prompt_shows_the_attendee_number(host):
+    prompt = host.run("""sudo -n -u training -i bash -ic 'printf "%s" "${PS1@P}"'""")
+    assert f"[attendee {ATTENDEE}]" in prompt.stdout, prompt.stdout
+
+
+def test_shutdown_timer_follows_the_settings(desktop):
+    shutdown = json.loads(desktop["settings"]).get("shutdown")
+    if shutdown is None:
+        assert "ActiveState=active" not in desktop["timer"]
+        return
+    when, zone = shutdown["time"], shutdown["timezone"]
+    assert f"OnCalendar=*-*-* {when}:00 {zone}" in desktop["timer"], desktop["timer"]
+    assert "ActiveState=active" in desktop["timer"]
+    assert desktop["timezone"].strip().endswith(f"zoneinfo/{zone}")
