@@ -72,6 +72,8 @@ def _human(error: Any) -> str:
         return "needs at least one entry"
     if kind == "string_type" and isinstance(error["input"], int | float | bool):
         return "input should be a string; quote it in YAML"
+    if kind == "value_error":  # our own validators' words
+        return str(error["ctx"]["error"])
     text = (
         error["msg"].replace("a valid tuple", "a list").replace("a valid dictionary", "a mapping")
     )

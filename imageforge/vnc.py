@@ -19,6 +19,8 @@ from imageforge.errors import ImageforgeError
 
 SECURITY_NONE = 1
 SECURITY_VNC_AUTH = 2
+BACKDROP = (22, 52, 88)  # the training desktop's background colour (imageforge-desktop-setup)
+PANEL = (0, 0, 1280, 20)  # where XFCE's default top panel lies on a 1280x800 screen
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,30 @@ def distinct_colours(path: Path) -> int:
     with Image.open(path) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     return len(colours) if colours is not None else 1 << 20
+
+
+def share_of_colour(
+    path: Path, rgb: tuple[int, int, int], box: tuple[int, int, int, int], tolerance: int = 8
+) -> float:
+    """The fraction of pixels in box (left, top, right, bottom) within tolerance of rgb."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        region = image.convert("RGB").crop(box)
+        pixels = list(region.getdata())
+    near = sum(
+        1 for p in pixels if all(abs(a - b) <= tolerance for a, b in zip(p, rgb, strict=True))
+    )
+    return near / max(len(pixels), 1)
+
+
+def looks_like_xfce(shot: Path) -> tuple[bool, str]:
+    """A desktop, not a blank, flat or background-only frame: many colours, and the top strip
+    covered by the panel rather than the backdrop. Returns (verdict, what was seen)."""
+    colours = distinct_colours(shot)
+    backdrop_in_panel = share_of_colour(shot, BACKDROP, PANEL)
+    ok = colours > 1000 and backdrop_in_panel < 0.5
+    return ok, f"{colours} colours, {backdrop_in_panel:.0%} of the panel strip is backdrop"
 
 
 def text_on_screen(path: Path) -> str:

@@ -15,6 +15,8 @@ APT_PACKAGES=(
     vde2                            # vde_switch: the private network of `invoke cluster up`
     iproute2                        # ip netns: the cluster test runs in a namespace of its own
     openssh-client                  # testinfra's ssh backend, ssh-keygen for ephemeral keys
+    tesseract-ocr tesseract-ocr-eng # reads the attendee number off a desktop's screenshot
+    squashfs-tools socat            # desktop tests: a squashfs to share, a guest's way to S3
     git ca-certificates
 )
 

@@ -87,9 +87,12 @@ def seed_user_data(public_key: str, extra: dict[str, Any] | None = None) -> str:
         f"  - {public_key}\n"
     )
     if extra:
+        import json
+
         import yaml
 
-        text += yaml.safe_dump(extra, default_flow_style=False, sort_keys=False)
+        plain = json.loads(json.dumps(extra))  # YAML's own mapping types, as plain dicts
+        text += yaml.safe_dump(plain, default_flow_style=False, sort_keys=False)
     return text
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from imageforge import disk
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PARTS = ("tasks.py", "packer", "templates", "provisioners", "vagrant", "tests/infra")
 
@@ -77,3 +79,39 @@ def slurm_build(
     shared by every test that only reads what it made."""
     project = copy_project(tmp_path_factory.mktemp("local-build"))
     return project, invoke(project, "build", "--image", "slurm-node")
+
+
+@pytest.fixture(scope="session")
+def desktop_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One real `invoke build --image training-desktop`, screenshot included, per test run."""
+    project = copy_project(tmp_path_factory.mktemp("desktop-build"))
+    return project, invoke(project, "build", "--image", "training-desktop")
+
+
+class Offline:
+    """debugfs on a raw copy of the image's root partition."""
+
+    def __init__(self, image: Path, tmp: Path) -> None:
+        self.raw = tmp / "disk.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", image, self.raw], check=True)
+        self.device = f"{self.raw}?offset={disk.PARTITION_START_MIB * disk.MIB}"
+
+    def debugfs(self, request: str) -> str:
+        result = subprocess.run(
+            ["debugfs", "-R", request, self.device], capture_output=True, text=True, check=True
+        )
+        return result.stdout
+
+    def names(self, directory: str) -> list[str]:
+        return [n for n in self.debugfs(f"ls -p {directory}").split("\n") if n.strip()]
+
+    def files(self, directory: str) -> dict[str, int]:
+        """name: size of the regular files directly in directory (ls -p rows: /ino/mode/...)."""
+        found = {}
+        for row in self.names(directory):
+            fields = row.strip("/").split("/")
+            if len(fields) >= 6 and fields[1].startswith("100"):
+                found[fields[4]] = int(fields[5])
+        return found

@@ -6,14 +6,11 @@ the ext4 partition at its offset, the way an auditor would look at an artifact.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from imageforge import base, config, disk
+from imageforge import base, config
 
-from .conftest import ROOT
+from .conftest import ROOT, Offline
 
 pytestmark = pytest.mark.integration
 
@@ -26,33 +23,6 @@ def slurm_recipe() -> base.BaseRecipe:
 @pytest.fixture(scope="module")
 def layer() -> base.BaseImage:
     return base.ensure_base(slurm_recipe())
-
-
-class Offline:
-    """debugfs on a raw copy of the image's root partition."""
-
-    def __init__(self, image: Path, tmp: Path) -> None:
-        self.raw = tmp / "disk.raw"
-        subprocess.run(["qemu-img", "convert", "-O", "raw", image, self.raw], check=True)
-        self.device = f"{self.raw}?offset={disk.PARTITION_START_MIB * disk.MIB}"
-
-    def debugfs(self, request: str) -> str:
-        result = subprocess.run(
-            ["debugfs", "-R", request, self.device], capture_output=True, text=True, check=True
-        )
-        return result.stdout
-
-    def names(self, directory: str) -> list[str]:
-        return [n for n in self.debugfs(f"ls -p {directory}").split("\n") if n.strip()]
-
-    def files(self, directory: str) -> dict[str, int]:
-        """name: size of the regular files directly in directory (ls -p rows: /ino/mode/...)."""
-        found = {}
-        for row in self.names(directory):
-            fields = row.strip("/").split("/")
-            if len(fields) >= 6 and fields[1].startswith("100"):
-                found[fields[4]] = int(fields[5])
-        return found
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,30 @@ MALFORMED = {
         "images.yml:5:7: matrix.include[0]: duplicate cell a-aws: it is already in the matrix "
         "(hint: remove this include entry)",
     ),
+    "unknown timezone": (
+        "flavors:\n  a:\n    desktop:\n      shutdown: {timezone: Europe/Londn}\n",
+        "images.yml:4:18: flavors.a.desktop.shutdown.timezone: not a tz database timezone such "
+        "as Europe/London; did you mean 'Europe/London'? (got 'Europe/Londn')",
+    ),
+    "shutdown time": (
+        "flavors:\n  a:\n    desktop:\n      shutdown: {time: '6pm'}\n",
+        "images.yml:4:18: flavors.a.desktop.shutdown.time: must match "
+        "^([01][0-9]|2[0-3]):[0-5][0-9]$ (got '6pm')",
+    ),
+    "unknown desktop key": (
+        "flavors:\n  a:\n    desktop:\n      vnc_password: hunter22\n",
+        "images.yml:4:7: flavors.a.desktop: unknown key 'vnc_password'; allowed: "
+        "vnc_localhost_only, geometry, shutdown, autosquash, s3fs",
+    ),
+    "s3fs without a bucket": (
+        "flavors:\n  a:\n    desktop:\n      s3fs: {path_style: true}\n",
+        "images.yml:4:7: flavors.a.desktop.s3fs: missing required key 'bucket'",
+    ),
+    "relative autosquash": (
+        "flavors:\n  a:\n    desktop:\n      autosquash: data/squash\n",
+        "images.yml:4:7: flavors.a.desktop.autosquash: must match ^/[A-Za-z0-9._/-]*$ "
+        "(got 'data/squash')",
+    ),
     "duplicate cloud": (
         "flavors:\n  a: {}\nmatrix:\n  clouds: [aws, gcp, aws]\n",
         "images.yml:4:22: matrix.clouds[2]: duplicate entry 'aws'",
@@ -73,12 +97,14 @@ MALFORMED = {
     "typo in a key": (
         "flavors:\n  a:\n    provisoners: []\n",
         "images.yml:3:5: flavors.a: unknown key 'provisoners'; allowed: description, os, user, "
-        "packages, provisioners, cleanup, env, tests, ports, tags; did you mean 'provisioners'?",
+        "packages, provisioners, cleanup, env, tests, ports, tags, desktop, verify_user_data; "
+        "did you mean 'provisioners'?",
     ),
     "typo under defaults": (
         "defaults:\n  tagz: {}\nflavors:\n  a: {}\n",
         "images.yml:2:3: defaults: unknown key 'tagz'; allowed: description, os, user, "
-        "packages, provisioners, cleanup, env, tests, ports, tags; did you mean 'tags'?",
+        "packages, provisioners, cleanup, env, tests, ports, tags, desktop, verify_user_data; "
+        "did you mean 'tags'?",
     ),
     "bad package name": (
         "flavors:\n  a:\n    packages: [slurmd, 'curl; rm -rf /']\n",
