@@ -101,8 +101,8 @@ def share_of_colour(
     from PIL import Image
 
     with Image.open(path) as image:
-        region = image.convert("RGB").crop(box)
-        pixels = list(region.getdata())
+        data = image.convert("RGB").crop(box).tobytes()
+    pixels = [data[i : i + 3] for i in range(0, len(data), 3)]
     near = sum(
         1 for p in pixels if all(abs(a - b) <= tolerance for a, b in zip(p, rgb, strict=True))
     )

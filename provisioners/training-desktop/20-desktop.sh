@@ -379,6 +379,14 @@ def mount_autosquash(config: dict) -> str:
     )
 
 
+def attempt(what: str, step, *args) -> str:
+    """Run one optional step; a failure is said on the console and the boot goes on."""
+    try:
+        return step(*args) or ""
+    except Exception as exc:  # noqa: BLE001 (any failure of an optional step)
+        return f"{what} failed: {type(exc).__name__}: {exc}"
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -394,13 +402,18 @@ def main() -> int:
          if line.startswith(":1=")), "training",
     )
     user = pwd.getpwnam(user_name)
-    number = attendee(config)
-    write_attendee(number)
+    # The password and the VNC security settings must be in place, or the VNC server (which
+    # requires this unit) does not start. The rest is reported when it fails, not fatal.
     password, generated = vnc_password(config, instance)
     install_password(password, instance, user)
     write_vnc_config(config)
-    notes = [write_timer(config), mount_s3fs(config)]
-    notes.append(mount_autosquash(config))
+    number = attendee(config)
+    notes = [
+        attempt("the attendee number", write_attendee, number),
+        attempt("the auto-shutdown timer", write_timer, config),
+        attempt("the s3fs mount", mount_s3fs, config),
+        attempt("autosquash", mount_autosquash, config),
+    ]
     where = "localhost only" if config.get("vnc_localhost_only") else "all addresses"
     summary = (
         f"attendee {number or '(none)'}; VNC display :1 (port 5901, {where}) as {user_name}, "

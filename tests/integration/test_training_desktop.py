@@ -84,9 +84,10 @@ def shared_bucket(moto_server: str, tmp_path_factory: pytest.TempPathFactory) ->
     contents = {"hello": "reference data for the course\n", "readme": "bigUglyPipeline 0.0.4\n"}
     s3.put_object(Bucket=BUCKET, Key="hello.txt", Body=contents["hello"].encode())
     tree = tmp_path_factory.mktemp("pipeline")
+    tree.chmod(0o755)  # as a pipeline is packed for every user (pytest's directories are 0700)
     (tree / "README").write_text(contents["readme"])
     squashfs = tree.parent / "bigUglyPipeline.squashfs"
-    subprocess.run(["mksquashfs", tree, squashfs, "-quiet", "-noappend"], check=True)
+    subprocess.run(["mksquashfs", tree, squashfs, "-quiet", "-noappend", "-all-root"], check=True)
     s3.put_object(
         Bucket=BUCKET, Key="autosquash/bigUglyPipeline.squashfs", Body=squashfs.read_bytes()
     )

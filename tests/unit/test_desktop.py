@@ -188,3 +188,20 @@ def test_shutdown_timer_is_written_from_the_settings(setup) -> None:
     assert ["systemctl", "daemon-reload"] not in setup.calls  # unchanged: no reload
     assert setup.write_timer({"shutdown": None}) == "no auto-shutdown"
     assert not setup.TIMER.exists()
+
+
+def test_vnc_config_never_offers_none_and_honours_localhost_only(setup, tmp_path) -> None:
+    setup.VNC_CONFIG = tmp_path / "vncserver-config-mandatory"
+    setup.write_vnc_config({"vnc_localhost_only": True})
+    text = setup.VNC_CONFIG.read_text()
+    assert '$SecurityTypes = "VncAuth";' in text and '$localhost = "yes";' in text
+    setup.write_vnc_config({"geometry": "1x1; system('reboot')"})
+    text = setup.VNC_CONFIG.read_text()
+    assert '$localhost = "no";' in text and '$geometry = "1280x800";' in text
+
+
+def test_an_optional_step_that_fails_is_reported_not_fatal(setup) -> None:
+    assert setup.attempt("the s3fs mount", lambda: 1 / 0).startswith(
+        "the s3fs mount failed: ZeroDivisionError"
+    )
+    assert setup.attempt("autosquash", lambda config: "", {}) == ""
