@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imageforge import aptsources, disk, guestfiles, log, qemu, runner
+from imageforge import aptsources, disk, guestfiles, log, pyenv, qemu, runner
 from imageforge.debcache import DebCache, Harvest
 from imageforge.errors import ImageforgeError
 
@@ -75,6 +75,8 @@ class BaseRecipe:
     architecture: str = "amd64"
     packages: tuple[str, ...] = DEFAULT_PACKAGES
     extra_packages: tuple[str, ...] = ()
+    python_venv: str = ""  # a virtual environment in the layer, from python_packages
+    python_packages: tuple[str, ...] = ()
     disk_size_mib: int = 4096
     user: str = "debian"
     hostname: str = "debian"
@@ -94,7 +96,7 @@ class BaseRecipe:
 
     @property
     def kind(self) -> str:
-        return "layers" if self.extra_packages else "base"
+        return "layers" if self.extra_packages or self.python_packages else "base"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class BaseImage:
     built: bool
     packages: dict[str, str] = field(default_factory=dict)
     downloaded: int = 0
+    python_packages: dict[str, str] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """What a build record keeps of it."""
@@ -115,6 +118,7 @@ class BaseImage:
             "sha256": self.sha256,
             "recipe_hash": self.recipe_hash,
             "packages": self.packages,
+            "python_packages": self.python_packages,
             "downloaded": self.downloaded,
         }
 
@@ -171,7 +175,7 @@ def ensure_base(recipe: BaseRecipe | None = None, *, force: bool = False) -> Bas
     digest = recipe_hash(recipe)
     root = cache_dir() / recipe.kind
     root.mkdir(parents=True, exist_ok=True)
-    what = "layer" if recipe.extra_packages else "base image"
+    what = "layer" if recipe.kind == "layers" else "base image"
     with _locked(root / f".{digest}.lock"):
         cached = None if force else _cached(root / digest, digest)
         if cached is not None:
@@ -180,6 +184,7 @@ def ensure_base(recipe: BaseRecipe | None = None, *, force: bool = False) -> Bas
         for stale in root.glob(f".build-{digest[:12]}-*"):
             _remove_tree(stale)
         extra = f" + {len(recipe.extra_packages)} packages" if recipe.extra_packages else ""
+        extra += f" + {len(recipe.python_packages)} Python" if recipe.python_packages else ""
         with log.step(f"Build the Debian {recipe.suite} {what} {digest[:12]}{extra}"):
             info = _build(recipe, digest, root)
     return BaseImage(
@@ -189,6 +194,7 @@ def ensure_base(recipe: BaseRecipe | None = None, *, force: bool = False) -> Bas
         built=True,
         packages=info["packages"],
         downloaded=info["downloaded"],
+        python_packages=info.get("python_packages", {}),
     )
 
 
@@ -200,7 +206,14 @@ def _cached(final: Path, digest: str) -> BaseImage | None:
     image = final / IMAGE_NAME
     if info.get("recipe_hash") != digest or not image.is_file():
         return None
-    return BaseImage(image, info["sha256"], digest, built=False, packages=info.get("packages", {}))
+    return BaseImage(
+        image,
+        info["sha256"],
+        digest,
+        built=False,
+        packages=info.get("packages", {}),
+        python_packages=info.get("python_packages", {}),
+    )
 
 
 def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
@@ -213,14 +226,22 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
     started = time.monotonic()
     try:
         rootfs, raw, out = work / "rootfs", work / "disk.raw", work / "out"
+        wheels = work / "wheels"
+        if recipe.python_packages:
+            with log.step("pip wheel: the layer's Python packages, on the host") as timing:
+                pyenv.make_wheels(
+                    recipe.suite, recipe.python_packages, wheels, logs / "pip-wheel.log"
+                )
+            steps["wheels"] = timing["seconds"]
         with log.step("mmdebstrap: install the packages into a directory") as timing:
-            fetched = _bootstrap(recipe, rootfs, work / "outbox", logs / "mmdebstrap.log")
+            fetched = _bootstrap(recipe, rootfs, work / "outbox", wheels, logs / "mmdebstrap.log")
         steps["mmdebstrap"] = timing["seconds"]
         log.info(
             f"packages: {fetched.downloaded} downloaded, {fetched.reused} from the download cache"
         )
         with log.step("Configure, scrub, GRUB files") as timing:
             packages = installed_packages(rootfs)
+            python = pyenv.installed(rootfs, recipe.python_venv) if recipe.python_venv else {}
             guestfiles.apply(rootfs, recipe.user, recipe.hostname)
             disk.install_grub_files(rootfs, guestfiles.KERNEL_APPEND)
             leftovers = guestfiles.per_instance_leftovers(rootfs)
@@ -238,6 +259,7 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
         steps["convert"] = timing["seconds"]
         info = _describe(recipe, digest, out / IMAGE_NAME, size_mib, steps, started)
         info.update(packages=packages, downloaded=fetched.downloaded, reused=fetched.reused)
+        info.update(python_packages=python)
         (out / INFO).write_text(json.dumps(info, indent=2) + "\n")
         _install(out, root / digest)
         return info
@@ -245,18 +267,26 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
         _remove_tree(work)
 
 
-def _bootstrap(recipe: BaseRecipe, rootfs: Path, outbox: Path, logfile: Path) -> Harvest:
+def _bootstrap(
+    recipe: BaseRecipe, rootfs: Path, outbox: Path, wheels: Path, logfile: Path
+) -> Harvest:
     if os.geteuid() != 0:
         raise ImageforgeError(
             "building the base image needs root (mmdebstrap --mode=root, mke2fs -d)",
             hint="run the build as root, e.g. in the CI container",
         )
     cache = deb_cache()
+    python = (
+        pyenv.mmdebstrap_options(recipe.python_venv, recipe.python_packages, wheels)
+        if recipe.python_packages
+        else []
+    )
     argv = [
         "mmdebstrap",
         *MMDEBSTRAP_OPTIONS,
         *cache.mmdebstrap_options(outbox),
         *guestfiles.mmdebstrap_options(),
+        *python,
         f"--architectures={recipe.architecture}",
         "--include=" + ",".join((*recipe.packages, *recipe.extra_packages)),
         recipe.suite,

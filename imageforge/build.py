@@ -87,8 +87,9 @@ def build(
         template_hash=rendered.template_hash,
         content_hash=chash,
         packer_version=str(packer.installed_version()),
-        base_image={k: v for k, v in base.items() if k != "packages"},
+        base_image={k: v for k, v in base.items() if k not in ("packages", "python_packages")},
         packages=base.get("packages", {}),
+        python_packages=base.get("python_packages", {}),
         started_at=_now(),
         timings=timings,
     ).bind(directory)

@@ -52,6 +52,22 @@ def _known_timezone(name: str) -> str:
 
 
 Timezone = Annotated[str, AfterValidator(_known_timezone)]
+
+
+def _requirement(text: str) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"not a pip requirement such as 'aiida-core~=2.9': {reason}") from None
+    if requirement.url:
+        raise ValueError("a requirement from a URL is not allowed: packages come from the index")
+    return text
+
+
+PipRequirement = Annotated[str, AfterValidator(_requirement)]
 ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 GuestPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]*$")]
 BucketName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
@@ -125,6 +141,33 @@ class Desktop(Model):
     s3fs: S3fsMount | None = None
 
 
+class PythonEnv(Model):
+    """A Python virtual environment in the image. Local builds install it natively into the
+    flavor's cached layer from wheels made on the host; cloud builds install it in the VM."""
+
+    venv: GuestPath = "/opt/venv"
+    packages: tuple[PipRequirement, ...] = Field(min_length=1)
+
+
+class AiidaCode(Model):
+    """A code registered in AiiDA on the `localhost` computer."""
+
+    label: Name
+    plugin: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.]*$")] = Field(
+        description="calculation plugin entry point, e.g. quantumespresso.pw"
+    )
+    executable: GuestPath
+
+
+class Aiida(Model):
+    """AiiDA for the image user: a profile made at first boot, the daemon and JupyterLab."""
+
+    jupyter_port: Port = 8888
+    codes: tuple[AiidaCode, ...] = (
+        AiidaCode(label="pw", plugin="quantumespresso.pw", executable="/usr/bin/pw.x"),
+    )
+
+
 class Flavor(Model):
     """What goes into an image, independent of the cloud it is built on."""
 
@@ -145,6 +188,8 @@ class Flavor(Model):
     desktop: Desktop | None = Field(
         None, description="XFCE + TigerVNC desktop: image defaults; user-data overrides"
     )
+    python: PythonEnv | None = None
+    aiida: Aiida | None = Field(None, description="AiiDA profile, daemon and JupyterLab settings")
     verify_user_data: dict[str, Any] = Field(
         default_factory=dict,
         description="cloud-config keys added to the user-data of the verification boot",
@@ -365,6 +410,18 @@ def _check_files(project: Project) -> None:
                 _check_file(project, ("flavors", name, section, index), step.script)
         if flavor.tests is not None:
             _check_file(project, ("flavors", name, "tests"), flavor.tests)
+        if flavor.aiida is not None and flavor.python is None:
+            raise project.error(
+                ("flavors", name, "aiida"),
+                "AiiDA needs a Python environment: declare `python:` with aiida-core in it",
+            )
+        if flavor.aiida is not None and flavor.aiida.jupyter_port not in flavor.ports:
+            raise project.error(
+                ("flavors", name, "aiida", "jupyter_port"),
+                f"port {flavor.aiida.jupyter_port} is not among the flavor's ports "
+                f"{list(flavor.ports)}",
+                hint="add it to `ports`, so that clouds and verification open it",
+            )
     for section, cloud in images.clouds:
         for field in ("ami_name", "image_name", "image_family"):
             pattern = getattr(cloud, field, None)

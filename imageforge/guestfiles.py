@@ -118,6 +118,7 @@ SCRUB_GLOBS = (
     "etc/munge/munge.key",  # packages make these at install time: they must be per instance
     "etc/ssl/private/ssl-cert-snakeoil.key",
     "etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "var/lib/rabbitmq/.erlang.cookie",
     "tmp/*",
     "var/tmp/*",
 )

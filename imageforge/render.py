@@ -9,6 +9,7 @@ the template's meaning does.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,13 @@ def package_commands(cell: Cell) -> list[str]:
             "apt-get update -q",
             "apt-get install -y -q --no-install-recommends " + " ".join(cell.flavor.packages),
         ]
+    python = cell.flavor.python
+    if python is not None:
+        requirements = " ".join(shlex.quote(r) for r in python.packages)
+        commands += [
+            f"python3 -m venv {shlex.quote(python.venv)}",
+            f"{shlex.quote(python.venv)}/bin/pip install --no-cache-dir -q {requirements}",
+        ]
     return commands
 
 
@@ -175,6 +183,10 @@ def _env(cell: Cell, step: Provisioner) -> list[Any]:
     }
     if cell.flavor.desktop is not None:
         ours["IMAGEFORGE_DESKTOP"] = cell.flavor.desktop.model_dump_json()
+    if cell.flavor.aiida is not None:
+        ours["IMAGEFORGE_AIIDA"] = cell.flavor.aiida.model_dump_json()
+    if cell.flavor.python is not None:
+        ours["IMAGEFORGE_VENV"] = cell.flavor.python.venv
     merged = {**ours, **cell.flavor.env, **step.env}
     env: list[Any] = [f"{key}={value}" for key, value in merged.items()]
     env.append(Raw('"IMAGEFORGE_BUILD_ID=${var.build_id}"'))

@@ -37,6 +37,7 @@ class BuildRecord:
     accelerator: str = ""
     base_image: dict[str, Any] = field(default_factory=dict)
     packages: dict[str, str] = field(default_factory=dict)  # installed name: version (local)
+    python_packages: dict[str, str] = field(default_factory=dict)  # the layer's venv (local)
     build_public_key: str = ""
     started_at: str = ""
     finished_at: str = ""

@@ -38,7 +38,12 @@ class LocalCloud(Cloud):
         """The flavor's layer: the base recipe plus its declared packages, built natively."""
         from imageforge import base
 
-        recipe = base.BaseRecipe(extra_packages=cell.flavor.packages)
+        python = cell.flavor.python
+        recipe = base.BaseRecipe(
+            extra_packages=cell.flavor.packages,
+            python_venv=python.venv if python else "",
+            python_packages=python.packages if python else (),
+        )
         return base.ensure_base(recipe, force=refresh).record()
 
     def build_env(

@@ -10,7 +10,8 @@ if [ -d /usr/local/share/ca-certificates/imageforge-build ]; then
     update-ca-certificates --fresh > /dev/null
 fi
 
-# Package caches and lists.
+# Package caches and lists (pip's too).
+rm -rf /root/.cache/pip /home/*/.cache/pip
 apt-get -y -q autoremove --purge > /dev/null
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
@@ -26,6 +27,9 @@ rm -rf /var/lib/dhcp/* /var/lib/NetworkManager/*.lease 2>/dev/null || true
 # provisioner's test run left would be shared by every instance).
 rm -rf /var/lib/imageforge/private/* /etc/passwd-s3fs /etc/imageforge/attendee
 rm -f /var/lib/imageforge/desktop/background.png /home/*/.vnc/passwd /root/.vnc/passwd
+# Secrets that services make when they first start, which the build VM's boot may have done.
+rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
+rm -rf /var/lib/rabbitmq/.erlang.cookie /var/lib/rabbitmq/mnesia
 
 # Keys and histories: the build's SSH key goes from every account.
 for home in /root /home/*; do

@@ -90,6 +90,15 @@ def desktop_build(
     return project, invoke(project, "build", "--image", "training-desktop")
 
 
+@pytest.fixture(scope="session")
+def quantum_mobile_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One real `invoke build --image quantum-mobile`, the AiiDA calculation included."""
+    project = copy_project(tmp_path_factory.mktemp("qm-build"))
+    return project, invoke(project, "build", "--image", "quantum-mobile")
+
+
 class Offline:
     """debugfs on a raw copy of the image's root partition."""
 

@@ -72,6 +72,9 @@ flavors:
   broken:
     provisioners:
       - provisioners/test/10-fail.sh
+  broken-python:
+    provisioners:
+      - provisioners/test/10-fail.py
   stuck:
     provisioners:
       - provisioners/test/10-stuck.sh
@@ -86,20 +89,36 @@ def faulty(tmp_path: Path) -> Path:
     tests = project / "provisioners" / "test"
     tests.mkdir()
     (tests / "10-fail.sh").write_text("#!/bin/sh\necho 'about to fail'\nexit 1\n")
+    (tests / "10-fail.py").write_text(
+        "#!/usr/bin/python3\nimport sys\n"
+        "print('about to fail in Python', sys.version_info[:2], flush=True)\n"
+        "raise SystemExit(3)\n"
+    )
     (tests / "10-stuck.sh").write_text(
         "#!/bin/sh\necho 'imageforge-test: provisioning'\nsleep 900\n"
     )
     return project
 
 
-def test_failing_provisioner_is_named_and_cleaned_up(faulty: Path) -> None:
-    result = invoke(faulty, "build", "--image", "broken")
+@pytest.mark.parametrize(
+    ("flavor", "script", "code", "last_line"),
+    [
+        ("broken", "10-fail.sh", 1, "about to fail"),
+        # A Python provisioner runs as Python and fails exactly like a shell one.
+        ("broken-python", "10-fail.py", 3, "about to fail in Python (3, 11)"),
+    ],
+    ids=["shell", "python"],
+)
+def test_failing_provisioner_is_named_and_cleaned_up(
+    faulty: Path, flavor: str, script: str, code: int, last_line: str
+) -> None:
+    result = invoke(faulty, "build", "--image", flavor)
     assert result.returncode == 1
-    assert "provisioner provisioners/test/10-fail.sh failed with exit code 1" in result.stderr
-    assert "about to fail" in result.stderr
-    [record] = records(faulty, "broken")
+    assert f"provisioner provisioners/test/{script} failed with exit code {code}" in result.stderr
+    assert last_line in result.stderr
+    [record] = records(faulty, flavor)
     assert record["status"] == "failed" and record["verified"] is False
-    directory = faulty / "artifacts" / "broken" / record["id"]
+    directory = faulty / "artifacts" / flavor / record["id"]
     assert sorted(p.name for p in directory.iterdir()) == ["build.json", "build.log", "serial.log"]
     assert processes_mentioning(str(faulty)) == []
     assert temp_leftovers(record["id"]) == []

@@ -97,13 +97,15 @@ MALFORMED = {
     "typo in a key": (
         "flavors:\n  a:\n    provisoners: []\n",
         "images.yml:3:5: flavors.a: unknown key 'provisoners'; allowed: description, os, user, "
-        "packages, provisioners, cleanup, env, tests, ports, tags, desktop, verify_user_data; "
+        "packages, provisioners, cleanup, env, tests, ports, tags, desktop, python, aiida, "
+        "verify_user_data; "
         "did you mean 'provisioners'?",
     ),
     "typo under defaults": (
         "defaults:\n  tagz: {}\nflavors:\n  a: {}\n",
         "images.yml:2:3: defaults: unknown key 'tagz'; allowed: description, os, user, "
-        "packages, provisioners, cleanup, env, tests, ports, tags, desktop, verify_user_data; "
+        "packages, provisioners, cleanup, env, tests, ports, tags, desktop, python, aiida, "
+        "verify_user_data; "
         "did you mean 'tags'?",
     ),
     "bad package name": (

@@ -1,0 +1,365 @@
+#!/usr/bin/python3
+"""Quantum Mobile: AiiDA, JupyterLab and Quantum ESPRESSO for the image user.
+
+One program in three roles:
+
+- run by Packer as a provisioner (no argument, as root): installs itself as
+  /usr/local/sbin/imageforge-aiida-setup, makes the demo pseudopotential with Quantum ESPRESSO's
+  own ld1.x, keeps RabbitMQ and epmd on loopback, writes the AiiDA kernel and the units;
+- `imageforge-aiida-setup boot` (imageforge-aiida.service, as root, every boot): on a new
+  instance, makes its secrets (Erlang cookie, Jupyter token, database password) and its AiiDA
+  profile; then starts PostgreSQL and RabbitMQ;
+- `imageforge-aiida-setup profile` (as the image user, with the environment's Python): creates
+  the AiiDA profile, the `localhost` computer and the codes; secrets arrive on stdin.
+
+The packages (PostgreSQL, RabbitMQ, Quantum ESPRESSO) are declared in images.yml, and the Python
+environment is installed natively into the flavor's layer; nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SETUP = Path("/usr/local/sbin/imageforge-aiida-setup")
+SETTINGS = Path("/etc/imageforge/aiida.json")
+PRIVATE = Path("/var/lib/imageforge/private")
+INSTANCE_MARK = PRIVATE / "aiida.instance-id"
+INSTANCE_ID = Path("/var/lib/cloud/data/instance-id")
+PSEUDO_DIR = Path("/usr/share/imageforge/pseudo")
+SI_PSEUDO = "Si.pz-tm.UPF"
+COOKIE = Path("/var/lib/rabbitmq/.erlang.cookie")
+SYSTEMD = Path("/etc/systemd/system")
+PROFILE = "quantum-mobile"
+DATABASE = "aiida_qm"
+# ld1.x input: a norm-conserving Troullier-Martins pseudopotential for Si, LDA (Perdew-Zunger).
+SI_LD1_INPUT = """\
+ &input
+    title='Si', zed=14.0, rel=0, config='[Ne] 3s2 3p2', iswitch=3, dft='PZ'
+ /
+ &inputp
+    pseudotype=1, tm=.true., lloc=1, file_pseudopw='{output}', author='imageforge'
+ /
+2
+3S  1  0  2.00  0.00  2.40  2.40
+3P  2  1  2.00  0.00  2.40  2.40
+"""
+RABBITMQ_ENV = """\
+# imageforge: RabbitMQ and its Erlang distribution on loopback only, under a node name that
+# does not change with the instance's hostname.
+NODENAME=rabbit@localhost
+NODE_IP_ADDRESS=127.0.0.1
+ERL_EPMD_ADDRESS=127.0.0.1
+SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+"""
+# AiiDA's long-running processes need RabbitMQ's consumer timeout off.
+RABBITMQ_ADVANCED = "[{rabbit, [{consumer_timeout, undefined}]}].\n"
+EPMD_SOCKET = "[Socket]\nListenStream=\nListenStream=127.0.0.1:4369\n"
+
+
+def say(message: str) -> None:
+    print(f"imageforge-aiida: {message}", flush=True)
+
+
+def to_console(line: str) -> None:
+    """Straight to the console (the serial log a cloud shows its owner), not the journal."""
+    try:
+        with open("/dev/console", "w") as console:
+            console.write(line + "\n")
+    except OSError:
+        pass
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=True, text=True, **kwargs)
+
+
+def write_private(path: Path, text: str, owner: pwd.struct_passwd | None = None) -> None:
+    """A file only its owner can read, created so (never world-readable for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    if owner is not None:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+
+
+# ---------------------------------------------------------------------------------------------
+# At build time, as a provisioner.
+
+
+def build() -> int:
+    settings = json.loads(os.environ.get("IMAGEFORGE_AIIDA") or "{}")
+    venv = Path(os.environ.get("IMAGEFORGE_VENV") or "/opt/venv")
+    user = os.environ["IMAGE_USER"]
+    if not (venv / "bin" / "verdi").is_file():
+        print(f"no AiiDA in {venv}: declare it under the flavor's `python:`", file=sys.stderr)
+        return 2
+    settings.update(venv=str(venv), user=user)
+    SETTINGS.parent.mkdir(parents=True, exist_ok=True)
+    SETTINGS.write_text(json.dumps(settings, indent=2) + "\n")
+    shutil.copyfile(__file__, SETUP)
+    SETUP.chmod(0o755)
+    PRIVATE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_pseudopotential()
+    keep_rabbitmq_on_loopback()
+    write_kernel(venv)
+    write_units(venv, user, int(settings.get("jupyter_port", 8888)))
+    # Started by imageforge-aiida.service once the instance has its own secrets.
+    run(["systemctl", "disable", "--quiet", "postgresql", "rabbitmq-server"])
+    run(["systemctl", "enable", "--quiet", "imageforge-aiida", "aiida-daemon", "jupyterlab"])
+    print(f"AiiDA set-up installed for {user}: profile, daemon and JupyterLab start at boot")
+    return 0
+
+
+def make_pseudopotential() -> None:
+    """The demo calculation's pseudopotential, generated here by Quantum ESPRESSO's ld1.x."""
+    if shutil.which("ld1.x") is None:
+        print("ld1.x not installed: no demo pseudopotential")
+        return
+    PSEUDO_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        result = subprocess.run(
+            ["ld1.x"],
+            input=SI_LD1_INPUT.format(output=SI_PSEUDO),
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
+        made = Path(work) / SI_PSEUDO
+        if result.returncode != 0 or not made.is_file():
+            print(result.stdout[-2000:], file=sys.stderr)
+            raise SystemExit(f"ld1.x failed (exit code {result.returncode})")
+        shutil.copyfile(made, PSEUDO_DIR / SI_PSEUDO)
+    (PSEUDO_DIR / SI_PSEUDO).chmod(0o644)
+
+
+def keep_rabbitmq_on_loopback() -> None:
+    Path("/etc/rabbitmq").mkdir(exist_ok=True)
+    Path("/etc/rabbitmq/rabbitmq-env.conf").write_text(RABBITMQ_ENV)
+    Path("/etc/rabbitmq/advanced.config").write_text(RABBITMQ_ADVANCED)
+    dropin = SYSTEMD / "epmd.socket.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "imageforge-loopback.conf").write_text(EPMD_SOCKET)
+
+
+def write_kernel(venv: Path) -> None:
+    """A Jupyter kernel with the AiiDA profile already loaded."""
+    kernel = venv / "share" / "jupyter" / "kernels" / "aiida"
+    kernel.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [
+            str(venv / "bin" / "python"),
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--IPKernelApp.exec_lines=from aiida import load_profile; load_profile()",
+        ],
+        "display_name": "Python 3 (AiiDA)",
+        "language": "python",
+    }
+    (kernel / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+
+
+def write_units(venv: Path, user: str, port: int) -> None:
+    home = pwd.getpwnam(user).pw_dir
+    units = {
+        "imageforge-aiida.service": f"""\
+[Unit]
+Description=imageforge: this instance's AiiDA secrets and profile; PostgreSQL and RabbitMQ
+After=cloud-init.service network-online.target imageforge-snakeoil.service
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={SETUP} boot
+StandardOutput=journal+console
+TimeoutStartSec=30min
+
+[Install]
+WantedBy=multi-user.target
+""",
+        "aiida-daemon.service": f"""\
+[Unit]
+Description=The AiiDA daemon of {user}
+After=imageforge-aiida.service postgresql.service rabbitmq-server.service
+Requires=imageforge-aiida.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+User={user}
+Environment=HOME={home}
+ExecStart={venv}/bin/verdi daemon start 1
+ExecStop={venv}/bin/verdi daemon stop
+TimeoutStartSec=15min
+
+[Install]
+WantedBy=multi-user.target
+""",
+        "jupyterlab.service": f"""\
+[Unit]
+Description=JupyterLab of {user}, with the AiiDA kernel (token in ~/jupyter-token.txt)
+After=imageforge-aiida.service
+Requires=imageforge-aiida.service
+
+[Service]
+User={user}
+WorkingDirectory={home}
+Environment=HOME={home}
+ExecStart={venv}/bin/jupyter lab --no-browser --ServerApp.ip=0.0.0.0 --ServerApp.port={port} \
+--ServerApp.root_dir={home}
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+""",
+    }
+    for name, text in units.items():
+        (SYSTEMD / name).write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# At every boot, as root.
+
+
+def boot() -> int:
+    settings = json.loads(SETTINGS.read_text())
+    user = pwd.getpwnam(settings["user"])
+    instance = _read(INSTANCE_ID) or "unknown"
+    new = _read(INSTANCE_MARK) != instance
+    if new:
+        write_private(COOKIE, _random(20, string.ascii_uppercase), pwd.getpwnam("rabbitmq"))
+        COOKIE.chmod(0o400)
+        shutil.rmtree("/var/lib/rabbitmq/mnesia", ignore_errors=True)
+        token = secrets.token_hex(24)
+        home = Path(user.pw_dir)
+        config = {"IdentityProvider": {"token": token}}
+        (home / ".jupyter").mkdir(mode=0o700, exist_ok=True)
+        os.chown(home / ".jupyter", user.pw_uid, user.pw_gid)
+        write_private(home / ".jupyter" / "jupyter_server_config.json", json.dumps(config), user)
+        write_private(home / "jupyter-token.txt", token + "\n", user)
+    run(["systemctl", "start", "postgresql", "rabbitmq-server"])
+    if new:
+        make_profile(settings, user)
+        write_private(INSTANCE_MARK, instance + "\n")
+        to_console(f"imageforge-secret: jupyter_token={token}")
+    port = settings.get("jupyter_port", 8888)
+    say(
+        f"AiiDA profile {PROFILE} of {user.pw_name} is ready; JupyterLab on port {port}, "
+        f"its token in {user.pw_dir}/jupyter-token.txt"
+    )
+    return 0
+
+
+def make_profile(settings: dict, user: pwd.struct_passwd) -> None:
+    """A database with this instance's own password, and a new AiiDA profile using it."""
+    password = secrets.token_urlsafe(24)  # letters, digits, - and _: safe in an SQL literal
+    sql = (
+        f"DROP DATABASE IF EXISTS {DATABASE};\n"
+        f"DROP ROLE IF EXISTS {DATABASE};\n"
+        f"CREATE ROLE {DATABASE} LOGIN PASSWORD '{password}';\n"
+        f"CREATE DATABASE {DATABASE} OWNER {DATABASE} ENCODING 'UTF8' TEMPLATE template0;\n"
+    )
+    run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1"], input=sql)
+    shutil.rmtree(Path(user.pw_dir) / ".aiida", ignore_errors=True)
+    request = {
+        "password": password,
+        "email": f"{user.pw_name}@quantum-mobile",
+        "codes": settings.get("codes", []),
+    }
+    python = str(Path(settings["venv"]) / "bin" / "python")
+    runuser = ["runuser", "-u", user.pw_name, "--", "env", f"HOME={user.pw_dir}"]
+    run([*runuser, python, str(SETUP), "profile"], input=json.dumps(request))
+
+
+# ---------------------------------------------------------------------------------------------
+# As the image user, with the environment's Python (AiiDA importable).
+
+
+def profile() -> int:
+    request = json.load(sys.stdin)
+    from aiida.manage.configuration import create_profile, get_config, load_profile
+    from aiida.orm import Computer, InstalledCode
+
+    config = get_config(create=True)
+    home = Path.home()
+    created = create_profile(
+        config,
+        name=PROFILE,
+        email=request["email"],
+        first_name="Quantum",
+        last_name="Mobile",
+        institution="imageforge",
+        storage_backend="core.psql_dos",
+        storage_config={
+            "database_engine": "postgresql_psycopg",
+            "database_hostname": "localhost",
+            "database_port": 5432,
+            "database_name": DATABASE,
+            "database_username": DATABASE,
+            "database_password": request["password"],
+            "repository_uri": (home / ".aiida" / "repository" / PROFILE).as_uri(),
+        },
+        broker_backend="core.rabbitmq",
+        broker_config={
+            "broker_protocol": "amqp",
+            "broker_username": "guest",
+            "broker_password": "guest",
+            "broker_host": "127.0.0.1",
+            "broker_port": 5672,
+            "broker_virtual_host": "",
+        },
+    )
+    config.set_option("runner.poll.interval", 1, scope=created.name)
+    config.set_default_profile(created.name, overwrite=True)
+    config.store()
+    load_profile(created.name, allow_switch=True)
+    computer = Computer(
+        label="localhost",
+        hostname="localhost",
+        description="This machine",
+        transport_type="core.local",
+        scheduler_type="core.direct",
+        workdir=str(home / "aiida_run"),
+    ).store()
+    computer.configure(safe_interval=0)
+    computer.set_minimum_job_poll_interval(1)
+    computer.set_default_mpiprocs_per_machine(1)
+    for code in request["codes"]:
+        InstalledCode(
+            computer=computer,
+            filepath_executable=code["executable"],
+            label=code["label"],
+            default_calc_job_plugin=code["plugin"],
+        ).store()
+    labels = ", ".join(code["label"] for code in request["codes"])
+    print(f"profile {created.name}: computer localhost, codes {labels}")
+    return 0
+
+
+def _random(length: int, alphabet: str) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    role = sys.argv[1] if len(sys.argv) > 1 else "build"
+    sys.exit({"build": build, "boot": boot, "profile": profile}[role]())

@@ -1,0 +1,74 @@
+"""quantum-mobile for real: one `invoke build` (its verification runs an SCF through AiiDA), the
+artifact read offline, and a second boot of it that must make secrets of its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import Offline, processes_mentioning
+from .guest import booted
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def built(quantum_mobile_build) -> tuple[dict, Path]:
+    project, result = quantum_mobile_build
+    assert result.returncode == 0, result.stderr[-4000:]
+    [path] = sorted((project / "artifacts" / "quantum-mobile").glob("*/build.json"))
+    return json.loads(path.read_text()), path.parent
+
+
+def test_build_is_verified_by_a_calculation_through_aiida(built) -> None:
+    record, directory = built
+    assert record["status"] == "verified" and record["verified"] is True
+    assert record["verification"]["failed"] == 0
+    calculation = json.loads((directory / "calculation.json").read_text())
+    assert calculation["exit_status"] == 0 and -220 < calculation["energy"] < -205
+    # The Python environment came from the layer, natively: the record lists it.
+    assert record["python_packages"]["aiida-core"].startswith("2.")
+    assert record["python_packages"]["aiida-quantumespresso"]
+    assert record["packages"]["quantum-espresso"] and record["packages"]["rabbitmq-server"]
+    assert "pip install" not in (directory / "build.log").read_text()
+    # The verification instance's Jupyter token reached its console; the kept log has it redacted.
+    console = (directory / "verify-serial.log").read_text(errors="replace")
+    assert "imageforge-secret: jupyter_token=[redacted]" in console
+
+
+def test_artifact_holds_no_instance_secret(built, tmp_path: Path) -> None:
+    offline = Offline(built[1] / "image" / "quantum-mobile.qcow2", tmp_path)
+    assert "aiida.json" in offline.files("/etc/imageforge")  # the right file system
+    assert ".erlang.cookie" not in offline.files("/var/lib/rabbitmq")
+    assert "ssl-cert-snakeoil.key" not in offline.files("/etc/ssl/private")
+    home = offline.names("/home/max")
+    assert not any(name in row for row in home for name in ("jupyter-token", ".aiida"))
+    assert offline.files("/var/lib/imageforge/private") == {}
+    assert "pip" not in "".join(offline.names("/root/.cache"))
+
+
+def test_a_second_boot_makes_its_own_secrets(built, tmp_path: Path) -> None:
+    directory = built[1]
+    first = json.loads((directory / "instance-secrets.json").read_text())
+    with booted(
+        directory / "image" / "quantum-mobile.qcow2", tmp_path, instance_id="qm-2", user_data={}
+    ) as guest:
+        guest.ssh("systemctl is-system-running --wait", timeout=1500)
+        values = {
+            "cookie": guest.output("sudo cat /var/lib/rabbitmq/.erlang.cookie"),
+            "token": guest.output("sudo cat /home/max/jupyter-token.txt"),
+            "database_password": guest.output(
+                "sudo python3 -c 'import json; print(json.load(open(\"/home/max/.aiida/"
+                'config.json"))["profiles"]["quantum-mobile"]["storage"]["config"]'
+                '["database_password"])\''
+            ),
+            "snakeoil": guest.output("sudo cat /etc/ssl/private/ssl-cert-snakeoil.key"),
+        }
+        assert "imageforge-secret: jupyter_token=" in guest.vm.console()
+    second = {k: hashlib.sha256(v.strip().encode()).hexdigest() for k, v in values.items()}
+    for name in ("cookie", "token", "database_password", "snakeoil"):
+        assert first[name] != second[name], f"the {name} is the same in two instances"
+    assert processes_mentioning(str(tmp_path)) == []
