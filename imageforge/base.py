@@ -163,6 +163,8 @@ def recipe_hash(recipe: BaseRecipe) -> str:
         "format": BASE_FORMAT,
         "recipe": asdict(recipe),
         "guest": guestfiles.fingerprint(recipe.user, recipe.hostname),
+        # How the Python environment is installed (only layers with one).
+        "python": pyenv.fingerprint() if recipe.python_packages else "",
         "mmdebstrap_options": MMDEBSTRAP_OPTIONS,
         "tools": tool_versions(),
     }
@@ -228,9 +230,9 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
         rootfs, raw, out = work / "rootfs", work / "disk.raw", work / "out"
         wheels = work / "wheels"
         if recipe.python_packages:
-            with log.step("pip wheel: the layer's Python packages, on the host") as timing:
+            with log.step("pip download: wheels of the layer's Python packages") as timing:
                 pyenv.make_wheels(
-                    recipe.suite, recipe.python_packages, wheels, logs / "pip-wheel.log"
+                    recipe.suite, recipe.python_packages, wheels, logs / "pip-download.log"
                 )
             steps["wheels"] = timing["seconds"]
         with log.step("mmdebstrap: install the packages into a directory") as timing:

@@ -1,13 +1,14 @@
 """A flavor's Python environment, installed natively into its layer like its Debian packages.
 
-Wheels are made on the host with the host's own pip (its index, proxy and certificates), for the
-guest's Python version; mmdebstrap then creates the virtual environment inside the tree and
-installs from those wheels with no index, so nothing is downloaded from inside the guest and
-nothing is compiled in an emulated VM.
+Wheels are fetched on the host by the host's own pip (its index, proxy and certificates), chosen
+for the guest's exact Python version; mmdebstrap then creates the virtual environment inside the
+tree and installs from those wheels with no index, so nothing is downloaded from inside the guest
+and nothing is compiled in an emulated VM.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import sys
 from importlib import metadata
@@ -16,41 +17,50 @@ from pathlib import Path
 from imageforge import runner
 from imageforge.errors import ImageforgeError
 
-# The Python of each suite's python3 package: wheels must be made for it.
-SUITE_PYTHON = {"bookworm": (3, 11)}
+# The exact Python of each suite's python3 package: wheels are chosen for it (a package may
+# require a newer micro version than the suite has, e.g. >=3.11.5 while bookworm has 3.11.2).
+SUITE_PYTHON = {"bookworm": "3.11.2"}
 WHEELS_IN_TREE = "/tmp/imageforge-wheels"
+CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
 
 
 def make_wheels(suite: str, requirements: tuple[str, ...], wheels: Path, logfile: Path) -> None:
-    """Every wheel the requirements need, made by the host's pip into wheels/."""
-    wanted = SUITE_PYTHON.get(suite)
-    if wanted is None:
+    """Every wheel the requirements need for the suite's Python, fetched by the host's pip
+    (its index, proxy and certificates). Only wheels: nothing is built for the image."""
+    version = SUITE_PYTHON.get(suite)
+    if version is None:
         raise ImageforgeError(f"no Python version is known for the Debian suite {suite!r}")
-    if sys.version_info[:2] != wanted:
-        have = ".".join(map(str, sys.version_info[:2]))
-        need = ".".join(map(str, wanted))
-        raise ImageforgeError(
-            f"the image's Python is {need}, but imageforge runs on Python {have}: "
-            "wheels for the image are made by this Python",
-            hint=f"run imageforge with Python {need} (Debian 12's python3)",
-        )
     wheels.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--quiet"]
-    argv += ["--wheel-dir", str(wheels), *requirements]
-    runner.run(argv, logfile=logfile, prefix="pip wheel", what="pip wheel (the layer's Python)")
+    argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"]
+    argv += ["--only-binary=:all:", "--python-version", version, "--implementation", "cp"]
+    argv += ["--dest", str(wheels), *requirements]
+    runner.run(
+        argv,
+        logfile=logfile,
+        prefix="pip download",
+        what=f"pip download (wheels for the image's Python {version})",
+    )
 
 
 def mmdebstrap_options(venv: str, requirements: tuple[str, ...], wheels: Path) -> list[str]:
-    """Hooks that create venv in the tree and install the requirements from wheels, offline."""
+    """Hooks that create venv in the tree and install the requirements from wheels, offline.
+
+    Inside the tree, pip runs with a clean environment: no PIP_* setting of the host applies.
+    """
     pip = f"{venv}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check"
     install = f"{pip} --find-links {WHEELS_IN_TREE} " + " ".join(map(shlex.quote, requirements))
     return [
         f'--customize-hook=mkdir -p "$1{WHEELS_IN_TREE}"',
         f"--customize-hook=sync-in {shlex.quote(str(wheels))} {WHEELS_IN_TREE}",
-        f'--customize-hook=chroot "$1" python3 -m venv {shlex.quote(venv)}',
-        f'--customize-hook=chroot "$1" {install}',
+        f'--customize-hook=chroot "$1" {CLEAN_ENV} python3 -m venv {shlex.quote(venv)}',
+        f'--customize-hook=chroot "$1" {CLEAN_ENV} {install}',
         f'--customize-hook=rm -rf "$1{WHEELS_IN_TREE}"',
     ]
+
+
+def fingerprint() -> str:
+    """Changes whenever the way this module installs an environment changes."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 def installed(rootfs: Path, venv: str) -> dict[str, str]:

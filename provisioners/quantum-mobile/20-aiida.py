@@ -114,8 +114,10 @@ def build() -> int:
     keep_rabbitmq_on_loopback()
     write_kernel(venv)
     write_units(venv, user, int(settings.get("jupyter_port", 8888)))
-    # Started by imageforge-aiida.service once the instance has its own secrets.
-    run(["systemctl", "disable", "--quiet", "postgresql", "rabbitmq-server"])
+    # Started by imageforge-aiida.service once the instance has its own secrets; stopped now,
+    # so that the build VM's RabbitMQ writes no state (its cookie, its database) into the image.
+    run(["systemctl", "disable", "--now", "--quiet", "postgresql", "rabbitmq-server"])
+    subprocess.run(["systemctl", "stop", "epmd.socket", "epmd.service"], check=False)
     run(["systemctl", "enable", "--quiet", "imageforge-aiida", "aiida-daemon", "jupyterlab"])
     print(f"AiiDA set-up installed for {user}: profile, daemon and JupyterLab start at boot")
     return 0
