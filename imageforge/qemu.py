@@ -239,7 +239,9 @@ class VirtualMachine:
         """The qemu-system-x86_64 command line for this VM."""
         accel = probe_accelerator(self.accelerator)
         argv = [QEMU, "-name", self.disk.stem, "-nodefaults", "-display", "none"]
-        argv += ["-accel", accel, *(["-cpu", "host"] if accel == "kvm" else [])]
+        # Under TCG, the most capable CPU QEMU emulates: what clouds and laptops have (wheels
+        # such as numpy's need x86-64-v2 at least), not the 2003-era default qemu64.
+        argv += ["-accel", accel, "-cpu", "host" if accel == "kvm" else "max"]
         argv += ["-smp", str(self.cpus), "-m", str(self.memory_mb)]
         argv += ["-drive", f"file={_escape(self.disk)},format={self.disk_format},if=virtio"]
         argv += ["-device", "virtio-rng-pci"]

@@ -202,7 +202,7 @@ Requires=imageforge-aiida.service
 Type=oneshot
 RemainAfterExit=yes
 User={user}
-Environment=HOME={home}
+Environment=HOME={home} PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin
 ExecStart={venv}/bin/verdi daemon start 1
 ExecStop={venv}/bin/verdi daemon stop
 TimeoutStartSec=15min
@@ -219,7 +219,7 @@ Requires=imageforge-aiida.service
 [Service]
 User={user}
 WorkingDirectory={home}
-Environment=HOME={home}
+Environment=HOME={home} PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin
 ExecStart={venv}/bin/jupyter lab --no-browser --ServerApp.ip=0.0.0.0 --ServerApp.port={port} \
 --ServerApp.root_dir={home}
 Restart=on-failure

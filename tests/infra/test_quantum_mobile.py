@@ -90,7 +90,8 @@ def secrets(host, qm) -> dict[str, str]:
         f"{qm['home']}/jupyter-token.txt {qm['home']}/.jupyter/jupyter_server_config.json",
         "listening": "ss -Hltn",
     }
-    script = "".join(f"echo '### {k}'; ( {v} ) 2>&1; " for k, v in sections.items())
+    # Each section ends on a line of its own, even when its output has no final newline.
+    script = "".join(f"echo '### {k}'; ( {v} ) 2>&1; echo; " for k, v in sections.items())
     out = host.check_output(f"sudo -n sh -c {shlex.quote(script)}")
     facts: dict[str, str] = {}
     current = ""
@@ -169,6 +170,8 @@ def test_aiida_kernel_is_offered(host, qm):
 
 def test_pw_scf_through_the_aiida_daemon(host, qm):
     """Bulk silicon SCF, submitted to the daemon; aiida-quantumespresso parses the energy."""
+    daemon = host.run(as_user(qm, f"{qm['venv']}/bin/verdi daemon status"))
+    assert daemon.rc == 0, f"the AiiDA daemon is not running:\n{daemon.stdout}{daemon.stderr}"
     command = as_user(qm, f"{qm['venv']}/bin/python -c {shlex.quote(SCF)}")
     result = host.run(command)
     assert result.rc == 0, result.stderr[-3000:]

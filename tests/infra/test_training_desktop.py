@@ -47,7 +47,8 @@ def desktop(host) -> dict[str, str]:
         "setup": "journalctl -b -u imageforge-desktop.service -o cat --no-pager",
         "vnc_config": "cat /etc/tigervnc/vncserver-config-mandatory",
     }
-    script = "".join(f"echo '### {k}'; ( {v} ) 2>&1; " for k, v in sections.items())
+    # Each section ends on a line of its own, even when its output has no final newline.
+    script = "".join(f"echo '### {k}'; ( {v} ) 2>&1; echo; " for k, v in sections.items())
     out = host.check_output(f"sudo -n sh -c {shlex.quote(script)}")
     facts: dict[str, str] = {}
     current = ""
