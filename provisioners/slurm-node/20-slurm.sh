@@ -177,9 +177,15 @@ WantedBy=multi-user.target
 UNIT
 systemctl enable imageforge-slurm.service > /dev/null 2>&1
 
-# Configless workers have no local slurm.conf, which Debian's slurmd.service requires.
+# Configless workers have no local slurm.conf, which Debian's slurmd.service requires. A worker
+# that boots before its controller answers cannot fetch the configuration and exits: it retries.
 mkdir -p /etc/systemd/system/slurmd.service.d
 cat > /etc/systemd/system/slurmd.service.d/imageforge-configless.conf <<'UNIT'
 [Unit]
 ConditionPathExists=
+StartLimitIntervalSec=0
+
+[Service]
+Restart=on-failure
+RestartSec=5
 UNIT
