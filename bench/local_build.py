@@ -94,10 +94,11 @@ def raw_packer(project: Path, env: dict[str, str], build_id: str, tmp: Path) -> 
     """`packer build` of the rendered slurm-node template, with the variables imageforge sets."""
     record = json.loads((project / "artifacts/slurm-node" / build_id / "build.json").read_text())
     key = buildsecrets.ssh_keypair(tmp / "ssh", "imageforge-bench")
-    seed = tmp / "seed"
-    seed.mkdir()
-    (seed / "user-data").write_text(seed_user_data(key.public))
-    (seed / "meta-data").write_text("instance-id: imageforge-bench\nlocal-hostname: debian\n")
+    seed = qemu.make_seed(
+        tmp / "seed.iso",
+        user_data=seed_user_data(key.public),
+        meta_data="instance-id: imageforge-bench\nlocal-hostname: debian\n",
+    )
     (tmp / "host").mkdir()
     out = tmp / "raw-packer-artifacts"
     variables = {
@@ -107,7 +108,7 @@ def raw_packer(project: Path, env: dict[str, str], build_id: str, tmp: Path) -> 
         "base_image": record["base_image"]["path"],
         "base_image_checksum": f"sha256:{record['base_image']['sha256']}",
         "accelerator": record["accelerator"],
-        "seed_dir": seed,
+        "seed_iso": seed,
     }
     packer_env = {**env, "CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(tmp / "pc")}
     packer_env.update({f"PKR_VAR_{k}": str(v) for k, v in variables.items()})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -137,27 +136,37 @@ def _escape(value: Path | str) -> str:
 def make_seed(
     path: Path, *, user_data: str, meta_data: str, network_config: str | None = None
 ) -> Path:
-    """Write a cloud-init NoCloud seed ISO (volume label 'cidata') to path."""
+    """Write a cloud-init NoCloud seed ISO (volume label 'cidata') to path.
+
+    The ISO is written in-process with pycdlib (Joliet and Rock Ridge names), so no
+    external ISO tool is needed and none can fail or crash half-way.
+    """
+    import io
+
+    import pycdlib
+
+    files = {"user-data": user_data, "meta-data": meta_data}
+    if network_config is not None:
+        files["network-config"] = network_config
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="imageforge-seed-") as tmp:
-        files = {"user-data": user_data, "meta-data": meta_data}
-        if network_config is not None:
-            files["network-config"] = network_config
-        for name, text in files.items():
-            (Path(tmp) / name).write_text(text)
-        src = {name: Path(tmp) / name for name in files}
-        if shutil.which("cloud-localds"):
-            net = ["--network-config", src["network-config"]] if network_config else []
-            argv = ["cloud-localds", *net, path, src["user-data"], src["meta-data"]]
-        elif shutil.which("xorriso"):
-            argv = ["xorriso", "-as", "mkisofs", "-output", path, "-volid", "cidata"]
-            argv += ["-joliet", "-rock", *src.values()]
-        else:
-            raise ImageforgeError(
-                "cannot build a cloud-init seed ISO: no cloud-localds or xorriso",
-                hint="apt-get install cloud-image-utils",
-            )
-        runner.run(argv, stream=False, what="building the cloud-init seed ISO")
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for number, (name, text) in enumerate(files.items()):
+        data = text.encode()
+        iso.add_fp(
+            io.BytesIO(data),
+            len(data),
+            f"/SEED{number}.;1",
+            rr_name=name,
+            joliet_path=f"/{name}",
+        )
+    partial = path.with_name(path.name + ".partial")
+    try:
+        iso.write(str(partial))
+        partial.replace(path)
+    finally:
+        iso.close()
+        partial.unlink(missing_ok=True)
     return path
 
 

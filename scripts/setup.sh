@@ -10,8 +10,6 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-utils      # the local cloud, and qemu-img
     mmdebstrap                      # the Debian base image, from packages
     e2fsprogs fdisk                 # mke2fs -d and sfdisk: a disk image without loop devices
-    xorriso                         # Packer's cd_files (the cloud-init seed of a build)
-    cloud-image-utils               # cloud-localds: the NoCloud seed of a verification boot
     vde2                            # vde_switch: the private network of `invoke cluster up`
     iproute2                        # ip netns: the cluster test runs in a namespace of its own
     openssh-client                  # testinfra's ssh backend, ssh-keygen for ephemeral keys

@@ -52,17 +52,16 @@ class LocalCloud(Cloud):
         accelerator = qemu.probe_accelerator(project.images.clouds.local.accelerator)
         record.accelerator = accelerator
         record.qemu_version = qemu.qemu_version()
-        seed = scratch / "seed"
-        seed.mkdir()
-        (seed / "user-data").write_text(seed_user_data(key.public))
-        (seed / "meta-data").write_text(
-            f"instance-id: imageforge-build-{record.id}\nlocal-hostname: debian\n"
+        seed = qemu.make_seed(
+            scratch / "seed.iso",
+            user_data=seed_user_data(key.public),
+            meta_data=f"instance-id: imageforge-build-{record.id}\nlocal-hostname: debian\n",
         )
         return {
             "PKR_VAR_base_image": record.base_image["path"],
             "PKR_VAR_base_image_checksum": f"sha256:{record.base_image['sha256']}",
             "PKR_VAR_accelerator": accelerator,
-            "PKR_VAR_seed_dir": str(seed),
+            "PKR_VAR_seed_iso": str(seed),
         }
 
     def collect_artifacts(self, record: BuildRecord) -> list[dict[str, Any]]:
@@ -74,11 +73,9 @@ class LocalCloud(Cloud):
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:
         base = scratch / "base.qcow2"
         base.write_bytes(b"")
-        seed = scratch / "seed"
-        seed.mkdir(exist_ok=True)
-        for name in ("user-data", "meta-data"):
-            (seed / name).write_text("")
-        yield {"PKR_VAR_base_image": str(base), "PKR_VAR_seed_dir": str(seed)}
+        seed = scratch / "seed.iso"
+        seed.write_bytes(b"")
+        yield {"PKR_VAR_base_image": str(base), "PKR_VAR_seed_iso": str(seed)}
 
 
 def seed_user_data(public_key: str, extra: dict[str, Any] | None = None) -> str:
