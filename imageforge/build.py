@@ -6,7 +6,6 @@ flavor settings) returns the existing verified build at once; `force` builds ane
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -16,8 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
-from imageforge import buildinfo, buildsecrets, clouds, log, packer, render, runner, state
+from imageforge import buildinfo, buildsecrets, clouds, locks, log, packer, render, runner, state
+from imageforge.clouds.capabilities import PackerSource, Preflight
 from imageforge.config import Project
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
 from imageforge.matrix import Cell
@@ -53,14 +54,42 @@ def build(
     """Build one cell, verify it, and return its record (an existing one if nothing changed).
 
     refresh rebuilds the cell's layer from the current packages even if its recipe is the same.
+    The cell's lock is held from render to the end of verification.
     """
     cloud = clouds.get(cell.cloud)
     version = packer.version(packer_version)
+    build_id = buildinfo.new_build_id(project.root)
+    with locks.cell(project.root, cell.flavor_name, cell.cloud, f"build {build_id}"):
+        directory = state.artifacts_root(project.root) / cell.flavor_name / build_id
+        directory.mkdir(parents=True)  # a fresh id: never an existing directory
+        try:
+            record = _build(project, cell, cloud, version, directory, force, refresh)
+        finally:
+            if not (directory / state.RECORD).exists():  # reused, or failed before a record
+                shutil.rmtree(directory, ignore_errors=True)
+        if verify and record.directory == directory:
+            from imageforge import verify as verification
+
+            record = verification.verify(project, cell, record)
+    _summary(record)
+    return record
+
+
+def _build(
+    project: Project,
+    cell: Cell,
+    cloud: PackerSource,
+    version: packer.PackerVersion,
+    directory: Path,
+    force: bool,
+    refresh: bool,
+) -> BuildRecord:
+    """Render into the build's own directory, reuse a bound build, or run Packer."""
     timings: dict[str, float] = {}
     with log.step(f"render {cell.name}") as t:
-        rendered = render.render(project, cell, version)
+        rendered = render.render(project, cell, version, out=directory / "packer", cloud=cloud)
     timings["render"] = t["seconds"]
-    if cell.cloud != "local":
+    if isinstance(cloud, Preflight) and cell.cloud != "local":
         with log.step(f"preflight {cell.cloud}"):
             for line in cloud.doctor(project, cell):
                 log.info(f"ok: {line}")
@@ -76,10 +105,9 @@ def build(
                 f"nothing changed since verified build {existing.id}; reusing it (--force rebuilds)"
             )
             return existing
-    build_id = buildinfo.new_build_id(project.root)
-    directory = state.artifacts_root(project.root) / cell.flavor_name / build_id
-    directory.mkdir(parents=True)
-    record = BuildRecord(
+    build_id = directory.name
+    record = state.started(
+        directory,
         id=build_id,
         flavor=cell.flavor_name,
         cloud=cell.cloud,
@@ -90,32 +118,26 @@ def build(
         base_image={k: v for k, v in base.items() if k not in ("packages", "python_packages")},
         packages=base.get("packages", {}),
         python_packages=base.get("python_packages", {}),
-        started_at=_now(),
         timings=timings,
-    ).bind(directory)
-    record.save()
+    )
     render.write_vars(
         rendered, buildinfo.packer_vars(project.root, build_id, rendered.template_hash)
     )
     try:
         with log.step(f"packer build {cell.name}") as t, _scratch(build_id) as scratch:
-            _packer_build(project, cell, rendered, record, scratch)
-        timings["packer"] = t["seconds"]
-        record.artifacts = cloud.collect_artifacts(record)
-        record.status = "built"
-        record.save()
+            record = _packer_build(project, cell, cloud, rendered, record, scratch)
+        return state.built(
+            record,
+            artifacts=cloud.collect_artifacts(directory, cell.flavor_name),
+            artifact_ids=cloud.artifact_ids(directory),
+            timings={**record.timings, "packer": t["seconds"]},
+        )
     except (KeyboardInterrupt, Interrupted) as exc:
         _abandon(record, "interrupted", "stopped by the user")
         raise Interrupted(f"build {build_id} interrupted; nothing of it is left running") from exc
     except BaseException as exc:
         _abandon(record, "failed", str(exc) or type(exc).__name__)
         raise
-    if verify:
-        from imageforge import verify as verification
-
-        verification.verify(project, cell, record)
-    _summary(record)
-    return record
 
 
 @contextmanager
@@ -129,11 +151,15 @@ def _scratch(build_id: str) -> Iterator[Path]:
 
 
 def _packer_build(
-    project: Project, cell: Cell, rendered: render.Rendered, record: BuildRecord, scratch: Path
-) -> None:
-    cloud = clouds.get(cell.cloud)
+    project: Project,
+    cell: Cell,
+    cloud: PackerSource,
+    rendered: render.Rendered,
+    record: BuildRecord,
+    scratch: Path,
+) -> BuildRecord:
+    """Run `packer build`; returns the record with what the build learned on the way."""
     key = buildsecrets.ssh_keypair(scratch / "ssh", f"imageforge-build-{record.id}")
-    record.build_public_key = key.public
     proxies = buildsecrets.host_proxies()
     certificates = buildsecrets.host_ca_certificates()
     host_files = buildsecrets.stage_host_files(scratch / "host", certificates)
@@ -141,6 +167,8 @@ def _packer_build(
         log.info(f"passing {len(certificates)} host CA certificate(s) into the build VM")
     if proxies:
         log.info(f"passing proxy settings into the build VM: {', '.join(proxies)}")
+    cloud_env = cloud.build_env(project, cell, record.id, scratch, key)
+    record = state.noted(record, build_public_key=key.public, **cloud_env.facts)
     env = {
         "CHECKPOINT_DISABLE": "1",
         "PACKER_CACHE_DIR": str(scratch / "packer-cache"),
@@ -148,9 +176,8 @@ def _packer_build(
         "PKR_VAR_ssh_private_key_file": str(key.private),
         "PKR_VAR_host_files_dir": str(host_files),
         **{f"PKR_VAR_{name}": value for name, value in proxies.items()},
-        **cloud.build_env(project, cell, record, scratch, key),
+        **cloud_env.env,
     }
-    record.save()
     tracker = _ProvisionerTracker()
     try:
         runner.run(
@@ -168,12 +195,14 @@ def _packer_build(
             secrets=[v for k, v in proxies.items() if k != "no_proxy"],
             on_line=tracker.feed,
             what=f"packer build {cell.name}",
+            grace=runner.packer_grace(cell.cloud),
         )
     except CommandError as exc:
         raise BuildFailed(tracker.explain(exc)) from None
     finally:
         if tracker.seconds_to_ssh is not None:
-            record.boot["packer_to_ssh_seconds"] = tracker.seconds_to_ssh
+            record = state.noted(record, boot={"packer_to_ssh_seconds": tracker.seconds_to_ssh})
+    return record
 
 
 class _ProvisionerTracker:
@@ -213,26 +242,21 @@ class _ProvisionerTracker:
         return str(exc)
 
 
-def _abandon(record: BuildRecord, status: str, error: str) -> None:
-    """A failed or interrupted build keeps its record and log, and nothing else."""
+def _abandon(record: BuildRecord, status: Literal["failed", "interrupted"], error: str) -> None:
+    """A failed or interrupted build keeps its record, logs and rendered template, and nothing
+    else."""
+    keep = (state.RECORD, "build.log", "serial.log", "packer")
     for child in record.directory.iterdir():
-        if child.name not in (state.RECORD, "build.log", "serial.log"):
+        if child.name not in keep:
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
-    record.status = status
-    record.error = error
-    record.finished_at = _now()
-    record.save()
+    state.abandoned(state.load(record.directory), status, error)  # with what it noted
 
 
 def _summary(record: BuildRecord) -> None:
     total = sum(record.timings.values())
     log.info(f"{record.flavor} on {record.cloud}: build {record.id}, {record.status}, {total:.0f}s")
     for artifact in record.artifacts:
-        log.info(f"  {record.directory / artifact['path']}  {artifact['size'] / 2**20:.0f} MiB")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        log.info(f"  {record.directory / artifact.path}  {artifact.size / 2**20:.0f} MiB")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import secrets
 from pathlib import Path
 
 from imageforge import __version__, runner
@@ -24,9 +25,10 @@ def git_commit(root: Path) -> str:
 
 
 def new_build_id(root: Path, now: dt.datetime | None = None) -> str:
-    """UTC timestamp and short commit: sortable, unique per second, valid in every cloud's names."""
+    """UTC timestamp, short commit and a random tag: sortable, never the same twice (even in
+    one second), and valid in every cloud's names (lower-case letters, digits, hyphens)."""
     now = now or dt.datetime.now(dt.UTC)
-    return f"{now:%Y%m%d-%H%M%S}-{git_commit(root)[:7]}"
+    return f"{now:%Y%m%d-%H%M%S}-{git_commit(root)[:7]}-{secrets.token_hex(3)}"
 
 
 def packer_vars(root: Path, build_id: str, template_hash: str) -> dict[str, str]:

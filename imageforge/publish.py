@@ -1,13 +1,15 @@
 """publish: share a verified build on its cloud, and take the sharing back.
 
-Only verified builds are shared; there is no way around it for public sharing. Each cloud
-reports per region (or project); a second run changes nothing and says so.
+Only builds whose verification still binds to their content are shared. Each cloud reports
+per region (or project); a second run changes nothing and says so. What publish added is kept
+in the record per place, so that revoking removes exactly that.
 """
 
 from __future__ import annotations
 
 from imageforge import clouds, log, state
-from imageforge.clouds.base import Outcome, Sharing
+from imageforge.clouds.capabilities import Sharer
+from imageforge.clouds.common import Outcome, Sharing
 from imageforge.config import Project
 from imageforge.errors import ImageforgeError
 from imageforge.state import BuildRecord
@@ -20,33 +22,13 @@ def find_publishable(
     candidates = [
         r
         for r in state.records(project.root, flavor)
-        if r.cloud == cloud or any(k.startswith(f"{cloud}:") for k in r.artifact_ids)
+        if r.cloud == cloud or any(k.split(":")[0] == cloud for k in r.imported)
     ]
     if build_id:
         candidates = [r for r in candidates if r.id == build_id]
     if not candidates:
         return state.find(project.root, flavor, cloud, build_id)  # says what is missing
     return candidates[-1]
-
-
-def require_verified(record: BuildRecord) -> None:
-    """Refuse a build that did not pass verification, naming what failed."""
-    if record.verified:
-        return
-    failures = record.verification.get("failures") or []
-    if failures:
-        why = "these checks failed: " + ", ".join(failures)
-    elif record.status in ("failed", "interrupted"):
-        why = f"the build {record.status}" + (
-            f" ({record.error.splitlines()[0]})" if record.error else ""
-        )
-    else:
-        why = "it was never verified"
-    raise ImageforgeError(
-        f"build {record.id} of {record.flavor} on {record.cloud} is not verified: {why}",
-        hint=f"fix the image and rebuild, or run `invoke verify --image {record.flavor} "
-        f"--cloud {record.cloud}`; unverified builds cannot be published",
-    )
 
 
 def publish(
@@ -62,22 +44,23 @@ def publish(
     cloud_name defaults to the cloud the build ran on; a local build imported into OpenStack
     is published with cloud_name="openstack".
     """
-    cloud = clouds.get(cloud_name or record.cloud)
+    place = cloud_name or record.cloud
+    sharer = clouds.capability(place, Sharer)
     if not revoke:
-        require_verified(record)
+        state.require_bound(record)
     action = "unpublish" if revoke else "publish"
-    with log.step(
-        f"{action} {record.flavor} build {record.id} on {cloud.name} ({sharing.describe()})"
-    ):
-        outcomes = (cloud.unpublish if revoke else cloud.publish)(project, record, sharing)
-        report(outcomes)
-    record.published = {
-        **record.published,
-        "sharing": None if revoke else sharing.describe(),
-        "outcomes": [o.__dict__ for o in outcomes],
-    }
-    record.save()
-    failed = [o for o in outcomes if o.error]
+    with log.step(f"{action} {record.flavor} build {record.id} on {place} ({sharing.describe()})"):
+        result = (sharer.unpublish if revoke else sharer.publish)(project, record, sharing)
+        report(result.outcomes)
+    state.published(
+        record,
+        place,
+        None if revoke else sharing.describe(),
+        [o.__dict__ for o in result.outcomes],
+        result.added,
+        revoked=revoke,
+    )
+    failed = [o for o in result.outcomes if o.error]
     if failed:
         raise ImageforgeError(
             f"{action} incomplete in {', '.join(o.where for o in failed)}",
@@ -85,7 +68,7 @@ def publish(
             + (" --revoke" if revoke else "")
             + "; it completes only what is missing",
         )
-    return outcomes
+    return result.outcomes
 
 
 def report(outcomes: list[Outcome]) -> None:

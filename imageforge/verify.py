@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imageforge import buildsecrets, log, qemu, runner
+from imageforge import buildsecrets, locks, log, qemu, runner, state
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project
-from imageforge.errors import CommandError, ImageforgeError
+from imageforge.errors import CommandError, ImageforgeError, Interrupted
 from imageforge.matrix import Cell
 from imageforge.state import BuildRecord
 
@@ -32,42 +32,40 @@ BOOT_LOG = "verify-boot.log"
 
 
 def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
-    """Run the common hygiene suite and the flavor's suite; record the outcome."""
+    """Run the common hygiene suite and the flavor's suite; return the record with the outcome,
+    verified (and bound to the artifacts' digests) only if every check passed."""
     if record.cloud != "local":
         raise ImageforgeError(
             f"verification boots local builds; {record.id} is a {record.cloud} build"
         )
     image = record.directory / "image" / f"{record.flavor}.qcow2"
-    if not image.is_file():
-        raise ImageforgeError(f"build {record.id} has no image at {image}")
+    if not image.is_file() or record.status == "building":
+        raise ImageforgeError(f"build {record.id} is {record.status} and has no image to verify")
     suites = [COMMON_SUITE] + ([cell.flavor.tests] if cell.flavor.tests else [])
-    scratch = Path(tempfile.mkdtemp(prefix=f"imageforge-verify-{record.id}-"))
-    with log.step(f"verify {record.flavor} build {record.id}") as timing:
+    with (
+        locks.cell(project.root, record.flavor, record.cloud, f"verify {record.id}"),
+        log.step(f"verify {record.flavor} build {record.id}") as timing,
+    ):
+        state.bind(record)  # refuses artifacts that changed since the build
+        scratch = Path(tempfile.mkdtemp(prefix=f"imageforge-verify-{record.id}-"))
         try:
             outcome = _boot_and_test(project, cell, record, image, suites, scratch)
+        except (KeyboardInterrupt, Interrupted):
+            state.abandoned(record, "interrupted", "verification stopped by the user")
+            raise
         except BaseException as exc:
-            record.verified, record.status = False, "failed"
             reason = (str(exc) or type(exc).__name__).splitlines()[0]
-            record.error = f"verification could not run: {reason}"
-            record.save()
+            state.abandoned(record, "failed", f"verification could not run: {reason}")
             raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        record.verification = outcome
-        record.verified = outcome["failed"] == outcome["errors"] == 0 and outcome["passed"] > 0
-        record.status = "verified" if record.verified else "failed"
-        record.error = (
-            "" if record.verified else "verification failed: " + ", ".join(outcome["failures"])
+    record = state.verification_done(record, outcome, round(timing["seconds"], 1))
+    (record.directory / "verify-summary.txt").write_text(_summary_text(record))
+    if not record.verified:
+        raise ImageforgeError(
+            f"build {record.id} failed verification: {', '.join(outcome['failures'])}",
+            hint=f"see {record.directory / 'verify.log'}",
         )
-        record.save()
-        (record.directory / "verify-summary.txt").write_text(_summary_text(record))
-        if not record.verified:
-            raise ImageforgeError(
-                f"build {record.id} failed verification: {', '.join(outcome['failures'])}",
-                hint=f"see {record.directory / 'verify.log'}",
-            )
-    record.timings["verify"] = timing["seconds"]
-    record.save()
     log.info(f"verified: {outcome['passed']} checks passed")
     return record
 
