@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from imageforge import yamlsource
-from imageforge.configerrors import dotted, explain, suggest
+from imageforge.configerrors import dotted, explain, shown, suggest
 from imageforge.configtypes import (
     CLOUDS,
     NAME_PLACEHOLDERS,
@@ -254,7 +254,9 @@ def load(path: Path | str = "images.yml") -> Project:
     raw = yamlsource.load_file(path, _display(path))
     display = _display(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{display}:1:1: the file must be a mapping with a 'flavors' key")
+        raise ConfigError(
+            f"{display}:1:1: the file must be a mapping with a 'flavors' key (got {shown(raw)})"
+        )
     merged = _merge_defaults(raw)
     try:
         images = ImagesFile.model_validate(merged)

@@ -56,7 +56,7 @@ def explain(
         message = f"{loc[-1]!r} is not a valid name: {_human(first)}"
         where = dotted(loc)
     else:
-        message = f"{_human(first)} (got {_shown(first['input'])})"
+        message = f"{_human(first)} (got {shown(first['input'])})"
         where = dotted(loc)
     others = {yamlsource.locate(merged, tuple(e["loc"]), mark) for e in errors[1:]} - {mark}
     more = f" (and {len(others)} more)" if others else ""
@@ -80,7 +80,8 @@ def _human(error: Any) -> str:
     return text[0].lower() + text[1:]
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as an error message shows it: a list, nothing, 'text'."""
     if isinstance(value, dict):
         return "a mapping" if value else "an empty mapping"
     if isinstance(value, list):

@@ -1,4 +1,11 @@
-"""YAML loading that remembers where every key and list item stood (file, line, column)."""
+"""YAML loading that remembers where every key and list item stood (file, line, column).
+
+ruamel.yaml parses (YAML 1.2) and keeps positions; duplicate keys are its error too. A first pass
+over the parser's events refuses, before anything is built, what a configuration file never
+needs and a hostile one uses: anchors and aliases (the "billion laughs"), merge keys, tags,
+complex keys and deep nesting. The file size is capped before it is read. Every problem is one
+located ConfigError.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml import events as ev
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scalarbool import ScalarBoolean
 
 from imageforge.errors import ConfigError
+
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -37,78 +52,167 @@ class LocatedList(list):
     marks: list[Mark]
 
 
-def _mark(file: str, node: yaml.Node) -> Mark:
-    return Mark(file, node.start_mark.line + 1, node.start_mark.column + 1)
-
-
-class _Loader(yaml.SafeLoader):
-    filename = "<string>"
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LocatedDict:
-        result = LocatedDict()
-        result.mark = _mark(self.filename, node)
-        result.marks = {}
-        self.flatten_mapping(node)
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) and key is not None:
-                raise ConfigError(
-                    f"{_mark(self.filename, key_node)}: mapping keys must be plain strings"
-                )
-            if key in result:
-                raise ConfigError(
-                    f"{_mark(self.filename, key_node)}: duplicate key {key!r} "
-                    f"(first defined at line {result.marks[key].line})"
-                )
-            result[key] = self.construct_object(value_node, deep=True)
-            result.marks[key] = _mark(self.filename, key_node)
-        return result
-
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LocatedList:
-        result = LocatedList(self.construct_object(child, deep=True) for child in node.value)
-        result.mark = _mark(self.filename, node)
-        result.marks = [_mark(self.filename, child) for child in node.value]
-        return result
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_mapping)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_sequence)
-
-
 def load(text: str, filename: str) -> Any:
-    """Parse YAML text; a syntax error becomes a located ConfigError."""
-    loader = _Loader(text)
-    loader.filename = filename
+    """Parse YAML text into plain values with positions; any problem is a located ConfigError."""
+    if not text.strip():
+        raise ConfigError(f"{filename}:1:1: the file is empty")
     try:
-        return loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        where = exc.problem_mark or exc.context_mark
-        pos = f"{filename}:{where.line + 1}:{where.column + 1}" if where else filename
-        message = f"{pos}: YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"
-        if exc.context and exc.context_mark and exc.problem:
-            started = exc.context_mark
-            message += (
-                f" ({exc.context} started at line {started.line + 1}, column {started.column + 1})"
-            )
-        raise ConfigError(message) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{filename}: YAML error: {exc}") from None
-    finally:
-        loader.dispose()
+        _refuse_hostile(text, filename)
+        data = YAML(typ="rt", pure=True).load(text)
+    except MarkedYAMLError as exc:
+        raise ConfigError(_marked_message(exc, filename)) from None
+    except ReaderError as exc:
+        raise ConfigError(f"{_offset_mark(text, exc.position, filename)}: {_reader(exc)}") from None
+    except YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{filename}:1:1: YAML error: {first}") from None
+    return _plain(data, filename)
 
 
 def load_file(path: Path, display: str | None = None) -> Any:
-    """Read and parse a YAML file."""
+    """Read (at most MAX_BYTES) and parse a YAML file."""
     name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"{name}: no such file", hint="run from the project root or pass --config"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{name}:1:1: the file is larger than {MAX_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            f"{name}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason})"
+        ) from None
     return load(text, name)
+
+
+def _mark(file: str, line: int, column: int) -> Mark:
+    return Mark(file, line + 1, column + 1)
+
+
+def _offset_mark(text: str, offset: int, file: str) -> Mark:
+    before = text[:offset]
+    return Mark(file, before.count("\n") + 1, len(before.rsplit("\n", 1)[-1]) + 1)
+
+
+def _reader(exc: ReaderError) -> str:
+    char = exc.character
+    code = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+    return f"YAML syntax error: character {code} is not allowed in YAML text"
+
+
+def _marked_message(exc: MarkedYAMLError, file: str) -> str:
+    where = exc.problem_mark or exc.context_mark
+    pos = str(_mark(file, where.line, where.column)) if where else f"{file}:1:1"
+    problem = (exc.problem or exc.context or "invalid YAML").replace("\n", " ")
+    if "duplicate key" in problem:
+        return f"{pos}: {problem.split(' with value', 1)[0]}"
+    message = f"{pos}: YAML syntax error: {problem}"
+    if exc.context and exc.context_mark and exc.problem and exc.context_mark is not where:
+        started = exc.context_mark
+        message += (
+            f" ({exc.context} started at line {started.line + 1}, column {started.column + 1})"
+        )
+    return message
+
+
+class _Frame:
+    """A mapping or sequence being parsed: how many children so far, and which keys."""
+
+    def __init__(self, mapping: bool) -> None:
+        self.mapping = mapping
+        self.children = 0
+        self.keys: dict[str, int] = {}
+
+
+def _refuse_hostile(text: str, file: str) -> None:
+    """Walk the parser's events (cheap, iterative) and refuse what could blow up or mislead."""
+    stack: list[_Frame] = []
+    for event in YAML(typ="rt", pure=True).parse(text):
+        mark = _mark(file, event.start_mark.line, event.start_mark.column)
+        if isinstance(event, ev.CollectionEndEvent):
+            stack.pop()
+            _count(stack)
+            continue
+        if not isinstance(event, ev.NodeEvent):
+            continue
+        is_key = bool(stack) and stack[-1].mapping and stack[-1].children % 2 == 0
+        if isinstance(event, ev.AliasEvent) or event.anchor is not None:
+            raise ConfigError(
+                f"{mark}: anchors and aliases (&, *) are not allowed in this file",
+                hint="put shared flavor settings under `defaults:`",
+            )
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            shown = str(tag).replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(
+                f"{mark}: YAML tags such as {shown!r} are not allowed in this file",
+                hint="quote a value to make it a string",
+            )
+        if isinstance(event, ev.CollectionStartEvent):
+            if is_key:
+                raise ConfigError(f"{mark}: mapping keys must be plain strings")
+            if len(stack) >= MAX_DEPTH:
+                raise ConfigError(f"{mark}: nested more than {MAX_DEPTH} levels deep")
+            stack.append(_Frame(isinstance(event, ev.MappingStartEvent)))
+            continue
+        if is_key and isinstance(event, ev.ScalarEvent):
+            _check_key(stack[-1], event, mark)
+        _count(stack)
+
+
+def _check_key(frame: _Frame, event: ev.ScalarEvent, mark: Mark) -> None:
+    if event.value == "<<" and event.style is None:
+        raise ConfigError(
+            f"{mark}: merge keys (<<) are not allowed in this file",
+            hint="put shared flavor settings under `defaults:`",
+        )
+    if event.value in frame.keys:
+        raise ConfigError(
+            f"{mark}: duplicate key {event.value!r} (first defined at line "
+            f"{frame.keys[event.value]})"
+        )
+    frame.keys[event.value] = mark.line
+
+
+def _count(stack: list[_Frame]) -> None:
+    if stack:
+        stack[-1].children += 1
+
+
+def _plain(node: Any, file: str) -> Any:
+    """ruamel's round-trip values as plain Python values with Located positions."""
+    if isinstance(node, CommentedMap):
+        result = LocatedDict()
+        result.mark = _mark(file, node.lc.line, node.lc.col)
+        result.marks = {}
+        for key, value in node.items():
+            plain_key = _plain(key, file)
+            result[plain_key] = _plain(value, file)
+            result.marks[plain_key] = _mark(file, *node.lc.key(key))
+        return result
+    if isinstance(node, CommentedSeq):
+        items = LocatedList(_plain(item, file) for item in node)
+        items.mark = _mark(file, node.lc.line, node.lc.col)
+        items.marks = [_mark(file, *node.lc.item(i)) for i in range(len(node))]
+        return items
+    if isinstance(node, bool | ScalarBoolean):
+        return bool(node)
+    for plain in (str, int, float):
+        if isinstance(node, plain):
+            return plain(node)
+    return node  # None, a date, a set: the model judges it
 
 
 def locate(data: Any, path: tuple[Any, ...], default: Mark) -> Mark:

@@ -146,7 +146,7 @@ MALFORMED = {
     ),
     "not a mapping": (
         "- a\n- b\n",
-        "images.yml:1:1: the file must be a mapping with a 'flavors' key",
+        "images.yml:1:1: the file must be a mapping with a 'flavors' key (got a list)",
     ),
 }
 
