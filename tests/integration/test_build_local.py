@@ -27,7 +27,9 @@ def test_build_and_verify_slurm_node(slurm_build) -> None:
     project, result = slurm_build
     assert result.returncode == 0, result.stderr[-4000:]
     [record] = records(project, "slurm-node")
-    assert record["status"] == "verified" and record["verified"] is True
+    assert record["status"] == "verified"
+    # Verified for exactly these artifacts: the binding holds each one's sha256.
+    assert record["binding"]["artifacts"] == {a["path"]: a["sha256"] for a in record["artifacts"]}
     assert record["verification"]["failed"] == 0 and record["verification"]["passed"] >= 10
     directory = project / "artifacts" / "slurm-node" / record["id"]
     names = {a["path"] for a in record["artifacts"]}
@@ -117,9 +119,10 @@ def test_failing_provisioner_is_named_and_cleaned_up(
     assert f"provisioner provisioners/test/{script} failed with exit code {code}" in result.stderr
     assert last_line in result.stderr
     [record] = records(faulty, flavor)
-    assert record["status"] == "failed" and record["verified"] is False
+    assert record["status"] == "failed" and record["binding"] is None
     directory = faulty / "artifacts" / flavor / record["id"]
-    assert sorted(p.name for p in directory.iterdir()) == ["build.json", "build.log", "serial.log"]
+    kept = ["build.json", "build.log", "packer", "serial.log"]  # and the rendered template
+    assert sorted(p.name for p in directory.iterdir()) == kept
     assert processes_mentioning(str(faulty)) == []
     assert temp_leftovers(record["id"]) == []
 
