@@ -142,8 +142,11 @@ def _build(
 
 @contextmanager
 def _scratch(build_id: str) -> Iterator[Path]:
-    """A private temporary directory for the build's key and seed; always removed."""
-    path = Path(tempfile.mkdtemp(prefix=f"imageforge-{build_id}-"))
+    """A private temporary directory for the build's key and seed; always removed (after
+    SIGKILL, by the next run's reap)."""
+    from imageforge import reap
+
+    path = reap.claim(Path(tempfile.mkdtemp(prefix=f"imageforge-{build_id}-")))
     try:
         yield path
     finally:

@@ -11,6 +11,7 @@ every cluster. The cluster's state lives in build/cluster/, so that `status` and
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_fixed,
+)
+from tenacity.stop import StopBaseT
 
 from imageforge import buildsecrets, log, qemu, runner, state
 from imageforge.config import Project
@@ -158,6 +167,7 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
             ],
             stream=False,
             what="vde_switch",
+            die_with_parent=False,  # the cluster outlives `invoke cluster up`
         )
         cluster.switch_pid = _read_pid(directory / "switch.pid")
         _save(cluster)
@@ -195,6 +205,7 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
                 [*vm.argv(), "-daemonize", "-pidfile", pidfile],
                 stream=False,
                 what=f"starting {node.name}",
+                die_with_parent=False,  # the cluster outlives `invoke cluster up`
             )
             node.pid = _read_pid(pidfile)
             _save(cluster)
@@ -231,36 +242,55 @@ def _network_config(index: int, node: Node) -> str:
 
 
 def _read_pid(path: Path, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def pid() -> int:
         try:
             return int(path.read_text().strip())
         except (OSError, ValueError):
-            time.sleep(0.1)
-    raise ImageforgeError(f"no pid in {path}")
+            raise _NotYet from None
+
+    try:
+        return int(_until(stop_after_delay(timeout), wait=0.1)(pid))
+    except _NotYet:
+        raise ImageforgeError(f"no pid in {path}") from None
+
+
+class _NotYet(Exception):
+    """What an attempt of a wait loop raises while what it waits for is not there yet."""
+
+
+def _until(stop: StopBaseT, *, wait: float) -> Retrying:
+    """Retry an attempt every `wait` seconds while it raises _NotYet; then re-raise the last."""
+    return Retrying(
+        stop=stop, wait=wait_fixed(wait), retry=retry_if_exception_type(_NotYet), reraise=True
+    )
 
 
 def _wait(cluster: Cluster, workers: int) -> None:
     deadline = time.monotonic() + BOOT_TIMEOUT
-    for node in cluster.nodes:
-        with log.step(f"wait for {node.name}: SSH"):
-            qemu.wait_for_ssh(node.ssh_port, max(deadline - time.monotonic(), 1))
-            while cluster.ssh(node, "true").returncode != 0:
-                _check_time(deadline, f"{node.name} does not accept the cluster's key")
-                time.sleep(2)
-    with log.step(f"wait for {workers} idle workers in sinfo"):
-        while True:
-            out = cluster.ssh(cluster.controller, "sinfo -h -N -o '%N %t'").output
-            idle = [line.split()[0] for line in out.splitlines() if line.endswith(" idle")]
-            if len(idle) >= workers:
-                break
-            _check_time(deadline, f"only {len(idle)} of {workers} workers are idle: {out}")
-            time.sleep(3)
 
+    def past_deadline(retry_state: RetryCallState) -> bool:
+        return time.monotonic() > deadline
 
-def _check_time(deadline: float, what: str) -> None:
-    if time.monotonic() > deadline:
-        raise ImageforgeError(f"the cluster did not come up in {BOOT_TIMEOUT:.0f}s: {what}")
+    def logs_in(node: Node) -> None:
+        if cluster.ssh(node, "true").returncode != 0:
+            raise _NotYet(f"{node.name} does not accept the cluster's key")
+
+    def enough_idle() -> None:
+        out = cluster.ssh(cluster.controller, "sinfo -h -N -o '%N %t'").output
+        idle = [line.split()[0] for line in out.splitlines() if line.endswith(" idle")]
+        if len(idle) < workers:
+            raise _NotYet(f"only {len(idle)} of {workers} workers are idle: {out}")
+
+    try:
+        for node in cluster.nodes:
+            with log.step(f"wait for {node.name}: SSH"):
+                qemu.wait_for_ssh(node.ssh_port, max(deadline - time.monotonic(), 1))
+                _until(past_deadline, wait=2)(logs_in, node)
+        with log.step(f"wait for {workers} idle workers in sinfo"):
+            _until(past_deadline, wait=3)(enough_idle)
+    except _NotYet as exc:
+        message = f"the cluster did not come up in {BOOT_TIMEOUT:.0f}s: {exc}"
+        raise ImageforgeError(message) from None
 
 
 def _pids(cluster: Cluster) -> list[int]:
@@ -275,9 +305,13 @@ def down(project: Project) -> Cluster | None:
         for pid in _pids(cluster):
             if alive(pid):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while any(alive(p) for p in _pids(cluster)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+
+        def stopped() -> None:
+            if any(alive(p) for p in _pids(cluster)):
+                raise _NotYet
+
+        with contextlib.suppress(_NotYet):
+            _until(stop_after_delay(15), wait=0.2)(stopped)
         for pid in _pids(cluster):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)

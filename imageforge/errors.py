@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class ImageforgeError(Exception):
     """An error a user can act on; shown as one message, never as a traceback."""
@@ -43,6 +45,9 @@ class CommandError(ImageforgeError):
 
 
 class Interrupted(ImageforgeError):
-    """The user pressed Ctrl-C or the process got SIGTERM."""
+    """The run was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); exits with 128 + its number."""
 
-    exit_code = 130
+    def __init__(self, message: str, *, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -6,19 +6,21 @@ in a log file, and is started through runner.spawn so its process group never ou
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import socket
 import subprocess
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from imageforge import log, runner
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from imageforge import log, reap, runner
 from imageforge.errors import ImageforgeError
 
 QEMU = "qemu-system-x86_64"
@@ -82,17 +84,20 @@ def _kvm_works() -> tuple[bool, str]:
     """
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
-    with tempfile.TemporaryDirectory(prefix="imageforge-kvm-") as tmp:
-        firmware_log, qemu_log = Path(tmp) / "firmware.log", Path(tmp) / "qemu.log"
+    with reap.scratch("imageforge-kvm-") as tmp:
+        firmware_log, qemu_log = tmp / "firmware.log", tmp / "qemu.log"
         argv = [QEMU, "-accel", "kvm", "-cpu", "host", "-nodefaults", "-display", "none"]
         argv += ["-m", "32", "-chardev", f"file,id=fw,path={_escape(firmware_log)}"]
         argv += ["-device", "isa-debugcon,iobase=0x402,chardev=fw"]
         with runner.spawn(argv, logfile=qemu_log) as proc:
             start = time.monotonic()
-            while time.monotonic() - start < KVM_PROBE_SECONDS and proc.poll() is None:
-                if FIRMWARE_DONE in _read(firmware_log):
-                    break
-                time.sleep(0.05)
+            # Until the firmware is done or QEMU exits; the verdict comes from the logs below.
+            with contextlib.suppress(RetryError):
+                Retrying(
+                    stop=stop_after_delay(KVM_PROBE_SECONDS),
+                    wait=wait_fixed(0.05),
+                    retry=retry_if_result(lambda done: not done),
+                )(lambda: proc.poll() is not None or FIRMWARE_DONE in _read(firmware_log))
             seconds = time.monotonic() - start
             time.sleep(0.5)  # and it must stay alive a moment longer
             alive = proc.poll() is None
@@ -201,15 +206,21 @@ def ssh_banner(port: int, *, timeout: float = 3.0) -> str | None:
 
 def wait_for_ssh(port: int, timeout: float, *, proc: subprocess.Popen[bytes] | None = None) -> str:
     """Wait until 127.0.0.1:port sends an SSH banner and return it; proc, if given, must live."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def banner() -> str | None:
         if proc is not None and proc.poll() is not None:
             raise ImageforgeError(f"the VM exited (code {proc.returncode}) before SSH came up")
-        banner = ssh_banner(port)
-        if banner:
-            return banner
-        time.sleep(1.0)
-    raise ImageforgeError(f"no SSH on 127.0.0.1:{port} after {timeout:.0f}s")
+        return ssh_banner(port)
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(1.0),
+        retry=retry_if_result(lambda found: found is None),
+    )
+    try:
+        return str(retrying(banner))
+    except RetryError:
+        raise ImageforgeError(f"no SSH on 127.0.0.1:{port} after {timeout:.0f}s") from None
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Commands are argument lists, never shell strings. Output is streamed to the console and to a
 log file, secrets are masked, Ctrl-C reaches the whole process group, and a failure raises one
-error type that carries the command, its exit code and the tail of its output.
+error type that carries the command, its exit code and the tail of its output. Every command
+dies with imageforge, even when imageforge is killed with SIGKILL (see watchdog), unless it is
+started with die_with_parent=False (a cluster's VMs, which outlive `invoke cluster up`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from imageforge import log
+from imageforge import log, watchdog
 from imageforge.errors import CommandError, Interrupted
 
 TAIL_LINES = 25
 GRACE_SECONDS = 20.0
+# How long Packer may take, after Ctrl-C or SIGTERM, to delete what it made: locally a VM;
+# in a cloud an instance, its key pair and security group, which take minutes to go.
+PACKER_GRACE_SECONDS = {"local": 20.0, "aws": 300.0, "gcp": 300.0, "openstack": 300.0}
+# Process groups of the commands running now, for a second signal to kill at once.
+_running_groups: set[int] = set()
+
+
+def packer_grace(cloud: str) -> float:
+    """Seconds Packer gets to clean up on cloud after an interrupt (the longest if unknown)."""
+    return PACKER_GRACE_SECONDS.get(cloud, max(PACKER_GRACE_SECONDS.values()))
 
 
 @dataclass(frozen=True)
@@ -57,11 +69,13 @@ def run(
     stdin: str | None = None,
     timeout: float | None = None,
     grace: float = GRACE_SECONDS,
+    die_with_parent: bool = True,
 ) -> CommandResult:
     """Run argv to completion, streaming its combined output; raise CommandError on failure.
 
     On Ctrl-C or SIGTERM the process group gets SIGINT, then SIGKILL after `grace` seconds,
-    and Interrupted is raised.
+    and Interrupted is raised. die_with_parent=False lets what the command leaves running
+    (a daemon) outlive imageforge.
     """
     args = [os.fspath(a) for a in argv]
     full_env = {**os.environ, **env} if env is not None else None
@@ -79,11 +93,12 @@ def run(
             text=True,
             errors="replace",
             start_new_session=True,
+            preexec_fn=watchdog.die_with_parent() if die_with_parent else None,
         )
     except FileNotFoundError as exc:
         raise CommandError(args, 127, [f"{args[0]}: command not found"], what=what) from exc
     deadline = time.monotonic() + timeout if timeout else None
-    with _open_log(logfile) as logf:
+    with _open_log(logfile) as logf, _tracked(proc.pid, die_with_parent):
         try:
             if stdin is not None:
                 assert proc.stdin is not None
@@ -121,17 +136,47 @@ def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
     return run(argv, stream=False, **kwargs).output  # type: ignore[arg-type]
 
 
-def stop_group(proc: subprocess.Popen[str], *, grace: float = GRACE_SECONDS) -> None:
-    """Stop a process started in its own session: SIGINT, then SIGKILL for the whole group."""
+def stop_group(
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes],
+    *,
+    grace: float = GRACE_SECONDS,
+    first: signal.Signals = signal.SIGINT,
+) -> None:
+    """Stop a process started in its own session: `first`, then SIGKILL for the whole group.
+
+    The SIGKILL comes in every case, even when a signal interrupts the grace period.
+    """
     pgid = proc.pid
-    if proc.poll() is None:
-        _signal_group(pgid, signal.SIGINT)
+    try:
+        if proc.poll() is None:
+            _signal_group(pgid, first)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+    finally:
+        # Children may outlive the leader (packer's qemu); the group goes in every case.
+        _signal_group(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-    # Children may outlive the leader (packer's qemu); the group goes in every case.
-    _signal_group(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+            proc.wait(timeout=5)
+
+
+def kill_running() -> None:
+    """SIGKILL every process group a command of this process leads now (a second signal)."""
+    for pgid in list(_running_groups):
+        _signal_group(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _tracked(pgid: int, die_with_parent: bool) -> Iterator[None]:
+    """Known to kill_running while it runs, and to the watchdog if it must die with us."""
+    _running_groups.add(pgid)
+    if die_with_parent:
+        watchdog.watch(pgid)
+    try:
+        yield
+    finally:
+        _running_groups.discard(pgid)
+        if die_with_parent:
+            watchdog.unwatch(pgid)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -156,8 +201,13 @@ def spawn(
     logfile: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    die_with_parent: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a long-running process (a VM, a server) and stop its whole group on the way out."""
+    """Start a long-running process (a VM, a server) and stop its whole group on the way out.
+
+    It gets SIGKILL when the thread that started it ends: start it from the thread that
+    stays (the main thread), or pass die_with_parent=False.
+    """
     args = [os.fspath(a) for a in argv]
     log.debug(f"$ {' '.join(args)} &")
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -170,14 +220,10 @@ def spawn(
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=watchdog.die_with_parent() if die_with_parent else None,
         )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        _signal_group(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+    with _tracked(proc.pid, die_with_parent):
+        try:
+            yield proc
+        finally:
+            stop_group(proc, grace=10, first=signal.SIGTERM)

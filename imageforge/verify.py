@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imageforge import buildsecrets, locks, log, qemu, runner, state
+from imageforge import buildsecrets, locks, log, qemu, reap, runner, state
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
@@ -47,7 +47,7 @@ def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
         log.step(f"verify {record.flavor} build {record.id}") as timing,
     ):
         state.bind(record)  # refuses artifacts that changed since the build
-        scratch = Path(tempfile.mkdtemp(prefix=f"imageforge-verify-{record.id}-"))
+        scratch = reap.claim(Path(tempfile.mkdtemp(prefix=f"imageforge-verify-{record.id}-")))
         try:
             outcome = _boot_and_test(project, cell, record, image, suites, scratch)
         except (KeyboardInterrupt, Interrupted):
@@ -96,7 +96,7 @@ def _boot_and_test(
         restrict_network=True,
     )
     ssh_config = scratch / "ssh_config"
-    sockets = Path(tempfile.mkdtemp(prefix="imageforge-ssh-"))
+    sockets = reap.claim(Path(tempfile.mkdtemp(prefix="imageforge-ssh-")))
     ssh_config.write_text(
         "Host *\n"
         f"  IdentityFile {key.private}\n  IdentitiesOnly yes\n"

@@ -1,49 +1,99 @@
-"""What every task shares: loading images.yml, and turning errors into messages and exit codes."""
+"""What every task shares: loading images.yml, signals, and errors as one line and an exit code."""
 
 from __future__ import annotations
 
 import functools
-import signal
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from invoke import Exit
+from invoke.exceptions import ParseError, UnexpectedExit
 
-from imageforge import config, log
-from imageforge.errors import ImageforgeError, Interrupted
+from imageforge import config, log, reap, signals
+from imageforge.errors import ConfigError, ImageforgeError, Interrupted
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONFIG = "images.yml"
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted("stopped by SIGTERM")
+USER_ERROR = 2  # what the user can fix: a file, a permission, a value
+INTERNAL_ERROR = 1
+_reaped: set[Path] = set()
 
 
 def friendly(func: F) -> F:
-    """Run a task body: user errors become one message and an exit code; tracebacks only
-    with IMAGEFORGE_DEBUG=1."""
+    """Run a task body with signals handled (see signals); every error becomes one message and
+    an exit code. Tracebacks only with IMAGEFORGE_DEBUG=1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        try:
-            return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            log.error("interrupted")
-            raise Exit(code=130) from None
-        except ImageforgeError as exc:
-            if log.debug_enabled():
-                traceback.print_exc()
-            log.error(str(exc))
-            raise Exit(code=exc.exit_code) from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        with signals.handled():
+            try:
+                return func(*args, **kwargs)
+            except Exit:
+                raise
+            except (KeyboardInterrupt, Exception) as exc:
+                message, code = describe(exc)
+                if log.debug_enabled():
+                    traceback.print_exc()
+                log.error(message)
+                raise Exit(code=code) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The line a user sees for an exception, and the exit code."""
+    if isinstance(exc, KeyboardInterrupt | Interrupted):
+        default = exc.exit_code if isinstance(exc, Interrupted) else 130
+        return str(exc) or "interrupted", signals.exit_code(default)
+    if isinstance(exc, ImageforgeError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, UnicodeDecodeError):
+        where = f" at byte {exc.start}" if exc.start else ""
+        return f"cannot read text: not {exc.encoding} ({exc.reason}{where})", USER_ERROR
+    if isinstance(exc, OSError):
+        return _os_error(exc), USER_ERROR
+    if isinstance(exc, ParseError):
+        return str(exc), USER_ERROR
+    if isinstance(exc, UnexpectedExit):
+        result = exc.result
+        return f"{result.command!r} failed with exit code {result.exited}", USER_ERROR
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (
+        f"internal error: {type(exc).__name__}: {first}; "
+        "run with IMAGEFORGE_DEBUG=1 for the traceback",
+        INTERNAL_ERROR,
+    )
+
+
+def _os_error(exc: OSError) -> str:
+    """'images.yml: Permission denied', from an OSError with or without file names."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename)
+    if exc.filename2 is not None:
+        where += f" → {exc.filename2}"
+    return f"{where}: {reason}"
+
+
+def integer(value: Any, option: str, *, minimum: int | None = None) -> int:
+    """A command-line integer (declare the task argument as a string), or a one-line error."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option} must be an integer, not {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{option} must be at least {minimum}, not {number}")
+    return number
+
+
 def project(path: str | None) -> config.Project:
-    return config.load(Path(path or DEFAULT_CONFIG))
+    """Load images.yml; first, once per project, reap what a killed earlier run left."""
+    config_path = Path(path or DEFAULT_CONFIG)
+    root = config_path.resolve().parent
+    if root not in _reaped:
+        _reaped.add(root)
+        reap.reap(root)
+    return config.load(config_path)
