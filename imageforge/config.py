@@ -28,6 +28,7 @@ from imageforge.configtypes import (
     Aiida,
     CloudName,
     Desktop,
+    Environment,
     FlavorName,
     Model,
     Name,
@@ -35,8 +36,10 @@ from imageforge.configtypes import (
     OsName,
     Package,
     Port,
+    ProjectPath,
     PythonEnv,
     Size,
+    Text,
 )
 from imageforge.errors import ConfigError
 from imageforge.yamlsource import Mark
@@ -49,8 +52,8 @@ def _script_shorthand(value: Any) -> Any:
 class Provisioner(Model):
     """A script run inside the build VM: shell or Python, chosen by its shebang."""
 
-    script: str = Field(description="Path relative to images.yml")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment for this script")
+    script: ProjectPath = Field(description="Path relative to images.yml")
+    env: Environment = Field(default_factory=dict, description="Environment for this script")
 
 
 Step = Annotated[
@@ -70,7 +73,7 @@ class OsPerCloud(Model):
 class Flavor(Model):
     """What goes into an image, independent of the cloud it is built on."""
 
-    description: str = ""
+    description: Text = ""
     os: OsPerCloud = OsPerCloud()
     user: Name = Field("imageforge", description="The image's default login user")
     packages: tuple[Package, ...] = Field(
@@ -80,10 +83,10 @@ class Flavor(Model):
     )
     provisioners: tuple[Step, ...] = ()
     cleanup: tuple[Step, ...] = (Provisioner(script="provisioners/cleanup/90-cleanup.sh"),)
-    env: dict[str, str] = Field(default_factory=dict, description="Environment for every script")
-    tests: str | None = Field(None, description="testinfra suite, relative to images.yml")
+    env: Environment = Field(default_factory=dict, description="Environment for every script")
+    tests: ProjectPath | None = Field(None, description="testinfra suite, relative to images.yml")
     ports: tuple[Port, ...] = (22,)
-    tags: dict[str, str] = Field(default_factory=dict, description="Tags/labels on every cloud")
+    tags: dict[Text, Text] = Field(default_factory=dict, description="Tags/labels on every cloud")
     desktop: Desktop | None = Field(
         None, description="XFCE + TigerVNC desktop: image defaults; user-data overrides"
     )
@@ -96,13 +99,13 @@ class Flavor(Model):
 
 
 class AwsSourceAmi(Model):
-    owners: tuple[str, ...]
-    name: str = Field(description="AMI name pattern, most recent match wins")
+    owners: tuple[Text, ...]
+    name: Text = Field(description="AMI name pattern, most recent match wins")
 
 
 class AwsCloud(Model):
-    region: str = "eu-west-1"
-    instance_type: str = "t3.medium"
+    region: Text = "eu-west-1"
+    instance_type: Text = "t3.medium"
     source_ami: dict[OsName, AwsSourceAmi] = {
         "ubuntu-24.04": AwsSourceAmi(
             owners=("099720109477",),
@@ -115,28 +118,28 @@ class AwsCloud(Model):
         "debian-12": AwsSourceAmi(owners=("136693071363",), name="debian-12-amd64-*"),
     }
     ami_name: NamePattern = "{prefix}-{flavor}-{build_id}"
-    copy_regions: tuple[str, ...] = ()
+    copy_regions: tuple[Text, ...] = ()
     spot: StrictBool = False
-    subnet_id: str | None = None
-    vpc_id: str | None = None
+    subnet_id: Text | None = None
+    vpc_id: Text | None = None
     ssh_interface: Literal["public_ip", "private_ip", "public_dns", "private_dns"] = "public_ip"
     volume_size_gb: Size = 20
     encrypt_boot: StrictBool = False
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[Text, Text] = Field(default_factory=dict)
     communicator: Literal["ssh", "none"] = Field(
         "ssh", description="'none' copies the source AMI without provisioning (API test servers)"
     )
 
 
 class GcpSourceImage(Model):
-    family: str
+    family: Text
     project: str
 
 
 class GcpCloud(Model):
-    project: str | None = Field(None, description="Default: $GOOGLE_CLOUD_PROJECT at build time")
-    zone: str = "europe-west1-b"
-    machine_type: str = "e2-standard-2"
+    project: Text | None = Field(None, description="Default: $GOOGLE_CLOUD_PROJECT at build time")
+    zone: Text = "europe-west1-b"
+    machine_type: Text = "e2-standard-2"
     source_image: dict[OsName, GcpSourceImage] = {
         "ubuntu-24.04": GcpSourceImage(family="ubuntu-2404-lts-amd64", project="ubuntu-os-cloud"),
         "ubuntu-22.04": GcpSourceImage(family="ubuntu-2204-lts", project="ubuntu-os-cloud"),
@@ -145,32 +148,32 @@ class GcpCloud(Model):
     image_name: NamePattern = "{prefix}-{flavor}-{build_id}"
     image_family: NamePattern = "{prefix}-{flavor}"
     disk_size_gb: Size = 20
-    network: str | None = None
-    subnetwork: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    network: Text | None = None
+    subnetwork: Text | None = None
+    labels: dict[Text, Text] = Field(default_factory=dict)
 
 
 class OpenstackSourceImage(Model):
-    name: str | None = None
-    filter: dict[str, str] = Field(default_factory=dict, description="Glance properties to match")
+    name: Text | None = None
+    filter: dict[Text, Text] = Field(default_factory=dict, description="Glance properties to match")
 
 
 class OpenstackCloud(Model):
-    cloud: str = Field("openstack", description="Entry in clouds.yaml")
-    flavor: str = "m1.medium"
+    cloud: Text = Field("openstack", description="Entry in clouds.yaml")
+    flavor: Text = "m1.medium"
     source_image: dict[OsName, OpenstackSourceImage] = {
         "ubuntu-24.04": OpenstackSourceImage(name="Ubuntu 24.04"),
         "ubuntu-22.04": OpenstackSourceImage(name="Ubuntu 22.04"),
         "debian-12": OpenstackSourceImage(name="Debian 12"),
     }
-    networks: tuple[str, ...] = ()
-    floating_ip_pool: str | None = None
-    security_groups: tuple[str, ...] = ()
+    networks: tuple[Text, ...] = ()
+    floating_ip_pool: Text | None = None
+    security_groups: tuple[Text, ...] = ()
     image_name: NamePattern = "{prefix}-{flavor}-{build_id}"
     image_visibility: Literal["private", "shared", "community", "public"] = "private"
     use_blockstorage_volume: StrictBool = False
     volume_size_gb: Size = 20
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[Text, Text] = Field(default_factory=dict)
 
 
 class LocalCloud(Model):
@@ -190,14 +193,14 @@ class Clouds(Model):
 
 
 class CellRef(Model):
-    flavor: str
+    flavor: Text
     cloud: CloudName
 
 
 class Matrix(Model):
     """Which cells to build: flavors × clouds, less exclude, plus include."""
 
-    flavors: tuple[str, ...] | None = Field(None, description="Default: every flavor")
+    flavors: tuple[Text, ...] | None = Field(None, description="Default: every flavor")
     clouds: tuple[CloudName, ...] = CLOUDS  # type: ignore[assignment]
     exclude: tuple[CellRef, ...] = ()
     include: tuple[CellRef, ...] = ()
@@ -339,7 +342,11 @@ def _check_files(project: Project) -> None:
 
 
 def _check_file(project: Project, key_path: tuple[Any, ...], relative: str) -> None:
-    path = project.root / relative
+    path = (project.root / relative).resolve()
+    if not path.is_relative_to(project.root.resolve()):
+        raise project.error(
+            key_path, f"{relative!r} leads outside the project directory (a symbolic link?)"
+        )
     if path.is_file():
         return
     nearby = [

@@ -18,7 +18,12 @@ def dotted(path: tuple[Any, ...]) -> str:
     """Key path as people write it: flavors.slurm-node.provisioners[0].script."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).isprintable():  # never a control character on the user's terminal
+            out += f"[{str(part)!r}]"
+        else:
+            out += f".{part}" if out else str(part)
     return out or "(top level)"
 
 

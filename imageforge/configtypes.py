@@ -7,7 +7,9 @@ config.py assembles them into the whole file's model and loads it.
 from __future__ import annotations
 
 import typing
+import unicodedata
 import zoneinfo
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -34,6 +36,41 @@ Size = Annotated[StrictInt, Field(ge=1, le=65536)]
 # Image-name patterns: placeholders {prefix}, {flavor} and {build_id}; characters every cloud takes.
 NamePattern = Annotated[str, StringConstraints(pattern=r"^[a-z{][a-z0-9{}_-]{0,62}$")]
 NAME_PLACEHOLDERS = ("prefix", "flavor", "build_id")
+
+
+# Characters that end a line or start an escape sequence somewhere: C0/C1 controls (NUL, tab,
+# newline, ESC, DEL, ...) and the Unicode line and paragraph separators.
+_CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
+
+
+def _plain_text(text: str) -> str:
+    """A user string that becomes a name, path, tag, description or environment value."""
+    for char in text:
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            raise ValueError(f"control character U+{ord(char):04X} is not allowed")
+    if "{{" in text:
+        # Packer renders its own Go templates in most string settings (tags, descriptions,
+        # environment values), some of them twice, so no escape survives: refuse.
+        raise ValueError("'{{' is not allowed: Packer would read it as a template")
+    return text
+
+
+def _project_path(text: str) -> str:
+    """A path relative to images.yml that cannot leave the project (symlinks: config.py)."""
+    _plain_text(text)
+    path = PurePosixPath(text)
+    if not text or path.is_absolute():
+        raise ValueError("must be a path relative to the directory of images.yml")
+    if ".." in path.parts:
+        raise ValueError("must stay inside the project: '..' is not allowed")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
+ProjectPath = Annotated[str, AfterValidator(_project_path)]
+# Keys of environment variables: a shell takes nothing else as a name.
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Environment = dict[EnvName, Text]
 
 
 def _known_timezone(name: str) -> str:

@@ -144,6 +144,66 @@ MALFORMED = {
         "images.yml:2:3: flavors.Slurm_Node: 'Slurm_Node' is not a valid name: "
         "must match ^[a-z][a-z0-9-]{0,40}$",
     ),
+    "script outside the project": (
+        "flavors:\n  a:\n    provisioners: [../../etc/passwd]\n",
+        "images.yml:3:20: flavors.a.provisioners[0].script: must stay inside the project: '..' "
+        "is not allowed (got '../../etc/passwd')",
+    ),
+    "absolute script": (
+        "flavors:\n  a:\n    cleanup: [/etc/passwd]\n",
+        "images.yml:3:15: flavors.a.cleanup[0].script: must be a path relative to the directory "
+        "of images.yml (got '/etc/passwd')",
+    ),
+    "tests outside the project": (
+        "flavors:\n  a:\n    tests: tests/../../x.py\n",
+        "images.yml:3:5: flavors.a.tests: must stay inside the project: '..' is not allowed "
+        "(got 'tests/../../x.py')",
+    ),
+    "newline in a description": (
+        'flavors:\n  a:\n    description: "one\\ntwo"\n',
+        "images.yml:3:5: flavors.a.description: control character U+000A is not allowed "
+        "(got 'one\\ntwo')",
+    ),
+    "line separator in a tag": (
+        'flavors:\n  a:\n    tags: {team: "a\\u2028b"}\n',
+        "images.yml:3:12: flavors.a.tags.team: control character U+2028 is not allowed "
+        "(got 'a\\u2028b')",
+    ),
+    "escape in a tag key": (
+        'flavors:\n  a:\n    tags: {"x\\e[2J": b}\n',
+        "images.yml:3:12: flavors.a.tags['x\\x1b[2J']: 'x\\x1b[2J' is not a valid name: control "
+        "character U+001B is not allowed",
+    ),
+    "NUL in an env value": (
+        'flavors:\n  a:\n    env: {X: "a\\0b"}\n',
+        "images.yml:3:11: flavors.a.env.X: control character U+0000 is not allowed (got 'a\\x00b')",
+    ),
+    "DEL in a region": (
+        'clouds:\n  aws:\n    region: "eu\\x7f"\nflavors:\n  a: {}\n',
+        "images.yml:3:5: clouds.aws.region: control character U+007F is not allowed "
+        "(got 'eu\\x7f')",
+    ),
+    "packer template in a tag": (
+        "flavors:\n  a:\n    tags: {x: '{{ env `AWS_SECRET_ACCESS_KEY` }}'}\n",
+        "images.yml:3:12: flavors.a.tags.x: '{{' is not allowed: Packer would read it as a "
+        "template (got '{{ env `AWS_SECRET_ACCESS_KEY` }}')",
+    ),
+    "packer template in a description": (
+        "flavors:\n  a:\n    description: 'built {{timestamp}}'\n",
+        "images.yml:3:5: flavors.a.description: '{{' is not allowed: Packer would read it as a "
+        "template (got 'built {{timestamp}}')",
+    ),
+    "env key not a shell name": (
+        "flavors:\n  a:\n    env: {'X; rm -rf /': '1'}\n",
+        "images.yml:3:11: flavors.a.env.X; rm -rf /: 'X; rm -rf /' is not a valid name: must "
+        "match ^[A-Za-z_][A-Za-z0-9_]*$",
+    ),
+    "provisioner env key starting with a digit": (
+        "flavors:\n  a:\n    provisioners:\n      - script: provisioners/common/10-base.sh\n"
+        "        env: {1X: '1'}\n",
+        "images.yml:5:15: flavors.a.provisioners[0].env.1X: '1X' is not a valid name: must "
+        "match ^[A-Za-z_][A-Za-z0-9_]*$",
+    ),
     "not a mapping": (
         "- a\n- b\n",
         "images.yml:1:1: the file must be a mapping with a 'flavors' key (got a list)",
@@ -233,3 +293,35 @@ def test_script_shorthand_and_mapping_forms(scratch: Path) -> None:
         "provisioners/slurm-node/20-slurm.sh",
     ]
     assert steps[1].env == {"X": "1"}
+
+
+def test_symlink_out_of_the_project_is_refused(scratch: Path, tmp_path_factory) -> None:
+    outside = tmp_path_factory.mktemp("outside") / "evil.sh"
+    outside.write_text("#!/bin/sh\n")
+    (scratch / "provisioners" / "evil.sh").symlink_to(outside)
+    write(scratch, "flavors:\n  a:\n    provisioners: [provisioners/evil.sh]\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load("images.yml")
+    assert str(caught.value) == (
+        "images.yml:3:20: flavors.a.provisioners[0]: 'provisioners/evil.sh' leads outside the "
+        "project directory (a symbolic link?)"
+    )
+
+
+def test_symlink_inside_the_project_is_fine(scratch: Path) -> None:
+    (scratch / "provisioners" / "alias.sh").symlink_to(scratch / "provisioners/common/10-base.sh")
+    write(scratch, "flavors:\n  a:\n    provisioners: [provisioners/alias.sh]\n")
+    assert config.load("images.yml").images.flavors["a"].provisioners[0].script == (
+        "provisioners/alias.sh"
+    )
+
+
+def test_quotes_dollars_and_unicode_are_plain_text(scratch: Path) -> None:
+    write(
+        scratch,
+        "flavors:\n  a:\n    description: 'it''s ${x} %{y} \"z\" } ü'\n"
+        '    env: {GREETING: "it\'s $HOME `id`"}\n',
+    )
+    flavor = config.load("images.yml").images.flavors["a"]
+    assert flavor.description == 'it\'s ${x} %{y} "z" } ü'
+    assert flavor.env == {"GREETING": "it's $HOME `id`"}
