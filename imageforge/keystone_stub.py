@@ -1,43 +1,37 @@
 """A token endpoint for `packer validate` of OpenStack templates with no cloud at hand.
 
 Packer's openstack builder authenticates while it validates. This answers Keystone v3's
-password authentication (POST /v3/auth/tokens) with a token whose body has the fields of
-Keystone's own response, on 127.0.0.1 only. It never backs a real build.
+password authentication (POST /v3/auth/tokens) with keystoneauth1's own V3Token fixture, on
+127.0.0.1 only. It never backs a real build.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def token_body(now: dt.datetime | None = None) -> dict:
-    """A Keystone v3 token document, as /v3/auth/tokens returns it."""
-    now = now or dt.datetime.now(dt.UTC)
-    stamp = "%Y-%m-%dT%H:%M:%S.000000Z"
-    domain = {"id": "default", "name": "Default"}
-    return {
-        "token": {
-            "methods": ["password"],
-            "user": {
-                "id": "validate",
-                "name": "validate",
-                "domain": domain,
-                "password_expires_at": None,
-            },
-            "audit_ids": ["imageforge-validate"],
-            "expires_at": (now + dt.timedelta(hours=1)).strftime(stamp),
-            "issued_at": now.strftime(stamp),
-            "project": {"id": "validate", "name": "validate", "domain": domain},
-            "is_domain": False,
-            "roles": [{"id": "member", "name": "member"}],
-            "catalog": [],
-        }
-    }
+def token_body() -> dict:
+    """A Keystone v3 token document, as /v3/auth/tokens returns it (keystoneauth1's fixture)."""
+    from keystoneauth1 import fixture
+
+    token = fixture.V3Token(
+        user_id="validate",
+        user_name="validate",
+        user_domain_id="default",
+        user_domain_name="Default",
+        project_id="validate",
+        project_name="validate",
+        project_domain_id="default",
+        project_domain_name="Default",
+        audit_id="imageforge-validate",
+        methods=["password"],
+    )
+    token.add_role(id="member", name="member")
+    return dict(token)
 
 
 class _Handler(BaseHTTPRequestHandler):

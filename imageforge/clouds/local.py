@@ -8,18 +8,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imageforge import qemu, state
-from imageforge.clouds.base import Cloud
+from imageforge.clouds.common import BuildEnv, SourceDefaults, metadata
 
 if TYPE_CHECKING:
     from imageforge.buildsecrets import KeyPair
     from imageforge.config import Project
     from imageforge.matrix import Cell
-    from imageforge.state import BuildRecord
 
 
-class LocalCloud(Cloud):
+class LocalCloud(SourceDefaults):
     name = "local"
     builder = "qemu"
+
+    def __init__(self) -> None:
+        self._layers: dict[str, dict[str, Any]] = {}  # cell name: the layer this run chose
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         local = project.images.clouds.local
@@ -30,7 +32,7 @@ class LocalCloud(Cloud):
             "ssh_username": self.ssh_username(cell.os),
             "ssh_timeout": f"{local.ssh_timeout_minutes}m",
             "vm_name": f"{cell.flavor_name}.qcow2",
-            "metadata": self.metadata(project, cell, {}),
+            "metadata": metadata(project, cell, {}),
             "vagrant": "vagrant" in local.formats,
         }
 
@@ -44,30 +46,37 @@ class LocalCloud(Cloud):
             python_venv=python.venv if python else "",
             python_packages=python.packages if python else (),
         )
-        return base.ensure_base(recipe, force=refresh).record()
+        layer = base.ensure_base(recipe, force=refresh).record()
+        self._layers[cell.name] = layer
+        return layer
 
     def build_env(
-        self, project: Project, cell: Cell, record: BuildRecord, scratch: Path, key: KeyPair
-    ) -> dict[str, str]:
+        self, project: Project, cell: Cell, build_id: str, scratch: Path, key: KeyPair
+    ) -> BuildEnv:
+        """The layer base_image chose, the accelerator and the cloud-init seed; the
+        accelerator and QEMU version are facts for the record."""
+        layer = self._layers.get(cell.name) or self.base_image(project, cell)
         accelerator = qemu.probe_accelerator(project.images.clouds.local.accelerator)
-        record.accelerator = accelerator
-        record.qemu_version = qemu.qemu_version()
         seed = qemu.make_seed(
             scratch / "seed.iso",
             user_data=seed_user_data(key.public),
-            meta_data=f"instance-id: imageforge-build-{record.id}\nlocal-hostname: debian\n",
+            meta_data=f"instance-id: imageforge-build-{build_id}\nlocal-hostname: debian\n",
         )
-        return {
-            "PKR_VAR_base_image": record.base_image["path"],
-            "PKR_VAR_base_image_checksum": f"sha256:{record.base_image['sha256']}",
+        env = {
+            "PKR_VAR_base_image": layer["path"],
+            "PKR_VAR_base_image_checksum": f"sha256:{layer['sha256']}",
             "PKR_VAR_accelerator": accelerator,
             "PKR_VAR_seed_iso": str(seed),
         }
+        return BuildEnv(env, {"accelerator": accelerator, "qemu_version": qemu.qemu_version()})
 
-    def collect_artifacts(self, record: BuildRecord) -> list[dict[str, Any]]:
-        names = [f"image/{record.flavor}.qcow2", f"{record.flavor}.box", "manifest.json"]
-        paths = [record.directory / n for n in names if (record.directory / n).is_file()]
-        return [state.describe(p, record.directory) for p in paths]
+    def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
+        names = [f"image/{flavor}.qcow2", f"{flavor}.box", "manifest.json"]
+        paths = [directory / n for n in names if (directory / n).is_file()]
+        return [state.describe(p, directory) for p in paths]
+
+    def artifact_ids(self, directory: Path) -> dict[str, str]:
+        return {}  # a local build's artifacts are files, bound by their sha256
 
     @contextlib.contextmanager
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:

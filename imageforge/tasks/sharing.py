@@ -6,8 +6,8 @@ from invoke import task
 
 from imageforge import clouds, log, matrix, state
 from imageforge import publish as publishing
-from imageforge.clouds.base import Sharing
-from imageforge.errors import ImageforgeError
+from imageforge.clouds import Housekeeper, Importer, Preflight, Sharing
+from imageforge.clouds import housekeeping as rules
 from imageforge.tasks.common import friendly, project
 
 HELP = {
@@ -18,7 +18,9 @@ HELP = {
     "account": "share with this account/project/member instead of everyone (repeatable)",
     "organization": "AWS: share with this organization or OU ARN (repeatable)",
     "revoke": "remove exactly what publish added",
-    "keep": "how many of the newest images per flavor to keep",
+    "keep": "how many of the newest images per flavor to keep (1 or more)",
+    "min_age": f"leave alone what is younger than this many minutes (default "
+    f"{rules.SWEEP_MIN_AGE_MINUTES}): it may be a running build's",
     "yes": "really delete (without it, only show what would go)",
 }
 
@@ -34,7 +36,7 @@ def doctor(c, cloud, image=None, config=None):
     proj = project(config)
     for cell in matrix.selected(proj, image, cloud):
         with log.step(f"doctor {cell.name}"):
-            for line in clouds.get(cell.cloud).doctor(proj, cell):
+            for line in clouds.capability(cell.cloud, Preflight).doctor(proj, cell):
                 log.info(f"ok: {line}")
 
 
@@ -59,35 +61,36 @@ def publish(
 @friendly
 def import_(c, image, cloud="openstack", build=None, config=None):
     """Upload a verified local build (qcow2) to OpenStack Glance with its metadata."""
-    if cloud != "openstack":
-        raise ImageforgeError(f"import goes to openstack only, not {cloud!r}")
     proj = project(config)
     record = state.find(proj.root, image, "local", build)
-    publishing.require_verified(record)
-    openstack = clouds.get("openstack")
-    image_id = openstack.import_image(proj, record)  # type: ignore[attr-defined]
-    log.info(f"imported {record.flavor} build {record.id} as Glance image {image_id}")
+    state.require_bound(record)
+    for place, image_id in clouds.capability(cloud, Importer).import_build(proj, record).items():
+        record = state.imported(record, place, image_id)
+        log.info(f"imported {record.flavor} build {record.id} as {place} image {image_id}")
 
 
 @task(help=pick("cloud", "image", "keep", "yes", "config"))
 @friendly
-def prune(c, cloud, keep=3, image=None, yes=False, config=None):
+def prune(c, cloud, keep="3", image=None, yes=False, config=None):
     """Delete this pipeline's old images beyond the newest N per flavor (dry run without --yes)."""
+    count = rules.keep_count(keep)
     proj = project(config)
+    housekeeper = clouds.capability(cloud, Housekeeper)
     flavors = [image] if image else list(proj.images.flavors)
     for flavor in flavors:
-        outcomes = clouds.get(cloud).prune(proj, flavor, int(keep), apply=yes)
-        publishing.report(outcomes)
+        publishing.report(housekeeper.prune(proj, flavor, count, apply=yes))
     if not yes:
         log.info("dry run: nothing was deleted (add --yes to delete)")
 
 
-@task(help=pick("cloud", "yes", "config"))
+@task(help=pick("cloud", "yes", "min_age", "config"))
 @friendly
-def sweep(c, cloud, yes=False, config=None):
+def sweep(c, cloud, yes=False, min_age=str(rules.SWEEP_MIN_AGE_MINUTES), config=None):
     """Find what killed builds left behind (instances, keys, groups, volumes); --yes removes it."""
+    minutes = rules.min_age(min_age)
     proj = project(config)
-    outcomes = clouds.get(cloud).sweep(proj, apply=yes)
+    housekeeper = clouds.capability(cloud, Housekeeper)
+    outcomes = housekeeper.sweep(proj, apply=yes, min_age_minutes=minutes)
     publishing.report(outcomes)
     if not outcomes:
         log.info("nothing left behind")

@@ -1,0 +1,165 @@
+"""AWS sharing: a LaunchPermission on each AMI plus createVolumePermission on its snapshots.
+
+What publish added is kept per region as the permissions it added ({region: [permission]}),
+so unpublish removes exactly those and leaves what someone else granted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from imageforge.clouds.aws.client import ec2
+from imageforge.clouds.common import Outcome, Published, Sharing, added_before, merge_added
+from imageforge.clouds.sdkerrors import errors_into, why
+from imageforge.errors import ImageforgeError
+
+if TYPE_CHECKING:
+    from imageforge.config import Project
+    from imageforge.state import BuildRecord
+
+Permission = dict[str, str]
+NOT_OFFERED = ("InvalidAction", "NotImplemented", "UnsupportedOperation")
+
+
+PLACE = "aws"
+
+
+class AwsSharing:
+    def publish(self, project: Project, record: BuildRecord, sharing: Sharing) -> Published:
+        wanted = permissions(sharing)
+        outcomes, new = [], {}
+        for region, ami in sorted(record.artifact_ids.items()):
+            outcome = Outcome(region, ami)
+            outcomes.append(outcome)
+            with errors_into(outcome):
+                image = AmiSharing(region, ami)
+                before = image.launch_permissions()
+                outcome.changes = image.share(wanted, sharing.public)
+                new[region] = [p for p in wanted if p not in before]
+        return Published(outcomes, merge_added(added_before(record, PLACE), new))
+
+    def unpublish(self, project: Project, record: BuildRecord, sharing: Sharing) -> Published:
+        added = added_before(record, PLACE)
+        outcomes = []
+        for region, ami in sorted(record.artifact_ids.items()):
+            outcome = Outcome(region, ami)
+            outcomes.append(outcome)
+            with errors_into(outcome):
+                outcome.changes = AmiSharing(region, ami).unshare(added.get(region, []))
+                added.pop(region, None)
+        return Published(outcomes, added)
+
+
+def permissions(sharing: Sharing) -> list[Permission]:
+    if sharing.public:
+        return [{"Group": "all"}]
+    return [{"UserId": a} for a in sharing.accounts] + [
+        {"OrganizationArn" if ":organization/" in o else "OrganizationalUnitArn": o}
+        for o in sharing.organizations
+    ]
+
+
+def snapshot_args(permission: Permission) -> dict[str, list[str]] | None:
+    """Snapshots share with accounts or everyone; organizations reach them through the AMI."""
+    if "Group" in permission:
+        return {"GroupNames": [permission["Group"]]}
+    if "UserId" in permission:
+        return {"UserIds": [permission["UserId"]]}
+    return None
+
+
+def describe(permission: Permission) -> str:
+    key, value = next(iter(permission.items()))
+    return "everyone" if permission == {"Group": "all"} else f"{key} {value}"
+
+
+class AmiSharing:
+    """publish/unpublish for one AMI in one region."""
+
+    def __init__(self, region: str, ami: str) -> None:
+        self.region, self.ami, self.client = region, ami, ec2(region)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        image = self.client.describe_images(ImageIds=[self.ami])["Images"][0]
+        ids = [
+            m["Ebs"]["SnapshotId"]
+            for m in image.get("BlockDeviceMappings", [])
+            if "Ebs" in m and m["Ebs"].get("SnapshotId")
+        ]
+        return self.client.describe_snapshots(SnapshotIds=ids)["Snapshots"] if ids else []
+
+    def block_public_access(self) -> str | None:
+        """The account's image block-public-access state, where the API offers it."""
+        try:
+            return self.client.get_image_block_public_access_state()["ImageBlockPublicAccessState"]
+        except Exception as exc:
+            if why(exc).split(":")[0] in NOT_OFFERED or "parse" in str(exc):
+                return None
+            raise
+
+    def launch_permissions(self) -> list[Permission]:
+        attr = self.client.describe_image_attribute(ImageId=self.ami, Attribute="launchPermission")
+        return attr.get("LaunchPermissions", [])
+
+    def volume_permissions(self, snapshot: str) -> list[Permission]:
+        attr = self.client.describe_snapshot_attribute(
+            SnapshotId=snapshot, Attribute="createVolumePermission"
+        )
+        return attr.get("CreateVolumePermissions", [])
+
+    def check_public(self, snapshots: list[dict[str, Any]]) -> None:
+        encrypted = [s["SnapshotId"] for s in snapshots if s.get("Encrypted")]
+        if encrypted:
+            raise ImageforgeError(
+                f"snapshot {', '.join(encrypted)} is encrypted: AWS cannot share encrypted "
+                "snapshots publicly; share with named accounts instead, or build with "
+                "encrypt_boot: false"
+            )
+        if self.block_public_access() == "block-new-sharing":
+            raise ImageforgeError(
+                "image block public access is on for this account and region",
+                hint="aws ec2 disable-image-block-public-access, or share with accounts",
+            )
+
+    def share(self, wanted: list[Permission], public: bool) -> list[str]:
+        snapshots = self.snapshots()
+        if public:
+            self.check_public(snapshots)
+        changes = []
+        missing = [p for p in wanted if p not in self.launch_permissions()]
+        if missing:
+            self.client.modify_image_attribute(ImageId=self.ami, LaunchPermission={"Add": missing})
+            changes.append("launch permission " + ", ".join(describe(p) for p in missing))
+        return changes + self.change_volumes(snapshots, wanted, "add")
+
+    def unshare(self, added: list[Permission]) -> list[str]:
+        changes = []
+        present = [p for p in added if p in self.launch_permissions()]
+        if present:
+            self.client.modify_image_attribute(
+                ImageId=self.ami, LaunchPermission={"Remove": present}
+            )
+            changes.append("removed launch permission " + ", ".join(describe(p) for p in present))
+        return changes + self.change_volumes(self.snapshots(), added, "remove")
+
+    def change_volumes(
+        self, snapshots: list[dict[str, Any]], permissions: list[Permission], operation: str
+    ) -> list[str]:
+        """Add (or remove) createVolumePermission where it is missing (or present)."""
+        changes = []
+        for snapshot in snapshots:
+            sid = snapshot["SnapshotId"]
+            have = self.volume_permissions(sid)
+            for permission in permissions:
+                args = snapshot_args(permission)
+                if args is None or (permission in have) == (operation == "add"):
+                    continue
+                self.client.modify_snapshot_attribute(
+                    SnapshotId=sid,
+                    Attribute="createVolumePermission",
+                    OperationType=operation,
+                    **args,
+                )
+                done = "" if operation == "add" else "removed "
+                changes.append(f"{done}createVolumePermission on {sid} for {describe(permission)}")
+        return changes

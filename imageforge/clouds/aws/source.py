@@ -1,0 +1,68 @@
+"""The amazon-ebs Packer source, its validation environment and its AMI ids."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imageforge import hcl
+from imageforge.clouds.common import SourceDefaults, image_name, manifest_artifacts, metadata
+
+if TYPE_CHECKING:
+    from imageforge.config import Project
+    from imageforge.matrix import Cell
+
+
+class AwsSource(SourceDefaults):
+    name = "aws"
+    builder = "amazon-ebs"
+
+    def source(self, project: Project, cell: Cell) -> dict[str, Any]:
+        aws = project.images.clouds.aws
+        ami = aws.source_ami[cell.os]
+        tags = metadata(project, cell, aws.tags)
+        # Instances, volumes and key pairs carry the same tags, so a sweep finds leftovers.
+        return {
+            "region": aws.region,
+            "instance_type": None if aws.spot else aws.instance_type,
+            "spot_instance_types": [aws.instance_type] if aws.spot else None,
+            "spot_price": "auto" if aws.spot else None,
+            "subnet_id": aws.subnet_id,
+            "vpc_id": aws.vpc_id,
+            "ami_name": image_name(project, cell, aws.ami_name),
+            "description": cell.flavor.description or f"imageforge {cell.flavor_name}",
+            "copy_regions": list(aws.copy_regions),
+            "encrypt_boot": aws.encrypt_boot,
+            "communicator": aws.communicator,
+            "ssh_username": self.ssh_username(cell.os),
+            "ssh_interface": aws.ssh_interface,
+            "associate_public_ip": True if aws.ssh_interface.startswith("public") else None,
+            "source_ami_name": ami.name,
+            "source_ami_owners": list(ami.owners),
+            "volume_size": aws.volume_size_gb,
+            "tag_attributes": hcl.attributes(
+                {"tags": tags, "snapshot_tags": tags, "run_tags": tags, "run_volume_tags": tags}
+            ),
+        }
+
+    @contextlib.contextmanager
+    def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:
+        yield {
+            "AWS_ACCESS_KEY_ID": "AKIAVALIDATEONLY0000",
+            "AWS_SECRET_ACCESS_KEY": "validate-only",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_CONFIG_FILE": str(scratch / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(scratch / "no-aws-credentials"),
+        }
+
+    def artifact_ids(self, directory: Path) -> dict[str, str]:
+        """{region: AMI id} from amazon-ebs's artifact_id ("region:ami,region:ami")."""
+        ids: dict[str, str] = {}
+        for entry in manifest_artifacts(directory, self.builder):
+            for pair in entry["artifact_id"].split(","):
+                if ":" in pair:
+                    region, ami = pair.split(":", 1)
+                    ids[region] = ami
+        return ids

@@ -1,0 +1,95 @@
+"""What a cloud can do, one small Protocol per concern; a cloud implements only what it has."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from imageforge.clouds.common import BuildEnv, Outcome, Published, Sharing
+
+if TYPE_CHECKING:
+    from imageforge.buildsecrets import KeyPair
+    from imageforge.config import Project
+    from imageforge.matrix import Cell
+    from imageforge.state import BuildRecord
+
+
+@runtime_checkable
+class PackerSource(Protocol):
+    """Render a cell's Packer source, and prepare and read back its build."""
+
+    name: ClassVar[str]
+    builder: ClassVar[str]
+
+    def ssh_username(self, os_name: str) -> str: ...
+
+    def source(self, project: Project, cell: Cell) -> dict[str, Any]:
+        """Template context for templates/sources/<cloud>.pkr.hcl.j2."""
+        ...
+
+    def validation_env(
+        self, project: Project, scratch: Path
+    ) -> contextlib.AbstractContextManager[dict[str, str]]: ...
+
+    def base_image(
+        self, project: Project, cell: Cell, *, refresh: bool = False
+    ) -> dict[str, Any]: ...
+
+    def build_env(
+        self, project: Project, cell: Cell, build_id: str, scratch: Path, key: KeyPair
+    ) -> BuildEnv: ...
+
+    def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
+        """The build's files as state.describe() entries, once Packer has finished."""
+        ...
+
+    def artifact_ids(self, directory: Path) -> dict[str, str]:
+        """Image ids by place from Packer's manifest.json; read once, at build time."""
+        ...
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    def doctor(self, project: Project, cell: Cell) -> list[str]:
+        """What was checked and found; raise ImageforgeError naming what is missing."""
+        ...
+
+
+@runtime_checkable
+class Sharer(Protocol):
+    def publish(self, project: Project, record: BuildRecord, sharing: Sharing) -> Published:
+        """Share a verified image; idempotent: a second run changes nothing."""
+        ...
+
+    def unpublish(self, project: Project, record: BuildRecord, sharing: Sharing) -> Published:
+        """Remove exactly what publish added (record.added(<cloud>))."""
+        ...
+
+
+@runtime_checkable
+class Housekeeper(Protocol):
+    def prune(self, project: Project, flavor: str, keep: int, *, apply: bool) -> list[Outcome]:
+        """Delete this pipeline's images of a flavor beyond the newest `keep` (>= 1)."""
+        ...
+
+    def sweep(self, project: Project, *, apply: bool, min_age_minutes: int) -> list[Outcome]:
+        """Find (with apply, delete) what killed builds of this pipeline left behind."""
+        ...
+
+
+@runtime_checkable
+class Importer(Protocol):
+    def import_build(self, project: Project, record: BuildRecord) -> dict[str, str]:
+        """Upload a verified local build; the new image ids by place, for the caller to record."""
+        ...
+
+
+# What each capability lets a user do, for "<cloud> cannot <verb>" messages.
+VERBS: dict[type, str] = {
+    PackerSource: "build",
+    Preflight: "check its account (doctor)",
+    Sharer: "publish",
+    Housekeeper: "prune or sweep",
+    Importer: "import",
+}

@@ -1,0 +1,184 @@
+"""What every cloud shares: the metadata keys, the outcome types, the manifest reader, the
+bookkeeping of what publish added, and the ownership and age rules of housekeeping."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imageforge.hcl import Raw
+
+if TYPE_CHECKING:
+    from imageforge.buildsecrets import KeyPair
+    from imageforge.config import Project
+    from imageforge.matrix import Cell
+    from imageforge.state import BuildRecord
+
+# The metadata every image, instance and volume of a build carries, on every cloud.
+FLAVOR_KEY = "imageforge-flavor"
+BUILD_KEY = "imageforge-build-id"
+COMMIT_KEY = "imageforge-git-commit"
+TEMPLATE_KEY = "imageforge-template-hash"
+VERSION_KEY = "imageforge-version"
+# Tag prefixes images.yml `tags:` may not use: ours, and those the clouds keep for themselves.
+RESERVED_TAG_PREFIXES = ("imageforge-", "aws:", "goog", "google", "openstack:")
+# Default login user of each base OS, the way the OS vendors' cloud images ship it.
+OS_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ubuntu"}
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Who may use a published image: everyone, or named accounts/projects/members."""
+
+    public: bool = True
+    accounts: tuple[str, ...] = ()
+    organizations: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        named = [*self.accounts, *self.organizations]
+        if self.public:
+            return "public"
+        return "shared with " + ", ".join(named) if named else "private"
+
+
+@dataclass
+class Outcome:
+    """What publish, unpublish, prune or sweep did in one place (a region, a project)."""
+
+    where: str
+    subject: str
+    changes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    """What a cloud adds to `packer build`: environment, and facts for the build record."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What publish (or unpublish) did, and the complete bookkeeping of what it added that
+    is still in place (JSON-serialisable; {} when nothing is left)."""
+
+    outcomes: list[Outcome]
+    added: dict[str, Any]
+
+
+class SourceDefaults:
+    """The parts of a Packer source most clouds leave as they are."""
+
+    def ssh_username(self, os_name: str) -> str:
+        return OS_USERS[os_name]
+
+    @contextlib.contextmanager
+    def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:
+        """Environment that lets `packer validate` check a template with no real account."""
+        yield {}
+
+    def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
+        return {}
+
+    def build_env(
+        self, project: Project, cell: Cell, build_id: str, scratch: Path, key: KeyPair
+    ) -> BuildEnv:
+        return BuildEnv()
+
+    def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
+        return []
+
+
+# --- names and metadata -----------------------------------------------------------------------
+
+
+def metadata(project: Project, cell: Cell, extra: dict[str, str]) -> dict[str, Any]:
+    """Build metadata plus the user's tags: the same keys on every cloud; ours win."""
+    ours: dict[str, Any] = {
+        FLAVOR_KEY: cell.flavor_name,
+        BUILD_KEY: Raw("var.build_id"),
+        COMMIT_KEY: Raw("var.git_commit"),
+        TEMPLATE_KEY: Raw("var.template_hash"),
+        VERSION_KEY: Raw("var.imageforge_version"),
+    }
+    return {**project.images.defaults.tags, **cell.flavor.tags, **extra, **ours}
+
+
+def label(text: str) -> str:
+    """A key or value as a GCP label: lowercase letters, digits, '_' and '-', 63 at most."""
+    return re.sub(r"[^a-z0-9_-]", "_", text.lower())[:63]
+
+
+def image_name(project: Project, cell: Cell, pattern: str) -> Raw:
+    """An image-name pattern as an HCL string with the build id left to Packer."""
+    text = name(project, pattern, cell.flavor_name, "${var.build_id}")
+    return Raw(f'"{text}"')
+
+
+def name(project: Project, pattern: str, flavor: str, build_id: str) -> str:
+    """An image name from a pattern of images.yml ({prefix}, {flavor}, {build_id})."""
+    prefix = project.images.settings.name_prefix
+    return (
+        pattern.replace("{prefix}", prefix)
+        .replace("{flavor}", flavor)
+        .replace("{build_id}", build_id)
+    )
+
+
+# --- Packer's manifest ------------------------------------------------------------------------
+
+
+def manifest_artifacts(directory: Path, builder: str) -> list[dict[str, Any]]:
+    """The manifest.json entries of a builder, the last Packer run's if the manifest says."""
+    try:
+        data = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    builds = [
+        b
+        for b in data.get("builds", [])
+        if b.get("builder_type") == builder and b.get("artifact_id")
+    ]
+    last = [b for b in builds if b.get("packer_run_uuid") == data.get("last_run_uuid")]
+    return last or builds
+
+
+# --- what publish added ---------------------------------------------------------------------
+
+
+def added_before(record: BuildRecord, place: str) -> dict[str, Any]:
+    """What an earlier publish added at a place (a cloud's name) and is still there."""
+    return record.added(place)
+
+
+def merge_added(before: dict[str, list[Any]], new: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Per place, what was added before plus what is new, each once, in order."""
+    merged = {k: list(v) for k, v in before.items()}
+    for where, items in new.items():
+        merged[where] = [
+            *merged.get(where, []),
+            *(i for i in items if i not in merged.get(where, [])),
+        ]
+    return {k: v for k, v in merged.items() if v}
+
+
+def remove_added(before: dict[str, list[Any]], gone: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Per place, what was added before less what is gone now."""
+    left = {k: [i for i in v if i not in gone.get(k, [])] for k, v in before.items()}
+    return {k: v for k, v in left.items() if v}
+
+
+def recorded_ids(record: BuildRecord) -> dict[str, str]:
+    """Image ids by place that a build recorded: built (artifact_ids) and imported."""
+    return {**record.artifact_ids, **getattr(record, "imported", {})}
