@@ -122,7 +122,10 @@ def run(
             returncode = proc.wait()
         except (KeyboardInterrupt, Interrupted) as exc:
             stop_group(proc, grace=grace)
-            raise Interrupted(f"interrupted while running {what or args[0]}") from exc
+            cause, signum = "interrupted", signal.SIGINT
+            if isinstance(exc, Interrupted):
+                cause, signum = exc.message, exc.signum
+            raise Interrupted(f"{cause} while running {what or args[0]}", signum=signum) from exc
         except BaseException:
             stop_group(proc, grace=grace)
             raise

@@ -54,6 +54,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
         return f"cannot read text: not {exc.encoding} ({exc.reason}{where})", USER_ERROR
     if isinstance(exc, OSError):
         return _os_error(exc), USER_ERROR
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop"):
+        return str(exc), USER_ERROR  # Path.resolve before Python 3.13: an OSError in disguise
     if isinstance(exc, ParseError):
         return str(exc), USER_ERROR
     if isinstance(exc, UnexpectedExit):
@@ -92,7 +94,7 @@ def integer(value: Any, option: str, *, minimum: int | None = None) -> int:
 def project(path: str | None) -> config.Project:
     """Load images.yml; first, once per project, reap what a killed earlier run left."""
     config_path = Path(path or DEFAULT_CONFIG)
-    root = config_path.resolve().parent
+    root = config_path.absolute().parent
     if root not in _reaped:
         _reaped.add(root)
         reap.reap(root)

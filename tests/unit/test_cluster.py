@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from imageforge import cluster, config
+from imageforge import cluster, config, runner
 from imageforge.errors import ImageforgeError
 
 from .conftest import write
@@ -64,3 +65,33 @@ def test_worker_count_is_checked(scratch: Path) -> None:
     write(scratch, "flavors:\n  slurm-node: {}\n")
     with pytest.raises(ImageforgeError, match="--workers must be 1 to 8"):
         cluster.up(config.load(scratch / "images.yml"), 0)
+
+
+def test_read_pid_waits_for_the_pidfile(tmp_path: Path) -> None:
+    pidfile = tmp_path / "ctl.pid"
+    threading.Timer(0.3, lambda: pidfile.write_text("4242\n")).start()
+    assert cluster._read_pid(pidfile, timeout=5) == 4242
+
+
+def test_read_pid_gives_up(tmp_path: Path) -> None:
+    with pytest.raises(ImageforgeError, match=r"^no pid in "):
+        cluster._read_pid(tmp_path / "missing.pid", timeout=0.3)
+
+
+def test_wait_names_what_did_not_come_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "BOOT_TIMEOUT", 0.2)
+    monkeypatch.setattr(cluster.qemu, "wait_for_ssh", lambda port, timeout: "SSH-2.0-x")
+    outputs = {"true": 0, "sinfo -h -N -o '%N %t'": 0}
+
+    def ssh(self: cluster.Cluster, node: cluster.Node, command: str) -> runner.CommandResult:
+        outputs[command] += 1
+        return runner.CommandResult(["ssh"], 0, "worker1 idle\nworker2 down")
+
+    monkeypatch.setattr(cluster.Cluster, "ssh", ssh)
+    with pytest.raises(ImageforgeError) as caught:
+        cluster._wait(nodes(), 2)
+    assert str(caught.value).startswith(
+        "the cluster did not come up in 0s: only 1 of 2 workers are idle: worker1 idle"
+    )
+    assert outputs["true"] == 2  # both nodes log in at the first attempt
+    assert outputs["sinfo -h -N -o '%N %t'"] >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -74,3 +75,50 @@ def alive(pid: int) -> bool:
 def test_missing_binary_is_a_command_error() -> None:
     with pytest.raises(CommandError, match="command not found"):
         runner.run(["imageforge-no-such-tool"], stream=False)
+
+
+def test_packer_gets_longer_to_clean_up_in_a_cloud() -> None:
+    assert runner.packer_grace("local") < runner.packer_grace("aws")
+    assert runner.packer_grace("gcp") >= 120
+    assert runner.packer_grace("openstack") >= 120
+    assert runner.packer_grace("some-new-cloud") == max(runner.PACKER_GRACE_SECONDS.values())
+
+
+def test_a_signal_during_the_grace_period_still_kills_the_group() -> None:
+    ignoring = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", ignoring], start_new_session=True)
+    time.sleep(0.3)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted("stopped by SIGTERM", signum=signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(Interrupted):
+            runner.stop_group(proc, grace=30)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert proc.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_kill_running_kills_every_running_command() -> None:
+    failures: list[CommandError] = []
+
+    def run() -> None:
+        try:
+            runner.run(["sleep", "30"], stream=False)
+        except CommandError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not runner._running_groups and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
+    runner.kill_running()
+    thread.join(timeout=5)
+    assert time.monotonic() - started < 3
+    assert [f.returncode for f in failures] == [-signal.SIGKILL]
+    assert not runner._running_groups
