@@ -30,6 +30,7 @@ from imageforge.configtypes import (
     Desktop,
     Environment,
     FlavorName,
+    HclName,
     Model,
     Name,
     NamePattern,
@@ -155,7 +156,9 @@ class GcpCloud(Model):
 
 class OpenstackSourceImage(Model):
     name: Text | None = None
-    filter: dict[Text, Text] = Field(default_factory=dict, description="Glance properties to match")
+    filter: dict[HclName, Text] = Field(
+        default_factory=dict, description="Packer's source_image_filter filters, e.g. name"
+    )
 
 
 class OpenstackCloud(Model):

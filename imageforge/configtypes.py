@@ -71,6 +71,8 @@ ProjectPath = Annotated[str, AfterValidator(_project_path)]
 # Keys of environment variables: a shell takes nothing else as a name.
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Environment = dict[EnvName, Text]
+# Keys that become HCL attribute names.
+HclName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
 
 
 def _known_timezone(name: str) -> str:

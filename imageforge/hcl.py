@@ -1,24 +1,28 @@
-"""Writing HCL values safely and in `packer fmt` canonical form.
+"""Writing HCL values safely.
 
 Every user-supplied value reaches a template through `string()` (or `value()`, which calls it),
 so quotes, backslashes, `${`, `%{`, newlines and control characters can never break out of a
-string literal or start an interpolation.
+string literal or start an interpolation. What this module returns is `Raw`: the only kind of
+text render.py lets a template print. Layout (alignment on '=') is left to `packer fmt`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_UNICODE_ESCAPED = frozenset([*map(chr, range(0x20)), "\x7f", "\u2028", "\u2029"])
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 class Raw(str):
-    """An HCL expression written as is (a variable reference, for example)."""
+    """An HCL expression written as is (a variable reference, or text escaped here)."""
 
 
-def string(text: str) -> str:
-    """A quoted HCL string literal whose value is exactly `text`.
+def inner(text: str) -> str:
+    """The inside of a quoted HCL string literal whose value is exactly `text`.
 
     A "$" or "%" before "{" is written as a unicode escape: HCL starts templates only at a
     literal "${" or "%{", so the escaped form can never open one (and, unlike "$${", every
@@ -30,64 +34,55 @@ def string(text: str) -> str:
         following = text[index + 1 : index + 2]
         if char in _ESCAPES:
             out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F or (char in "$%" and following == "{"):
+        elif char in _UNICODE_ESCAPED or (char in "$%" and following == "{"):
             out.append(f"\\u{ord(char):04x}")
         else:
             out.append(char)
-    return '"' + "".join(out) + '"'
+    return "".join(out)
 
 
-def value(obj: Any, indent: int = 0) -> str:
-    """Any config value as an HCL expression; maps become multi-line, aligned objects."""
+def string(text: str) -> Raw:
+    """A quoted HCL string literal whose value is exactly `text`."""
+    return Raw('"' + inner(text) + '"')
+
+
+def template(*parts: str) -> Raw:
+    """A quoted HCL string of literal text (escaped) and Raw interpolations such as
+    Raw("${var.artifact_dir}"), which are written as they are."""
+    return Raw('"' + "".join(p if isinstance(p, Raw) else inner(p) for p in parts) + '"')
+
+
+def value(obj: Any, indent: int = 0) -> Raw:
+    """Any config value as an HCL expression; maps become multi-line objects."""
     if isinstance(obj, Raw):
-        return str(obj)
+        return obj
     if obj is None:
-        return "null"
+        return Raw("null")
     if isinstance(obj, bool):
-        return "true" if obj else "false"
+        return Raw("true" if obj else "false")
     if isinstance(obj, int | float):
-        return repr(obj)
+        return Raw(repr(obj))
     if isinstance(obj, str):
         return string(obj)
     if isinstance(obj, Mapping):
         return _object(obj, indent)
     if isinstance(obj, Sequence):
-        return "[" + ", ".join(value(item, indent) for item in obj) + "]"
+        return Raw("[" + ", ".join(value(item, indent) for item in obj) + "]")
     raise TypeError(f"cannot write {type(obj).__name__} as HCL")
 
 
-def _object(mapping: Mapping[str, Any], indent: int) -> str:
+def _object(mapping: Mapping[str, Any], indent: int) -> Raw:
     if not mapping:
-        return "{}"
-    keys = {key: string(str(key)) for key in mapping}
-    width = max(len(k) for k in keys.values())
+        return Raw("{}")
     pad = " " * (indent + 2)
-    lines = [f"{pad}{keys[k].ljust(width)} = {value(v, indent + 2)}" for k, v in mapping.items()]
-    return "{\n" + "\n".join(lines) + "\n" + " " * indent + "}"
+    lines = [f"{pad}{string(str(k))} = {value(v, indent + 2)}" for k, v in mapping.items()]
+    return Raw("{\n" + "\n".join(lines) + "\n" + " " * indent + "}")
 
 
-def attributes(pairs: Mapping[str, Any], indent: int = 2) -> str:
-    """Attribute lines as `packer fmt` writes them.
-
-    Single-line attributes are aligned on '='; a multi-line value breaks the alignment group,
-    as hclwrite does, and starts a new one after it.
-    """
-    lines: list[str] = []
-    group: list[tuple[str, str]] = []
+def attributes(pairs: Mapping[str, Any], indent: int = 2) -> Raw:
+    """Attribute lines `name = value`; the names are ours (identifiers), the values escaped."""
     pad = " " * indent
-
-    def flush() -> None:
-        if group:
-            width = max(len(k) for k, _ in group)
-            lines.extend(f"{pad}{k.ljust(width)} = {v}" for k, v in group)
-            group.clear()
-
-    for key, obj in pairs.items():
-        rendered = value(obj, indent)
-        if "\n" in rendered:
-            flush()
-            lines.append(f"{pad}{key} = {rendered}")
-        else:
-            group.append((key, rendered))
-    flush()
-    return "\n".join(lines)
+    for key in pairs:
+        if not IDENTIFIER.fullmatch(key):
+            raise ValueError(f"not an HCL attribute name: {key!r}")
+    return Raw("\n".join(f"{pad}{key} = {value(obj, indent)}" for key, obj in pairs.items()))

@@ -1,14 +1,15 @@
 """render: images.yml cell → Packer HCL files under build/<flavor>-<cloud>/.
 
 Templates are jinja2 with StrictUndefined; every value passes through imageforge.hcl, which
-escapes it. The output is already in `packer fmt` form. Values that change from build to build
-(build id, paths on this machine) are Packer variables, so the template hash only changes when
-the template's meaning does.
+escapes it (a template cannot print anything else), and `packer fmt` lays the result out.
+Values that change from build to build (build id, paths on this machine) are Packer variables,
+so the template hash only changes when the template's meaning does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from imageforge import clouds, hcl
+from imageforge import clouds, hcl, packer, runner
 from imageforge.config import Project, Provisioner
 from imageforge.hcl import Raw
 from imageforge.matrix import Cell
@@ -48,6 +49,7 @@ def environment(root: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(root / "templates"),
         undefined=jinja2.StrictUndefined,
+        finalize=_escaped_only,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -55,6 +57,23 @@ def environment(root: Path) -> jinja2.Environment:
     )
     env.filters["hcl"] = hcl.value
     return env
+
+
+# A bare word or reference (var.name, a section name) cannot break out of an expression or
+# comment; everything else must come from imageforge.hcl.
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _escaped_only(value: Any) -> Any:
+    """jinja2's finalize: refuse to print text that did not pass through imageforge.hcl."""
+    if isinstance(value, hcl.Raw) or (isinstance(value, str) and _BARE_WORD.fullmatch(value)):
+        return value
+    raise TypeError(f"template printed {value!r} unescaped; pass it through the hcl filter")
+
+
+def packer_fmt(path: Path) -> None:
+    """Lay out rendered HCL (a file or a directory's files) in place, the way Packer does."""
+    runner.run([packer.binary(), "fmt", str(path)], stream=False, what=f"packer fmt {path.name}")
 
 
 def build_dir(project: Project, cell: Cell) -> Path:
@@ -87,12 +106,14 @@ def render(
             {"custom_data": cloud.metadata(project, cell, {})}, indent=4
         ),
         vagrant=cell.cloud == "local" and "vagrant" in project.images.clouds.local.formats,
+        box_output=hcl.template(Raw("${var.artifact_dir}/"), cell.flavor_name, ".box"),
     )
     files = []
     for name, text in texts.items():
         path = out / name
         path.write_text(text, encoding="utf-8")
         files.append(path)
+    packer_fmt(out)  # before hashing: the hash covers the final text
     return Rendered(out, tuple(files), template_hash(files))
 
 
@@ -108,6 +129,7 @@ def write_vars(rendered: Rendered, values: dict[str, Any]) -> Path:
     """The per-build variable values; never a secret (those come from PKR_VAR_* only)."""
     path = rendered.directory / VARFILE
     path.write_text(hcl.attributes(values, indent=0) + "\n", encoding="utf-8")
+    packer_fmt(path)
     return path
 
 
@@ -150,7 +172,6 @@ def _steps(cell: Cell) -> list[dict[str, Any]]:
         steps.append(
             {
                 "section": "packages",
-                "script": "generated from images.yml (packages, datasource)",
                 "attributes": hcl.attributes(attributes, indent=4),
             }
         )
@@ -168,7 +189,6 @@ def _step(section: str, step: Provisioner, cell: Cell) -> dict[str, Any]:
     }
     return {
         "section": section,
-        "script": step.script,
         "attributes": hcl.attributes(attributes, indent=4),
     }
 

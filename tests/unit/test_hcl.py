@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hcl2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,16 +41,32 @@ def test_control_characters_use_unicode_escapes() -> None:
     assert hcl.string("a\x00b\x7f") == '"a\\u0000b\\u007f"'
 
 
-def test_attributes_align_like_packer_fmt() -> None:
+def test_attributes_leave_alignment_to_packer_fmt() -> None:
     text = hcl.attributes(
         {"a": 1, "long_name": "x", "tags": {"k": "v", "key2": hcl.Raw("var.x")}, "b": None}
     )
     assert text.splitlines() == [
-        "  a         = 1",
+        "  a = 1",
         '  long_name = "x"',
         "  tags = {",
-        '    "k"    = "v"',
+        '    "k" = "v"',
         '    "key2" = var.x',
         "  }",
         "  b = null",
     ]
+    assert isinstance(text, hcl.Raw)
+
+
+def test_attribute_names_must_be_identifiers() -> None:
+    with pytest.raises(ValueError, match="not an HCL attribute name"):
+        hcl.attributes({"x = 1\ny": 2})
+
+
+def test_template_escapes_text_and_keeps_interpolations() -> None:
+    written = hcl.template(hcl.Raw("${var.dir}/"), 'a"${b}', ".box")
+    assert written == '"${var.dir}/a\\"\\u0024{b}.box"'
+    assert parse(f"x = {written}\n")["x"] == '${var.dir}/a"${b}.box'
+
+
+def test_line_separators_are_escaped() -> None:
+    assert hcl.string("a\u2028b\u2029") == '"a\\u2028b\\u2029"'

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imageforge import config, matrix, render
+from imageforge import config, matrix, packer, render, runner
 from imageforge.packer import PackerVersion
 
 from .conftest import ROOT
@@ -165,7 +165,11 @@ def test_no_credentials_in_rendered_files(
     assert by_name["https_proxy"]["sensitive"] is True
 
 
-free_text = st.text(max_size=40) | st.sampled_from(['"', "\\", "${x}", "%{ if }", "\n", "ü🙂"])
+# Any text images.yml accepts: no control characters and no Packer template ('{{').
+printable = st.text(st.characters(exclude_categories=["Cc", "Cs", "Zl", "Zp"]), max_size=40)
+free_text = printable.filter(lambda t: "{{" not in t) | st.sampled_from(
+    ['"', "\\", "${x}", "%{ if }", "$${x}", "%%{x}", "}}", "\\u0024{x}", "ü🙂"]
+)
 tag_key = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=12)
 
 
@@ -185,3 +189,68 @@ def test_free_text_fields_round_trip(scratch: Path, description: str, tags: dict
     for tag, value in tags.items():
         if not tag.startswith("imageforge-"):
             assert source["tags"][tag] == value
+
+
+def test_rendered_files_are_in_packer_fmt_form(shipped: config.Project, tmp_path: Path) -> None:
+    for cell in matrix.cells(shipped):
+        rendered = render.render(shipped, cell, OLD, tmp_path / cell.name)
+        render.write_vars(rendered, {"build_id": "b", "a_longer_name": "c"})
+        runner.run([packer.binary(), "fmt", "-check", str(rendered.directory)], stream=False)
+    aws = (tmp_path / "slurm-node-aws" / "source.pkr.hcl").read_text()
+    assert '  region                      = "eu-west-1"' in aws.splitlines()
+    assert (rendered.directory / render.VARFILE).read_text().splitlines() == [
+        'build_id      = "b"',
+        'a_longer_name = "c"',
+    ]
+
+
+def test_template_hash_covers_the_formatted_text(shipped: config.Project, tmp_path: Path) -> None:
+    cell = matrix.find(shipped, "slurm-node", "aws")
+    rendered = render.render(shipped, cell, OLD, tmp_path)
+    assert rendered.template_hash == render.template_hash(rendered.files)
+
+
+def test_templates_cannot_print_unescaped_text(tmp_path: Path) -> None:
+    env = render.environment(ROOT)
+    with pytest.raises(TypeError, match="unescaped"):
+        env.from_string("x = {{ value }}").render(value='a" ${b}')
+    assert env.from_string("x = {{ value | hcl }}").render(value='a" ${b}') == (
+        'x = "a\\" \\u0024{b}"'
+    )
+    assert env.from_string("x = {{ value }}").render(value="var.name") == "x = var.name"
+
+
+def test_comments_carry_no_user_text(scratch: Path) -> None:
+    (scratch / "provisioners" / "odd name.sh").write_text("#!/bin/sh\n")
+    (scratch / "images.yml").write_text(
+        "flavors:\n  a:\n    provisioners: ['provisioners/odd name.sh']\n"
+    )
+    project = config.load("images.yml")
+    for cloud in BUILDERS:
+        rendered = render.render(project, matrix.find(project, "a", cloud), OLD, scratch / cloud)
+        for path in rendered.files:
+            comments = [
+                line for line in path.read_text().splitlines() if line.lstrip().startswith("#")
+            ]
+            assert comments and not any("odd name" in line for line in comments), path
+        build = parsed(rendered, "build.pkr.hcl")["build"][0]
+        scripts = [p["shell"].get("script") for p in build["provisioner"] if "shell" in p]
+        assert "provisioners/odd name.sh" in scripts
+
+
+def test_vagrant_box_path_is_escaped(shipped: config.Project, tmp_path: Path) -> None:
+    cell = matrix.find(shipped, "slurm-node", "local")
+    build = parsed(render.render(shipped, cell, OLD, tmp_path), "build.pkr.hcl")["build"][0]
+    vagrant = next(p["vagrant"] for p in build["post-processor"] if "vagrant" in p)
+    assert vagrant["output"] == "${var.artifact_dir}/slurm-node.box"
+
+
+def test_environment_values_are_data(scratch: Path) -> None:
+    """Quotes, $ and backquotes reach environment_vars as data; Packer single-quotes them."""
+    value = "it's $HOME `id` ${x} %{y} \\"
+    (scratch / "images.yml").write_text(yaml.safe_dump({"flavors": {"a": {"env": {"V": value}}}}))
+    project = config.load("images.yml")
+    rendered = render.render(project, matrix.find(project, "a", "aws"), OLD, scratch / "out")
+    build = parsed(rendered, "build.pkr.hcl")["build"][0]
+    shells = [p["shell"] for p in build["provisioner"] if "shell" in p]
+    assert all(f"V={value}" in shell["environment_vars"] for shell in shells)
