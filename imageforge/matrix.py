@@ -91,11 +91,18 @@ def selected(project: Project, image: str | None, cloud: str | None) -> list[Cel
         find(project, image, "local")
     if cloud is not None and cloud not in CLOUDS:
         find(project, next(iter(project.images.flavors)), cloud)
-    return [
+    chosen = [
         c
         for c in cells(project)
         if (image is None or c.flavor_name == image) and (cloud is None or c.cloud == cloud)
     ]
+    if not chosen:
+        what = f"of {image}" if image is not None else f"on {cloud}"
+        raise ConfigError(
+            f"the matrix of {project.display} has no cell {what}",
+            hint="add it under matrix.include, or remove the exclude entry",
+        )
+    return chosen
 
 
 def github(cells_: list[Cell]) -> str:

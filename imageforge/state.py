@@ -23,7 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from imageforge import log
-from imageforge.errors import ImageforgeError
+from imageforge.configerrors import suggest
+from imageforge.errors import ConfigError, ImageforgeError
 
 RECORD = "build.json"
 Status = Literal["building", "built", "verified", "failed", "interrupted"]
@@ -350,12 +351,15 @@ def find(project_root: Path, flavor: str, cloud: str, build_id: str | None) -> B
     """A build by id, or the newest one of the flavor on the cloud."""
     if build_id:
         directory = artifacts_root(project_root) / flavor / build_id
-        if "/" not in build_id and (directory / RECORD).is_file():
+        if "/" not in build_id and build_id.strip(".") and (directory / RECORD).is_file():
             record = load(directory)
             if record.cloud == cloud:
                 return record
-        recent = ", ".join(r.id for r in records(project_root, flavor, cloud)[-5:]) or "none"
-        raise ImageforgeError(f"no build {build_id!r} of {flavor} on {cloud} (recent: {recent})")
+        known = [r.id for r in records(project_root, flavor, cloud)]
+        raise ConfigError(
+            f"no build {build_id!r} of {flavor} on {cloud} (recent: "
+            f"{', '.join(known[-5:]) or 'none'}){suggest(build_id, known)}"
+        )
     found = records(project_root, flavor, cloud)
     if not found:
         raise ImageforgeError(
