@@ -151,7 +151,7 @@ class RegionSweep:
         volumes: dict[str, str],
     ) -> None:
         """Terminate first (and wait): key pairs, groups and volumes are free only then."""
-        by_subject = {o.subject.split(" (")[0]: o for o in outcomes}
+        by_subject = {o.subject: o for o in outcomes if o.changes}
         if instances:
             self.client.terminate_instances(InstanceIds=instances)
             self.client.get_waiter("instance_terminated").wait(
@@ -164,8 +164,8 @@ class RegionSweep:
             *((f"volume {v}", lambda v=v: self.client.delete_volume(VolumeId=v)) for v in volumes),
         ]  # fmt: skip
         for subject, step in steps:
-            outcome = by_subject[subject]
-            if outcome.changes:
+            outcome = by_subject.get(subject)
+            if outcome is not None:
                 with errors_into(outcome):
                     step()
                 if outcome.error:
