@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from debian.deb822 import Deb822
+
 from imageforge.errors import ImageforgeError
 
 
@@ -51,26 +53,17 @@ def _one_line_entries(text: str) -> Iterator[SourceEntry]:
 
 
 def _deb822_entries(text: str) -> Iterator[SourceEntry]:
-    for paragraph in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = ""
-        for line in paragraph.splitlines():
-            if line.startswith("#"):
-                continue
-            if line[:1] in (" ", "\t") and key:
-                fields[key] += "\n" + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split() or fields.get("enabled") == "no":
+    """Entries of a deb822 .sources file (python-debian parses the paragraphs)."""
+    for fields in Deb822.iter_paragraphs(text.splitlines()):  # keys are case-insensitive
+        if "deb" not in fields.get("Types", "").split() or fields.get("Enabled") == "no":
             continue
         options = []
-        if "\n" not in fields.get("signed-by", "\n"):  # a key file, not an inline key
-            options.append(f"signed-by={fields['signed-by']}")
-        if "architectures" in fields:
-            options.append("arch=" + ",".join(fields["architectures"].split()))
-        for uri in fields.get("uris", "").split():
-            for suite in fields.get("suites", "").split():
-                components = tuple(fields.get("components", "").split())
+        signed_by = fields.get("Signed-By", "").strip()
+        if signed_by and "\n" not in signed_by:  # a key file, not an inline key
+            options.append(f"signed-by={signed_by}")
+        if "Architectures" in fields:
+            options.append("arch=" + ",".join(fields["Architectures"].split()))
+        components = tuple(fields.get("Components", "").split())
+        for uri in fields.get("URIs", "").split():
+            for suite in fields.get("Suites", "").split():
                 yield SourceEntry(tuple(options), uri, suite, components)
