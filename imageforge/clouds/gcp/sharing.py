@@ -74,14 +74,15 @@ class GcpSharing:
 
 
 def locate(project: Project, record: BuildRecord) -> tuple[str, str]:
-    """(project id, image name) of a build: as recorded at build time."""
+    """(project id, image name) of a build: the image recorded at build time, in the project
+    images.yml names (rendered into the build), else the one the build ran in."""
     if not record.artifact_ids:
         raise ImageforgeError(
             f"build {record.id} of {record.flavor} recorded no googlecompute image",
             hint="did the build finish? `invoke build --cloud gcp` records it",
         )
     where, name = next(iter(record.artifact_ids.items()))
-    return (where or project_id(project)), name
+    return (project.images.clouds.gcp.project or where or project_id(project)), name
 
 
 def _members(sharing: Sharing) -> list[str]:

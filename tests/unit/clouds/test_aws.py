@@ -226,6 +226,7 @@ def test_prune_keeps_newest_published_verified_and_foreign(project, scratch: Pat
     done = aws_cloud.CLOUD.prune(project, "slurm-node", 2, apply=True)
     assert {o.subject.split()[1] for o in done if o.changes == ["deleted"]} == doomed
     assert images() == everything - doomed
+    assert untagged in images()
     snapshots = {
         s["SnapshotId"]
         for s in boto3.client("ec2", region_name=region).describe_snapshots(OwnerIds=["self"])[

@@ -14,14 +14,17 @@ from typing import Any
 import pytest
 import requests
 
-from imageforge import config, matrix, publish
+from imageforge import config, matrix, publish, state
 from imageforge.clouds import gcp
-from imageforge.clouds.base import Sharing
+from imageforge.clouds.common import Sharing
+from imageforge.clouds.gcp import sharing as gcp_sharing
 from imageforge.errors import ImageforgeError
 from imageforge.state import BuildRecord
 from tests.fakes.gce import FakeGce, Request, serve
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
+from .records import build_id
+from .records import make_record as record_of
 
 PROJECT = "imageforge-test"
 FLAVOR = "slurm-node"
@@ -45,7 +48,7 @@ def gce(gce_server: FakeGce, monkeypatch: pytest.MonkeyPatch) -> FakeGce:
     gce_server.add_project(PROJECT, "ubuntu-os-cloud", "debian-cloud")
     monkeypatch.setenv("IMAGEFORGE_GCP_ENDPOINT", gce_server.url)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
-    monkeypatch.setattr(gcp, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(gcp_sharing, "RETRY_SECONDS", 0.0)
     return gce_server
 
 
@@ -80,43 +83,28 @@ def make_image(
     from google.cloud import compute_v1
 
     if labels is None:
-        labels = {"imageforge-flavor": flavor, "imageforge-build-id": f"b-{name}"}
+        labels = {"imageforge-flavor": flavor, "imageforge-build-id": build_id(name)}
     image = compute_v1.Image(name=name, family=family, labels=labels, source_image=SOURCE)
     op = client(fake).insert_unary(project=project, image_resource=image)
     assert op.status == compute_v1.Operation.Status.DONE
 
 
-def make_record(
-    root: Path, image: str, *, verified: bool = True, build_id: str | None = None
-) -> BuildRecord:
-    """A build record with a Packer manifest shaped like googlecompute's."""
-    build_id = build_id or f"b-{image}"
-    directory = root / "artifacts" / FLAVOR / build_id
-    directory.mkdir(parents=True)
-    manifest = {
-        "builds": [
-            {
-                "name": FLAVOR,
-                "builder_type": "googlecompute",
-                "build_time": 1719830000,
-                "files": None,
-                "artifact_id": image,
-                "packer_run_uuid": "run-1",
-                "custom_data": {"imageforge-flavor": FLAVOR, "imageforge-build-id": build_id},
-            }
-        ],
-        "last_run_uuid": "run-1",
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest))
-    record = BuildRecord(
-        id=build_id,
-        flavor=FLAVOR,
-        cloud="gcp",
-        verified=verified,
-        status="verified" if verified else "built",
+def make_record(root: Path, image: str, *, verified: bool = True) -> BuildRecord:
+    """A build record with the image googlecompute made, as recorded at build time."""
+    return record_of(
+        root, FLAVOR, "gcp", build_id(image), artifact_ids={PROJECT: image}, verified=verified
     )
-    record.bind(directory).save()
-    return record
+
+
+def manifest(directory: Path, *names_and_runs: tuple[str, str]) -> None:
+    """A Packer manifest shaped like googlecompute's, one entry per (image, run)."""
+    builds = [
+        {"name": FLAVOR, "builder_type": "googlecompute", "build_time": 1719830000,
+         "files": None, "artifact_id": image, "packer_run_uuid": run}
+        for image, run in names_and_runs
+    ]  # fmt: skip
+    data = {"builds": builds, "last_run_uuid": names_and_runs[-1][1]}
+    (directory / "manifest.json").write_text(json.dumps(data))
 
 
 def set_bindings(fake: FakeGce, image: str, bindings: list[dict[str, Any]]) -> None:
@@ -145,118 +133,135 @@ def deprecation(fake: FakeGce, image: str) -> dict[str, Any]:
 
 
 def test_publish_public_adds_exactly_the_gcloud_binding(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    record = make_record(scratch, "img-1")
+    make_image(gce, "imageforge-img-1")
+    record = make_record(scratch, "imageforge-img-1")
     outcomes = publish.publish(project, record, Sharing())
-    assert [(o.where, o.subject, o.error) for o in outcomes] == [(PROJECT, "img-1", None)]
+    assert [(o.where, o.subject, o.error) for o in outcomes] == [
+        (PROJECT, "imageforge-img-1", None)
+    ]
     assert outcomes[0].changes == [f"granted {IMAGE_USER} to allAuthenticatedUsers"]
-    assert bindings(gce, "img-1") == [{"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}]
+    assert bindings(gce, "imageforge-img-1") == [
+        {"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}
+    ]
     (call,) = gce.calls(SET)
     assert call.body["policy"]["etag"] == "ACAB"  # the etag getIamPolicy returned
-    saved = BuildRecord.load(record.directory).published
-    assert saved["gcp_added"] == {PROJECT: ["allAuthenticatedUsers"]}
+    saved = state.load(record.directory)
+    assert saved.added("gcp") == {PROJECT: ["allAuthenticatedUsers"]}
 
 
 def test_publish_twice_changes_nothing_the_second_time(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    record = make_record(scratch, "img-1")
+    make_image(gce, "imageforge-img-1")
+    record = make_record(scratch, "imageforge-img-1")
     publish.publish(project, record, Sharing())
-    etag = gce.policy(PROJECT, "img-1")["etag"]
-    again = publish.publish(project, BuildRecord.load(record.directory), Sharing())
+    etag = gce.policy(PROJECT, "imageforge-img-1")["etag"]
+    again = publish.publish(project, state.load(record.directory), Sharing())
     assert [o.changes for o in again] == [[]]
     assert len(gce.calls(SET)) == 1
-    assert gce.policy(PROJECT, "img-1")["etag"] == etag
+    assert gce.policy(PROJECT, "imageforge-img-1")["etag"] == etag
 
 
 def test_publish_to_named_members_keeps_other_bindings(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
+    make_image(gce, "imageforge-img-1")
     other = {"role": "roles/compute.imageUser", "members": ["user:cond@example.com"]}
     conditional = {**other, "condition": {"title": "until", "expression": "true"}}
     viewer = {"role": "roles/compute.viewer", "members": ["group:ops@example.com"]}
-    gce.write_policy(PROJECT, "img-1", [viewer])
-    record = make_record(scratch, "img-1")
+    gce.write_policy(PROJECT, "imageforge-img-1", [viewer])
+    record = make_record(scratch, "imageforge-img-1")
     members = ("user:ada@example.com", "serviceAccount:ci@p.iam.gserviceaccount.com")
     publish.publish(project, record, Sharing(public=False, accounts=members))
-    assert bindings(gce, "img-1") == [viewer, {"role": IMAGE_USER, "members": list(members)}]
+    assert bindings(gce, "imageforge-img-1") == [
+        viewer,
+        {"role": IMAGE_USER, "members": list(members)},
+    ]
     # A conditional imageUser binding is someone else's: publish adds its own plain one.
-    gce.write_policy(PROJECT, "img-1", [conditional], version=3)
+    gce.write_policy(PROJECT, "imageforge-img-1", [conditional], version=3)
     publish.publish(project, record, Sharing(public=False, accounts=members[:1]))
-    assert bindings(gce, "img-1") == [conditional, {"role": IMAGE_USER, "members": [members[0]]}]
+    assert bindings(gce, "imageforge-img-1") == [
+        conditional,
+        {"role": IMAGE_USER, "members": [members[0]]},
+    ]
 
 
 def test_publish_refuses_members_without_a_type(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    record = make_record(scratch, "img-1")
+    make_image(gce, "imageforge-img-1")
+    record = make_record(scratch, "imageforge-img-1")
     with pytest.raises(ImageforgeError, match=r"not an IAM member: ada@example\.com"):
         publish.publish(project, record, Sharing(public=False, accounts=("ada@example.com",)))
     assert gce.calls(SET) == []
 
 
 def test_unpublish_removes_exactly_what_publish_added(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
+    make_image(gce, "imageforge-img-1")
     before = [
         {"role": IMAGE_USER, "members": ["user:keep@example.com"]},
         {"role": "roles/compute.viewer", "members": ["group:ops@example.com"]},
     ]
-    set_bindings(gce, "img-1", before)
-    record = make_record(scratch, "img-1")
+    set_bindings(gce, "imageforge-img-1", before)
+    record = make_record(scratch, "imageforge-img-1")
     publish.publish(project, record, Sharing())
-    assert bindings(gce, "img-1")[0]["members"] == [
+    assert bindings(gce, "imageforge-img-1")[0]["members"] == [
         "user:keep@example.com",
         "allAuthenticatedUsers",
     ]
-    outcomes = publish.publish(project, record, Sharing(), revoke=True)
+    outcomes = publish.publish(project, state.load(record.directory), Sharing(), revoke=True)
     assert outcomes[0].changes == [f"revoked {IMAGE_USER} from allAuthenticatedUsers"]
-    assert bindings(gce, "img-1") == before
+    assert state.load(record.directory).added("gcp") == {}
+    assert bindings(gce, "imageforge-img-1") == before
     sets = len(gce.calls(SET))
-    again = publish.publish(project, BuildRecord.load(record.directory), Sharing(), revoke=True)
+    again = publish.publish(project, state.load(record.directory), Sharing(), revoke=True)
     assert [o.changes for o in again] == [[]]
     assert len(gce.calls(SET)) == sets
 
 
 def test_unpublish_leaves_a_binding_publish_found_in_place(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    set_bindings(gce, "img-1", [{"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}])
-    record = make_record(scratch, "img-1")
+    make_image(gce, "imageforge-img-1")
+    set_bindings(
+        gce, "imageforge-img-1", [{"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}]
+    )
+    record = make_record(scratch, "imageforge-img-1")
     assert publish.publish(project, record, Sharing())[0].changes == []
-    publish.publish(project, record, Sharing(), revoke=True)
-    assert bindings(gce, "img-1") == [{"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}]
+    publish.publish(project, state.load(record.directory), Sharing(), revoke=True)
+    assert bindings(gce, "imageforge-img-1") == [
+        {"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}
+    ]
 
 
 def test_etag_conflict_is_retried_without_losing_the_other_write(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    record = make_record(scratch, "img-1")
+    make_image(gce, "imageforge-img-1")
+    record = make_record(scratch, "imageforge-img-1")
     theirs = {"role": "roles/compute.viewer", "members": ["user:other@example.com"]}
 
     def another_writer(fake: FakeGce, request: Request) -> None:
-        fake.write_policy(PROJECT, "img-1", [theirs])
+        fake.write_policy(PROJECT, "imageforge-img-1", [theirs])
 
     gce.before(SET, another_writer)
     outcomes = publish.publish(project, record, Sharing())
     assert outcomes[0].error is None
     assert [c.status for c in gce.calls(SET)] == [412, 200]
     assert len(gce.calls("compute.images.getIamPolicy")) == 2
-    assert bindings(gce, "img-1") == [
+    assert bindings(gce, "imageforge-img-1") == [
         theirs,
         {"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]},
     ]
 
 
 def test_endless_etag_conflicts_end_as_a_reported_error(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    record = make_record(scratch, "img-1")
-    for n in range(gcp.ETAG_ATTEMPTS):
-        gce.before(SET, lambda fake, request, n=n: fake.write_policy(PROJECT, "img-1", []))
+    make_image(gce, "imageforge-img-1")
+    record = make_record(scratch, "imageforge-img-1")
+    for n in range(gcp_sharing.ETAG_ATTEMPTS):
+        gce.before(
+            SET, lambda fake, request, n=n: fake.write_policy(PROJECT, "imageforge-img-1", [])
+        )
     with pytest.raises(ImageforgeError, match=f"publish incomplete in {PROJECT}"):
         publish.publish(project, record, Sharing())
-    saved = BuildRecord.load(record.directory).published["outcomes"][0]
+    saved = state.load(record.directory).published["gcp"].outcomes[0]
     assert "kept changing" in saved["error"]
-    assert [c.status for c in gce.calls(SET)] == [412] * gcp.ETAG_ATTEMPTS
+    assert [c.status for c in gce.calls(SET)] == [412] * gcp_sharing.ETAG_ATTEMPTS
 
 
 def test_unverified_build_is_not_published(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    record = make_record(scratch, "img-1", verified=False)
+    make_image(gce, "imageforge-img-1")
+    record = make_record(scratch, "imageforge-img-1", verified=False)
     with pytest.raises(ImageforgeError, match="is not verified"):
         publish.publish(project, record, Sharing())
     assert gce.calls("compute.images.getIamPolicy") == []
@@ -270,38 +275,37 @@ def family_image(fake: FakeGce) -> str:
 
 
 def test_publish_steers_the_family_to_the_newest_verified_image(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    make_image(gce, "img-2")  # newer, built but not verified
-    record = make_record(scratch, "img-1")
-    make_record(scratch, "img-2", verified=False)
-    assert family_image(gce) == "img-2"
+    make_image(gce, "imageforge-img-1")
+    make_image(gce, "imageforge-img-2")  # newer, built but not verified
+    record = make_record(scratch, "imageforge-img-1")
+    make_record(scratch, "imageforge-img-2", verified=False)
+    assert family_image(gce) == "imageforge-img-2"
     outcomes = publish.publish(project, record, Sharing())
-    assert outcomes[0].changes[-1].startswith("deprecated newer unverified img-2")
-    assert deprecation(gce, "img-2") == {
+    assert outcomes[0].changes[-1].startswith("deprecated newer unverified imageforge-img-2")
+    assert deprecation(gce, "imageforge-img-2") == {
         "state": "DEPRECATED",
-        "replacement": gce.images[(PROJECT, "img-1")]["selfLink"],
+        "replacement": gce.images[(PROJECT, "imageforge-img-1")]["selfLink"],
     }
-    assert family_image(gce) == "img-1"
+    assert family_image(gce) == "imageforge-img-1"
     assert publish.publish(project, record, Sharing())[0].changes == []
     # img-2 passes verification later: publishing it makes it active and the family's again.
-    later = BuildRecord.load(scratch / "artifacts" / FLAVOR / "b-img-2")
-    later.verified = True
-    later.save()
+    later = state.load(scratch / "artifacts" / FLAVOR / build_id("imageforge-img-2"))
+    later = state.verification_done(later, {"passed": 1, "failed": 0, "errors": 0})
     changes = publish.publish(project, later, Sharing())[0].changes
     assert "made active again (was deprecated)" in changes
-    assert deprecation(gce, "img-2") == {}
-    assert family_image(gce) == "img-2"
+    assert deprecation(gce, "imageforge-img-2") == {}
+    assert family_image(gce) == "imageforge-img-2"
 
 
 def test_newer_verified_and_foreign_images_are_left_alone(project, scratch, gce) -> None:
-    make_image(gce, "img-1")
-    make_image(gce, "img-2")
+    make_image(gce, "imageforge-img-1")
+    make_image(gce, "imageforge-img-2")
     make_image(gce, "not-ours", labels={"team": "x"})
-    record = make_record(scratch, "img-1")
-    make_record(scratch, "img-2")  # verified: the family should resolve to it
+    record = make_record(scratch, "imageforge-img-1")
+    make_record(scratch, "imageforge-img-2")  # verified: the family should resolve to it
     outcomes = publish.publish(project, record, Sharing())
     assert outcomes[0].changes == [f"granted {IMAGE_USER} to allAuthenticatedUsers"]
-    assert deprecation(gce, "img-2") == {} and deprecation(gce, "not-ours") == {}
+    assert deprecation(gce, "imageforge-img-2") == {} and deprecation(gce, "not-ours") == {}
     assert gce.calls("compute.images.deprecate") == []
 
 
@@ -309,54 +313,78 @@ def test_newer_verified_and_foreign_images_are_left_alone(project, scratch, gce)
 
 
 def test_prune_keeps_newest_published_verified_and_unlabelled(project, scratch, gce) -> None:
-    names = [f"img-{i}" for i in range(6)]  # created in this order: img-5 is the newest
+    names = [f"imageforge-img-{i}" for i in range(6)]  # created in this order: img-5 is the newest
     for name in names:
         make_image(gce, name)
     make_image(gce, "half-labelled", labels={"imageforge-flavor": FLAVOR})
     make_image(gce, "unlabelled", labels={})
     make_image(gce, "other-flavor", flavor="training-desktop", family="x")
-    set_bindings(gce, "img-1", [{"role": IMAGE_USER, "members": ["group:hpc@example.com"]}])
-    make_record(scratch, "img-0")  # verified, but not the newest verified
-    make_record(scratch, "img-2")  # the newest verified
-    make_record(scratch, "img-4", verified=False)
+    set_bindings(
+        gce, "imageforge-img-1", [{"role": IMAGE_USER, "members": ["group:hpc@example.com"]}]
+    )
+    make_record(scratch, "imageforge-img-0")  # verified, but not the newest verified
+    make_record(scratch, "imageforge-img-2")  # the newest verified
+    make_record(scratch, "imageforge-img-4", verified=False)
     everything = set(gce.images)
 
     dry = gcp.CLOUD.prune(project, FLAVOR, 2, apply=False)
-    assert [o.subject.split()[0] for o in dry] == ["img-3", "img-0"]
-    assert all(o.changes == ["would delete image"] for o in dry)
+    assert [(o.subject.split()[1], o.changes) for o in dry] == [
+        ("imageforge-img-3", ["would delete"]),
+        ("imageforge-img-2", []),
+        ("imageforge-img-1", []),
+        ("imageforge-img-0", ["would delete"]),
+    ]
+    assert dry[1].subject.endswith("kept: newest verified build")
+    assert dry[2].subject.endswith("kept: shared with group:hpc@example.com")
     assert set(gce.images) == everything
     assert gce.calls("compute.images.delete") == []
 
     done = gcp.CLOUD.prune(project, FLAVOR, 2, apply=True)
-    assert [(o.subject.split()[0], o.changes, o.error) for o in done] == [
-        ("img-3", ["deleted image"], None),
-        ("img-0", ["deleted image"], None),
+    assert [(o.subject.split()[1], o.changes, o.error) for o in done if o.changes] == [
+        ("imageforge-img-3", ["deleted"], None),
+        ("imageforge-img-0", ["deleted"], None),
     ]
-    assert set(gce.images) == everything - {(PROJECT, "img-3"), (PROJECT, "img-0")}
-    assert gcp.CLOUD.prune(project, FLAVOR, 2, apply=True) == []
+    assert set(gce.images) == everything - {
+        (PROJECT, "imageforge-img-3"),
+        (PROJECT, "imageforge-img-0"),
+    }
+    assert [o for o in gcp.CLOUD.prune(project, FLAVOR, 2, apply=True) if o.changes] == []
+
+
+def test_prune_never_touches_another_pipelines_image_nor_trusts_a_verified_label(
+    project, scratch, gce
+) -> None:
+    ours = {"imageforge-flavor": FLAVOR, "imageforge-build-id": "x"}
+    make_image(gce, "other-pipeline-1", labels=ours)  # our labels, not our name prefix
+    make_image(gce, "imageforge-img-0", labels={**ours, "imageforge-verified": "true"})
+    make_image(gce, "imageforge-img-1")
+    done = gcp.CLOUD.prune(project, FLAVOR, 1, apply=True)
+    assert [(o.subject.split()[1], o.changes) for o in done] == [("imageforge-img-0", ["deleted"])]
+    assert {name for _, name in gce.images} >= {"other-pipeline-1", "imageforge-img-1"}
+    assert (PROJECT, "imageforge-img-0") not in gce.images
 
 
 def test_prune_waits_for_operations_through_the_endpoint(project, scratch, gce) -> None:
-    for name in ("img-0", "img-1"):
+    for name in ("imageforge-img-0", "imageforge-img-1"):
         make_image(gce, name)
     gce.operation_polls = 3  # deletions answer RUNNING until waited on
     done = gcp.CLOUD.prune(project, FLAVOR, 1, apply=True)
-    assert [(o.subject.split()[0], o.error) for o in done] == [("img-0", None)]
+    assert [(o.subject.split()[1], o.error) for o in done] == [("imageforge-img-0", None)]
     assert len(gce.calls("compute.globalOperations.wait")) == 1
-    assert (PROJECT, "img-0") not in gce.images
+    assert (PROJECT, "imageforge-img-0") not in gce.images
 
 
 def test_prune_reports_a_failed_deletion(project, scratch, gce) -> None:
-    for name in ("img-0", "img-1"):
+    for name in ("imageforge-img-0", "imageforge-img-1"):
         make_image(gce, name)
 
     def gone(fake: FakeGce, request: Request) -> None:
-        fake.images.pop((PROJECT, "img-0"))
+        fake.images.pop((PROJECT, "imageforge-img-0"))
 
     gce.before("compute.images.delete", gone)
     (outcome,) = gcp.CLOUD.prune(project, FLAVOR, 1, apply=True)
     assert outcome.changes == [] and outcome.error is not None
-    assert outcome.error.startswith("404 ")
+    assert outcome.error.startswith("404")
 
 
 # --- sweep --------------------------------------------------------------------------------------
@@ -406,24 +434,24 @@ def test_sweep_removes_build_leftovers_only(project, gce) -> None:
     make_disk(gce, "data", {})  # someone's data disk, attached to our VM
     make_instance(gce, "packer-abc", ours, extra_disk="data")
     make_instance(gce, "web", {})
-    make_disk(gce, "orphan", ours)
+    make_disk(gce, "packer-orphan", ours)
     make_disk(gce, "labelled-in-use", ours)
     make_instance(gce, "db", {}, extra_disk="labelled-in-use")
     before = (set(gce.instances), set(gce.disks))
 
-    dry = gcp.CLOUD.sweep(project, apply=False)
+    dry = gcp.CLOUD.sweep(project, apply=False, min_age_minutes=0)
     assert {(o.where, o.subject.split(" (")[0], tuple(o.changes)) for o in dry} == {
         (f"{PROJECT}/{ZONE}", "instance packer-abc", ("would remove",)),
         (f"{PROJECT}/{ZONE}", "disk packer-abc", ("would remove",)),
-        (f"{PROJECT}/{ZONE}", "disk orphan", ("would remove",)),
+        (f"{PROJECT}/{ZONE}", "disk packer-orphan", ("would remove",)),
     }
     assert (set(gce.instances), set(gce.disks)) == before
 
-    done = gcp.CLOUD.sweep(project, apply=True)
+    done = gcp.CLOUD.sweep(project, apply=True, min_age_minutes=0)
     assert [o.error for o in done] == [None, None, None]
     assert {name for _, _, name in gce.instances} == {"web", "db"}
     assert {name for _, _, name in gce.disks} == {"data", "web", "db", "labelled-in-use"}
-    assert gcp.CLOUD.sweep(project, apply=True) == []
+    assert gcp.CLOUD.sweep(project, apply=True, min_age_minutes=0) == []
 
 
 # --- doctor ---------------------------------------------------------------------------------------
@@ -490,8 +518,12 @@ def test_doctor_names_an_unreachable_endpoint(project, gce, monkeypatch) -> None
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     monkeypatch.setenv("IMAGEFORGE_GCP_ENDPOINT", f"http://127.0.0.1:{port}")
-    with pytest.raises(ImageforgeError, match="cannot reach the Compute Engine API"):
+    with pytest.raises(ImageforgeError) as caught:
         gcp.CLOUD.doctor(project, cell(project))
+    assert str(caught.value).startswith(
+        f"GCP project {PROJECT}: list images at http://127.0.0.1:{port}: no answer from the endpoint"
+    )
+    assert "\n" not in str(caught.value) and caught.value.exit_code == 2
 
 
 def test_configured_project_wins_over_the_environment(scratch, gce, monkeypatch) -> None:
@@ -499,23 +531,21 @@ def test_configured_project_wins_over_the_environment(scratch, gce, monkeypatch)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "from-env")
     write(scratch, "clouds:\n  gcp:\n    project: from-config\nflavors:\n  slurm-node: {}\n")
     proj = config.load("images.yml")
-    make_image(gce, "img-1", project="from-config")
-    record = make_record(scratch, "img-1")
+    make_image(gce, "imageforge-img-1", project="from-config")
+    record = make_record(scratch, "imageforge-img-1")
     outcomes = publish.publish(proj, record, Sharing())
     assert outcomes[0].where == "from-config"
-    assert gce.policy("from-config", "img-1")["bindings"][0]["members"] == ["allAuthenticatedUsers"]
+    assert gce.policy("from-config", "imageforge-img-1")["bindings"][0]["members"] == [
+        "allAuthenticatedUsers"
+    ]
 
 
 # --- manifest and import hygiene -----------------------------------------------------------------
 
 
 def test_artifact_ids_come_from_the_last_packer_run(tmp_path, gce) -> None:
-    record = make_record(tmp_path, "img-new", build_id="b1")
-    manifest = json.loads((record.directory / "manifest.json").read_text())
-    old = {**manifest["builds"][0], "artifact_id": "img-old", "packer_run_uuid": "run-0"}
-    manifest["builds"].insert(0, old)
-    (record.directory / "manifest.json").write_text(json.dumps(manifest))
-    assert gcp.CLOUD.artifact_ids(record) == {PROJECT: "img-new"}
+    manifest(tmp_path, ("imageforge-img-old", "run-0"), ("imageforge-img-new", "run-1"))
+    assert gcp.CLOUD.artifact_ids(tmp_path) == {PROJECT: "imageforge-img-new"}
 
 
 def test_the_module_imports_no_cloud_sdk() -> None:
@@ -537,7 +567,7 @@ def api(fake: FakeGce, verb: str, path: str, body: Any = None) -> requests.Respo
 
 
 def test_fake_accepts_a_valid_request_and_rejects_unknown_fields(gce) -> None:
-    valid = {"name": "img-1", "sourceImage": SOURCE, "labels": {"a": "b"}}
+    valid = {"name": "imageforge-img-1", "sourceImage": SOURCE, "labels": {"a": "b"}}
     assert api(gce, "POST", f"projects/{PROJECT}/global/images", valid).status_code == 200
     answer = api(gce, "POST", f"projects/{PROJECT}/global/images", {**valid, "colour": "blue"})
     assert answer.status_code == 400
@@ -548,8 +578,8 @@ def test_fake_accepts_a_valid_request_and_rejects_unknown_fields(gce) -> None:
 
 
 def test_fake_checks_nested_fields_through_refs(gce) -> None:
-    make_image(gce, "img-1")
-    path = f"projects/{PROJECT}/global/images/img-1/setIamPolicy"
+    make_image(gce, "imageforge-img-1")
+    path = f"projects/{PROJECT}/global/images/imageforge-img-1/setIamPolicy"
     good = {"policy": {"bindings": [{"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}]}}
     assert api(gce, "POST", path, good).status_code == 200
     bad = {"policy": {"bindings": [{"role": IMAGE_USER, "member": ["allAuthenticatedUsers"]}]}}
@@ -586,8 +616,8 @@ def test_fake_rejects_what_the_document_does_not_allow(gce, verb, path, body, st
 
 
 def test_fake_refuses_a_stale_etag(gce) -> None:
-    make_image(gce, "img-1")
-    path = f"projects/{PROJECT}/global/images/img-1/setIamPolicy"
+    make_image(gce, "imageforge-img-1")
+    path = f"projects/{PROJECT}/global/images/imageforge-img-1/setIamPolicy"
     policy = {"bindings": [{"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}]}
     first = api(gce, "POST", path, {"policy": {**policy, "etag": "ACAB"}})
     assert first.status_code == 200 and first.json()["etag"] != "ACAB"
@@ -596,11 +626,11 @@ def test_fake_refuses_a_stale_etag(gce) -> None:
 
 
 def test_fake_filters_like_the_list_api(gce) -> None:
-    make_image(gce, "img-1")
-    make_image(gce, "img-2", flavor="training-desktop")
+    make_image(gce, "imageforge-img-1")
+    make_image(gce, "imageforge-img-2", flavor="training-desktop")
     found = client(gce).list(
         request={"project": PROJECT, "filter": 'labels.imageforge-flavor = "training-desktop"'}
     )
-    assert [i.name for i in found] == ["img-2"]
+    assert [i.name for i in found] == ["imageforge-img-2"]
     answer = api(gce, "GET", f"projects/{PROJECT}/global/images?filter=name%20eq%20img.*")
     assert answer.status_code == 400
