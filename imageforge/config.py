@@ -345,7 +345,10 @@ def _check_files(project: Project) -> None:
 
 
 def _check_file(project: Project, key_path: tuple[Any, ...], relative: str) -> None:
-    path = (project.root / relative).resolve()
+    try:
+        path = (project.root / relative).resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise project.error(key_path, f"{relative!r} is a symbolic link loop") from None
     if not path.is_relative_to(project.root.resolve()):
         raise project.error(
             key_path, f"{relative!r} leads outside the project directory (a symbolic link?)"

@@ -325,3 +325,13 @@ def test_quotes_dollars_and_unicode_are_plain_text(scratch: Path) -> None:
     flavor = config.load("images.yml").images.flavors["a"]
     assert flavor.description == 'it\'s ${x} %{y} "z" } ü'
     assert flavor.env == {"GREETING": "it's $HOME `id`"}
+
+
+def test_symlink_loop_is_a_located_error(scratch: Path) -> None:
+    (scratch / "provisioners" / "loop.sh").symlink_to(scratch / "provisioners" / "loop.sh")
+    write(scratch, "flavors:\n  a:\n    provisioners: [provisioners/loop.sh]\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load("images.yml")
+    assert str(caught.value) == (
+        "images.yml:3:20: flavors.a.provisioners[0]: 'provisioners/loop.sh' is a symbolic link loop"
+    )
