@@ -20,13 +20,15 @@ import requests_mock
 
 from imageforge import config, publish, state
 from imageforge.clouds import openstack as os_cloud
-from imageforge.clouds.base import Sharing
+from imageforge.clouds.common import Outcome, Sharing
+from imageforge.clouds.openstack.connection import connect, image_ids
 from imageforge.errors import ImageforgeError
 from imageforge.matrix import find
 from imageforge.state import BuildRecord
 from tests.fakes.glance import QCOW2_MAGIC, FakeCloud, FakeGlance
 
-from .conftest import write
+from ..conftest import write
+from .records import make_record as record_of
 
 COMPUTE = "https://compute.example.com/v2.1"
 VOLUME = "https://block-storage.example.com"
@@ -185,36 +187,29 @@ def make_record(
     verified: bool = True,
     qcow2: bytes | None = None,
 ) -> BuildRecord:
-    """A build record; an openstack build gets a Packer manifest naming its Glance image."""
-    directory = state.artifacts_root(root) / FLAVOR / build_id
-    directory.mkdir(parents=True)
-    builds = []
-    if image_id:
-        builds.append({"name": FLAVOR, "builder_type": "openstack", "artifact_id": image_id})
+    """A build record: an openstack build records its Glance image, a local one its qcow2."""
+    files = {}
     if qcow2 is not None:
-        (directory / "image").mkdir()
-        (directory / "image" / f"{FLAVOR}.qcow2").write_bytes(qcow2)
-        builds.append(
-            {
-                "name": FLAVOR,
-                "builder_type": "qemu",
-                "artifact_id": "VM",
-                "custom_data": {"imageforge-version": "9.8.7"},
-            }
-        )
-    (directory / "manifest.json").write_text(json.dumps({"builds": builds}))
-    record = BuildRecord(
-        id=build_id,
-        flavor=FLAVOR,
-        cloud=cloud,
-        verified=verified,
-        status="verified" if verified else "failed",
-        git_commit="c0ffee",
-        template_hash="feedface",
-        verification={"failures": [] if verified else ["test_common.py::test_sshd_hardened"]},
-    )
-    record.bind(directory).save()
-    return record
+        files[f"image/{FLAVOR}.qcow2"] = qcow2
+        qemu = {"builder_type": "qemu", "artifact_id": "VM",
+                "custom_data": {"imageforge-version": "9.8.7"}}  # fmt: skip
+        files["manifest.json"] = json.dumps({"builds": [qemu]}).encode()
+    return record_of(
+        root, FLAVOR, cloud, build_id, artifact_ids={"openstack": image_id} if image_id else {},
+        verified=verified, files=files, failures=("test_common.py::test_sshd_hardened",),
+    )  # fmt: skip
+
+
+def pub(
+    project: config.Project, record: BuildRecord, sharing: Sharing, *, revoke: bool = False
+) -> list[Outcome]:
+    """publish.publish with the record as it is on disk now (what earlier runs added)."""
+    return publish.publish(project, state.load(record.directory), sharing, revoke=revoke)
+
+
+def direct(verb: str, project: config.Project, record: BuildRecord, sharing: Sharing) -> list:
+    """The sharer's own outcomes, with the record as it is on disk now."""
+    return getattr(CLOUD, verb)(project, state.load(record.directory), sharing).outcomes
 
 
 def ours(glance: FakeGlance, build_id: str, **attrs: Any) -> dict[str, Any]:
@@ -227,10 +222,13 @@ def ours(glance: FakeGlance, build_id: str, **attrs: Any) -> dict[str, Any]:
 
 
 def test_artifact_ids_from_manifest_and_imports(scratch: Path) -> None:
-    record = make_record(scratch, image_id="img-from-packer", qcow2=QCOW2_MAGIC)
-    record.artifact_ids = {"openstack:other-cloud": "img-imported", "eu-west-1": "ami-1"}
-    assert CLOUD.artifact_ids(record) == {
-        "openstack": "img-from-packer",
+    manifest = {"builds": [{"builder_type": "openstack", "artifact_id": "img-from-packer"}]}
+    (scratch / "manifest.json").write_text(json.dumps(manifest))
+    assert CLOUD.artifact_ids(scratch) == {"openstack": "img-from-packer"}
+    record = make_record(scratch, image_id="img-from-packer")
+    record = state.imported(record, "openstack:other-cloud", "img-imported")
+    assert image_ids(record, "builder") == {
+        "builder": "img-from-packer",
         "other-cloud": "img-imported",
     }
 
@@ -241,13 +239,13 @@ def test_artifact_ids_from_manifest_and_imports(scratch: Path) -> None:
 def test_publish_public_then_idempotent(project, scratch: Path, glance: FakeGlance) -> None:
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
-    outcomes = publish.publish(project, record, Sharing())
+    outcomes = pub(project, record, Sharing())
     assert [(o.where, o.changes, o.error) for o in outcomes] == [
         ("openstack", ["visibility private → public"], None)
     ]
     assert glance.images[image["id"]]["visibility"] == "public"
     before = list(glance.mutations)
-    again = publish.publish(project, BuildRecord.load(record.directory), Sharing())
+    again = pub(project, record, Sharing())
     assert [(o.changes, o.error) for o in again] == [([], None)]
     assert glance.mutations == before
 
@@ -256,7 +254,7 @@ def test_public_means_community_when_images_yml_says_so(scratch: Path, glance: F
     project = load_project(scratch, "    image_visibility: community\n")
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
-    publish.publish(project, record, Sharing())
+    pub(project, record, Sharing())
     assert glance.images[image["id"]]["visibility"] == "community"
 
 
@@ -267,8 +265,8 @@ def test_public_refused_by_policy_suggests_community(
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
     with pytest.raises(ImageforgeError, match="publish incomplete in openstack"):
-        publish.publish(project, record, Sharing())
-    error = BuildRecord.load(record.directory).published["outcomes"][0]["error"]
+        pub(project, record, Sharing())
+    error = state.load(record.directory).published["openstack"].outcomes[0]["error"]
     assert error.startswith("visibility public refused: 403")
     assert "image_visibility: community" in error
     assert glance.images[image["id"]]["visibility"] == "private"
@@ -280,15 +278,14 @@ def test_share_with_projects_then_unpublish_restores_private(
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
     sharing = Sharing(public=False, accounts=("proj-a", "proj-b"))
-    outcomes = publish.publish(project, record, sharing)
+    outcomes = pub(project, record, sharing)
     assert [o.subject.split()[-1] for o in outcomes[1:]] == ["proj-a", "proj-b"]
     assert outcomes[0].changes == ["visibility private → shared"]
     assert all(o.changes and "pending" in o.changes[0] for o in outcomes[1:])
     assert glance.images[image["id"]]["visibility"] == "shared"
     assert glance.member_ids(image["id"]) == ["proj-a", "proj-b"]
     assert all(m["status"] == "pending" for m in glance.members[image["id"]].values())
-    record = BuildRecord.load(record.directory)
-    added = record.published["openstack_added"]["openstack"]
+    added = state.load(record.directory).added("openstack")["openstack"]
     assert added == {
         "image": image["id"],
         "visibility_before": "private",
@@ -296,10 +293,10 @@ def test_share_with_projects_then_unpublish_restores_private(
         "members": ["proj-a", "proj-b"],
     }
     before = list(glance.mutations)
-    assert all(not o.changes for o in CLOUD.publish(project, record, sharing))
+    assert all(not o.changes for o in direct("publish", project, record, sharing))
     assert glance.mutations == before
 
-    undone = publish.publish(project, record, sharing, revoke=True)
+    undone = pub(project, record, sharing, revoke=True)
     assert glance.images[image["id"]]["visibility"] == "private"
     assert glance.member_ids(image["id"]) == []
     assert undone[0].changes == ["visibility shared → private"]
@@ -313,10 +310,10 @@ def test_unpublish_removes_exactly_what_publish_added(
     glance.members[image["id"]] = {"theirs": {"member_id": "theirs", "status": "accepted"}}
     record = make_record(scratch, image_id=image["id"])
     sharing = Sharing(public=False, accounts=("theirs", "mine"))
-    outcomes = publish.publish(project, record, sharing)
+    outcomes = pub(project, record, sharing)
     assert outcomes[0].changes == []  # already shared: not publish's doing
     assert [o.changes for o in outcomes[1:]] == [[], [ADDED_MEMBER]]
-    publish.publish(project, record, sharing, revoke=True)
+    pub(project, record, sharing, revoke=True)
     assert glance.images[image["id"]]["visibility"] == "shared"
     assert glance.member_ids(image["id"]) == ["theirs"]
 
@@ -324,11 +321,11 @@ def test_unpublish_removes_exactly_what_publish_added(
 def test_revoke_named_project_keeps_the_others(project, scratch: Path, glance: FakeGlance) -> None:
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
-    publish.publish(project, record, Sharing(public=False, accounts=("proj-a", "proj-b")))
-    publish.publish(project, record, Sharing(public=False, accounts=("proj-a",)), revoke=True)
+    pub(project, record, Sharing(public=False, accounts=("proj-a", "proj-b")))
+    pub(project, record, Sharing(public=False, accounts=("proj-a",)), revoke=True)
     assert glance.member_ids(image["id"]) == ["proj-b"]
     assert glance.images[image["id"]]["visibility"] == "shared"
-    publish.publish(project, record, Sharing(), revoke=True)
+    pub(project, record, Sharing(), revoke=True)
     assert glance.member_ids(image["id"]) == []
     assert glance.images[image["id"]]["visibility"] == "private"
 
@@ -338,10 +335,10 @@ def test_unpublish_after_sharing_then_public_removes_members_too(
 ) -> None:
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
-    publish.publish(project, record, Sharing(public=False, accounts=("proj-a",)))
-    publish.publish(project, record, Sharing())
+    pub(project, record, Sharing(public=False, accounts=("proj-a",)))
+    pub(project, record, Sharing())
     assert glance.images[image["id"]]["visibility"] == "public"
-    undone = publish.publish(project, record, Sharing(), revoke=True)
+    undone = pub(project, record, Sharing(), revoke=True)
     assert undone[0].changes == ["visibility public → shared", "visibility shared → private"]
     assert undone[1].changes == ["removed image member"]
     assert glance.member_ids(image["id"]) == []
@@ -353,9 +350,9 @@ def test_revoking_one_project_of_a_public_image_says_why_not(
 ) -> None:
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
-    publish.publish(project, record, Sharing(public=False, accounts=("proj-a",)))
-    publish.publish(project, record, Sharing())
-    outcomes = CLOUD.unpublish(project, record, Sharing(public=False, accounts=("proj-a",)))
+    pub(project, record, Sharing(public=False, accounts=("proj-a",)))
+    pub(project, record, Sharing())
+    outcomes = direct("unpublish", project, record, Sharing(public=False, accounts=("proj-a",)))
     assert outcomes[1].error == "image is public: Glance removes members of shared images only"
     assert glance.images[image["id"]]["visibility"] == "public"
     assert glance.member_ids(image["id"]) == ["proj-a"]
@@ -369,8 +366,8 @@ def test_partial_member_failure_then_rerun_completes_only_it(
     record = make_record(scratch, image_id=image["id"])
     sharing = Sharing(public=False, accounts=("proj-a", "proj-b", "proj-c"))
     with pytest.raises(ImageforgeError, match="publish incomplete in openstack"):
-        publish.publish(project, record, sharing)
-    saved = BuildRecord.load(record.directory).published["outcomes"]
+        pub(project, record, sharing)
+    saved = state.load(record.directory).published["openstack"].outcomes
     errors = {o["subject"].split()[-1]: o["error"] for o in saved[1:]}
     assert errors["proj-a"] is None and errors["proj-c"] is None
     assert errors["proj-b"].startswith("member refused: 413")
@@ -378,7 +375,7 @@ def test_partial_member_failure_then_rerun_completes_only_it(
 
     del glance.refuse_member["proj-b"]
     mark = len(glance.mutations)
-    outcomes = publish.publish(project, BuildRecord.load(record.directory), sharing)
+    outcomes = pub(project, record, sharing)
     assert {o.subject.split()[-1]: o.changed for o in outcomes[1:]} == {
         "proj-a": False,
         "proj-b": True,
@@ -393,7 +390,7 @@ def test_public_image_is_not_narrowed_to_projects(
 ) -> None:
     image = ours(glance, "b1", visibility="public")
     record = make_record(scratch, image_id=image["id"])
-    outcomes = CLOUD.publish(project, record, Sharing(public=False, accounts=("proj-a",)))
+    outcomes = direct("publish", project, record, Sharing(public=False, accounts=("proj-a",)))
     assert outcomes[0].error is not None and "--revoke" in outcomes[0].error
     assert len(outcomes) == 1
     assert glance.images[image["id"]]["visibility"] == "public"
@@ -406,7 +403,7 @@ def test_non_owner_publish_is_refused_clearly(
     glance.members[image["id"]] = {fake.project_id: {"member_id": fake.project_id}}
     record = make_record(scratch, image_id=image["id"])
     with pytest.raises(ImageforgeError, match=r"belongs to project someone-else.*only the owner"):
-        publish.publish(project, record, Sharing())
+        pub(project, record, Sharing())
     assert glance.mutations == []
 
 
@@ -417,12 +414,12 @@ def test_missing_image_and_unverified_build_are_refused(
     with pytest.raises(ImageforgeError, match="0000-gone not found in cloud 'openstack'"):
         publish.publish(project, gone, Sharing())
     image = ours(glance, "b2")
-    bad = make_record(scratch, build_id="b2", image_id=image["id"], verified=False)
+    bad = make_record(scratch, build_id="20250101-000002-b2", image_id=image["id"], verified=False)
     with pytest.raises(ImageforgeError, match=r"these checks failed: test_common.py::test_sshd"):
         publish.publish(project, bad, Sharing())
-    local = make_record(scratch, build_id="b3", cloud="local", qcow2=QCOW2_MAGIC)
+    local = make_record(scratch, build_id="20250101-000003-b3", cloud="local", qcow2=QCOW2_MAGIC)
     with pytest.raises(ImageforgeError, match=r"no Glance image in cloud 'openstack'.*import"):
-        CLOUD.publish(project, local, Sharing())
+        direct("publish", project, local, Sharing())
     assert glance.mutations == []
 
 
@@ -438,7 +435,8 @@ def test_import_uploads_private_qcow2_with_build_metadata(
 ) -> None:
     data = qcow2_bytes()
     record = make_record(scratch, build_id="20250102-030405-abcdef0", cloud="local", qcow2=data)
-    image_id = CLOUD.import_image(project, record)
+    ((place, image_id),) = CLOUD.import_build(project, record).items()
+    assert place == "openstack:openstack"
     image = glance.images[image_id]
     assert image["name"] == "imageforge-slurm-node-20250102-030405-abcdef0"
     assert (image["disk_format"], image["container_format"]) == ("qcow2", "bare")
@@ -451,16 +449,16 @@ def test_import_uploads_private_qcow2_with_build_metadata(
         "imageforge-template-hash": "feedface",
         "imageforge-version": "9.8.7",
     }
-    saved = BuildRecord.load(record.directory)
-    assert saved.artifact_ids == {"openstack:openstack": image_id}
-    assert CLOUD.artifact_ids(saved) == {"openstack": image_id}
+    saved = state.imported(record, place, image_id)  # what the import task records
+    assert image_ids(saved, "openstack") == {"openstack": image_id}
+    assert (record.directory / "build.json").read_bytes() != b""
 
     before = list(glance.mutations)
-    assert CLOUD.import_image(project, saved) == image_id
+    assert CLOUD.import_build(project, saved) == {place: image_id}
     assert glance.mutations == before
     # publish finds the imported image through the record (publish.publish would pick the
     # cloud of the record, `local`: an imported build is published on openstack explicitly)
-    CLOUD.publish(project, saved, Sharing())
+    direct("publish", project, saved, Sharing())
     assert glance.images[image_id]["visibility"] == "public"
 
 
@@ -469,7 +467,7 @@ def test_import_refuses_unverified_build_naming_failed_checks(
 ) -> None:
     record = make_record(scratch, cloud="local", qcow2=qcow2_bytes(), verified=False)
     with pytest.raises(ImageforgeError, match="not verified: these checks failed: test_common"):
-        CLOUD.import_image(project, record)
+        CLOUD.import_build(project, record)
     assert glance.mutations == []
     assert glance.images == {}
 
@@ -479,15 +477,15 @@ def test_import_refuses_data_glance_does_not_take_as_qcow2(
 ) -> None:
     record = make_record(scratch, cloud="local", qcow2=b"not a disk image at all")
     with pytest.raises(ImageforgeError, match="415"):
-        CLOUD.import_image(project, record)
+        CLOUD.import_build(project, record)
     assert glance.images == {}  # the SDK deletes the image whose upload failed
-    assert BuildRecord.load(record.directory).artifact_ids == {}
+    assert state.load(record.directory).imported == {}
 
 
 def test_import_replaces_a_stale_queued_upload(project, scratch: Path, glance: FakeGlance) -> None:
     record = make_record(scratch, cloud="local", qcow2=qcow2_bytes())
     stale = ours(glance, record.id, status="queued")
-    image_id = CLOUD.import_image(project, record)
+    (image_id,) = CLOUD.import_build(project, record).values()
     assert image_id != stale["id"]
     assert set(glance.images) == {image_id}
 
@@ -495,10 +493,9 @@ def test_import_replaces_a_stale_queued_upload(project, scratch: Path, glance: F
 def test_import_refuses_changed_artifacts(project, scratch: Path, glance: FakeGlance) -> None:
     record = make_record(scratch, cloud="local", qcow2=qcow2_bytes())
     qcow2 = record.directory / "image" / f"{FLAVOR}.qcow2"
-    record.artifacts = [state.describe(qcow2, record.directory)]
-    qcow2.write_bytes(qcow2_bytes() + b"more")
-    with pytest.raises(ImageforgeError, match="artifacts changed"):
-        CLOUD.import_image(project, record)
+    qcow2.write_bytes(qcow2_bytes()[:-4] + b"more")  # same size, other content
+    with pytest.raises(ImageforgeError, match="changed since it was built"):
+        CLOUD.import_build(project, record)
     assert glance.mutations == []
 
 
@@ -567,6 +564,7 @@ def test_sweep_finds_only_build_servers_and_their_packer_keys(project, fake: Fak
         "imageforge-slurm-node-b1",
         {"imageforge-flavor": FLAVOR, "imageforge-build-id": "b1"},
         key_name="packer_6745a1c3-1111-2222-3333-444455556666",
+        created="2025-01-01T00:00:00Z",
         **{"os-extended-volumes:volumes_attached": [{"id": "vol-1"}]},
     )
     nova.add_server("srv-2", "web", {"role": "web"}, key_name="packer_aaaa")
@@ -575,7 +573,7 @@ def test_sweep_finds_only_build_servers_and_their_packer_keys(project, fake: Fak
         nova.keypairs[name] = {"name": name, "fingerprint": "x", "public_key": "ssh-ed25519 A"}
     nova.volumes = {"vol-1", "vol-2"}
 
-    dry = CLOUD.sweep(project, apply=False)
+    dry = CLOUD.sweep(project, apply=False, min_age_minutes=120)
     assert [o.subject for o in dry] == [
         "server srv-1 imageforge-slurm-node-b1 (build b1)",
         "key pair packer_6745a1c3-1111-2222-3333-444455556666",
@@ -584,14 +582,14 @@ def test_sweep_finds_only_build_servers_and_their_packer_keys(project, fake: Fak
     assert all(o.changes == ["would remove"] for o in dry)
     assert nova.deleted == []
 
-    CLOUD.sweep(project, apply=True)
+    CLOUD.sweep(project, apply=True, min_age_minutes=120)
     assert nova.deleted == [
         "server srv-1",
         "keypair packer_6745a1c3-1111-2222-3333-444455556666",
         "volume vol-1",
     ]
     assert set(nova.servers) == {"srv-2", "srv-3"}
-    assert CLOUD.sweep(project, apply=False) == []
+    assert CLOUD.sweep(project, apply=False, min_age_minutes=120) == []
 
 
 def test_rendered_source_gives_the_build_server_the_metadata(project) -> None:
@@ -633,7 +631,7 @@ def test_doctor_without_clouds_yaml_entry(scratch: Path, fake: FakeCloud) -> Non
     ):
         CLOUD.doctor(project, find(project, FLAVOR, "openstack"))
     with pytest.raises(ImageforgeError, match=r"OpenStack cloud 'nowhere'.*not found"):
-        os_cloud.connect(project)
+        connect(project)
 
 
 def test_sdk_is_imported_lazily() -> None:
@@ -643,3 +641,31 @@ def test_sdk_is_imported_lazily() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_prune_never_touches_an_image_named_by_another_pipeline(
+    project, scratch: Path, glance: FakeGlance
+) -> None:
+    props = {"imageforge-flavor": FLAVOR, "imageforge-build-id": "20250101-000000-x"}
+    foreign = glance.add_image(name="their-slurm-node", **props)
+    old = ours(glance, "20250101-000001-abcdef0")
+    new = ours(glance, "20250101-000002-abcdef0")
+    done = CLOUD.prune(project, FLAVOR, 1, apply=True)
+    assert [(o.subject.split()[1], o.changes) for o in done] == [(old["id"], ["deleted"])]
+    assert {foreign["id"], new["id"]} <= set(glance.images)
+
+
+def test_sweep_spares_young_servers_and_running_builds(
+    project, scratch: Path, fake: FakeCloud
+) -> None:
+    nova: FakeNova = fake.nova  # type: ignore[attr-defined]
+    record_of(scratch, FLAVOR, "openstack", "20250101-000008-abcdef0", status="building")
+    meta = {"imageforge-flavor": FLAVOR}
+    nova.add_server("young", "imageforge-a", {**meta, "imageforge-build-id": "b1"},
+                    created="2999-01-01T00:00:00Z")  # fmt: skip
+    nova.add_server("busy", "imageforge-b", {**meta, "imageforge-build-id": "20250101-000008-abcdef0"},
+                    created="2025-01-01T00:00:00Z")  # fmt: skip
+    outcomes = CLOUD.sweep(project, apply=True, min_age_minutes=120)
+    assert all(not o.changes for o in outcomes) and len(outcomes) == 2
+    assert "still building here" in outcomes[1].subject
+    assert nova.deleted == [] and set(nova.servers) == {"young", "busy"}
