@@ -74,7 +74,7 @@ def test_refresh_rebuilds_the_layer_and_a_new_layer_is_a_new_build(
         return {"path": "/layer.qcow2", "sha256": sha, "recipe_hash": "same", "packages": {}}
 
     hashes: list[str] = []
-    reused = state.BuildRecord(id="earlier", flavor="a", cloud="local")
+    reused = state.BuildRecord(id="20260101-000000-abcdef0-000000", flavor="a", cloud="local")
     monkeypatch.setattr(clouds.get("local"), "base_image", layer)
     monkeypatch.setattr(
         state, "reusable", lambda root, flavor, cloud, chash: hashes.append(chash) or reused

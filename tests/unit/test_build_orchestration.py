@@ -52,7 +52,8 @@ def fake(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
     real_run = runner.run
     fake = FakeRunner().on("packer", "version", answer="Packer v1.6.6")
     fake.on("git", answer=CommandError(["git"], 128, ["not a git repository"]))
-    fake.on("ssh-keygen", answer=lambda argv, kwargs: real_run(argv, **kwargs).output)
+    for real in (("ssh-keygen",), ("packer", "fmt")):  # quick, local, and part of the result
+        fake.on(*real, answer=lambda argv, kwargs: real_run(argv, **kwargs).output)
     monkeypatch.setattr(runner, "run", fake)
     local = FakeLocal(clouds.get("local"))
     monkeypatch.setattr(clouds, "get", lambda name: local)
@@ -167,8 +168,8 @@ def test_verification_outcome_decides_and_binds(
     project, the_cell = cell(scratch)
     outcomes = iter(
         [
-            {"passed": 1, "failed": 1, "errors": 0, "failures": ["test_ssh"]},
-            {"passed": 2, "failed": 0, "errors": 0, "failures": []},
+            {"passed": 1, "failed": 1, "errors": 0, "skipped": 0, "failures": ["test_ssh"]},
+            {"passed": 2, "failed": 0, "errors": 0, "skipped": 0, "failures": []},
         ]
     )
     monkeypatch.setattr(verify, "_boot_and_test", lambda *args: next(outcomes))
