@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from imageforge import buildinfo, clouds, packer, render, runner
+from imageforge import buildinfo, clouds, packer, reap, render, runner
 from imageforge.config import Project
 from imageforge.errors import CommandError, ImageforgeError
 from imageforge.matrix import Cell
@@ -14,15 +13,16 @@ from imageforge.packer import PackerVersion
 
 def validate(project: Project, cell: Cell, version: PackerVersion) -> render.Rendered:
     """Render the cell and validate it with no cloud account: dummy credentials only."""
-    rendered = render.render(project, cell, version)
+    cloud = clouds.get(cell.cloud)
+    rendered = render.render(project, cell, version, cloud=cloud)
     render.write_vars(
         rendered, buildinfo.packer_vars(project.root, "validate", rendered.template_hash)
     )
-    cloud = clouds.get(cell.cloud)
     with (
-        tempfile.TemporaryDirectory(prefix="imageforge-validate-") as scratch,
-        cloud.validation_env(project, Path(scratch)) as cloud_env,
+        reap.scratch("imageforge-validate-") as scratch_dir,
+        cloud.validation_env(project, scratch_dir) as cloud_env,
     ):
+        scratch = str(scratch_dir)
         env = {
             "PKR_VAR_host_files_dir": scratch,
             "CHECKPOINT_DISABLE": "1",
