@@ -13,7 +13,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -22,6 +22,9 @@ from imageforge.config import Project, Provisioner
 from imageforge.hcl import Raw
 from imageforge.matrix import Cell
 from imageforge.packer import PackerVersion
+
+if TYPE_CHECKING:
+    from imageforge.clouds.capabilities import PackerSource
 
 VARFILE = "imageforge.auto.pkrvars.hcl"
 EXECUTE = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
@@ -81,7 +84,11 @@ def build_dir(project: Project, cell: Cell) -> Path:
 
 
 def render(
-    project: Project, cell: Cell, version: PackerVersion, out: Path | None = None
+    project: Project,
+    cell: Cell,
+    version: PackerVersion,
+    out: Path | None = None,
+    cloud: PackerSource | None = None,
 ) -> Rendered:
     """Write the cell's .pkr.hcl files and return them with their hash."""
     out = out or build_dir(project, cell)
@@ -89,7 +96,7 @@ def render(
     for stale in out.glob("*.pkr.hcl"):
         stale.unlink()
     env = environment(project.root)
-    cloud = clouds.get(cell.cloud)
+    cloud = cloud or clouds.get(cell.cloud)
     source_name = cell.name
     texts: dict[str, str] = {}
     if version.has_plugins:
@@ -103,7 +110,7 @@ def render(
         source_ref=f"source.{cloud.builder}.{source_name}",
         steps=list(_steps(cell)),
         manifest_custom_data=hcl.attributes(
-            {"custom_data": cloud.metadata(project, cell, {})}, indent=4
+            {"custom_data": clouds.metadata(project, cell, {})}, indent=4
         ),
         vagrant=cell.cloud == "local" and "vagrant" in project.images.clouds.local.formats,
         box_output=hcl.template(Raw("${var.artifact_dir}/"), cell.flavor_name, ".box"),
