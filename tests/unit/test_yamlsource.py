@@ -119,7 +119,7 @@ def test_deep_nesting_is_refused_fast(tmp_path: Path, opener: str) -> None:
     if opener == "- ":
         text = "".join("  " * i + "-\n" for i in range(200))
     else:
-        text = opener * 100_000 + "\n"
+        text = opener * 50_000 + "\n"
     started = time.monotonic()
     message = load_error(text, tmp_path)
     assert time.monotonic() - started < 0.5
@@ -139,7 +139,32 @@ def test_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
     started = time.monotonic()
     message = load_error(text, tmp_path)
     assert time.monotonic() - started < 0.5
-    assert message == "images.yml:1:1: the file is larger than 1024 KiB"
+    assert message == "images.yml:1:1: the file is larger than 256 KiB"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "".join(f"k{i}: v\n" for i in range(2000)),  # a long mapping
+        "a: [" + "1, " * 60_000 + "]\n",  # a long flow list
+        "a: [" + "[], " * 30_000 + "]\n",  # many small collections
+    ],
+)
+def test_too_many_values_are_refused_fast(tmp_path: Path, text: str) -> None:
+    started = time.monotonic()
+    message = load_error(text, tmp_path)
+    assert time.monotonic() - started < 0.5
+    assert message.endswith(f"more than {yamlsource.MAX_NODES} values in one file")
+
+
+def test_brackets_in_text_are_not_nesting() -> None:
+    text = (
+        "a: x" + "[" * 40 + "\n"  # a plain scalar
+        "b: ['" + "[" * 40 + "', \"" + "{" * 40 + '"]\n'  # quoted scalars in a flow list
+        "c: 1  # " + "[" * 40 + "\n"  # a comment
+    )
+    data = yamlsource.load(text, "f")
+    assert data == {"a": "x" + "[" * 40, "b": ["[" * 40, "{" * 40], "c": 1}
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
