@@ -6,7 +6,8 @@ openstack_services.py). The pipeline's credentials are the member user of projec
 admin. Each test deletes the images it left behind.
 
 Imported builds are local records, and publish.publish() picks the cloud of the record: these
-tests call the openstack cloud's publish/unpublish directly, which return per-place outcomes.
+tests call the openstack cloud's publish/unpublish directly, and record what they return the
+way publish.publish does (`Recorded`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import yaml
 
 from imageforge import config, runner, state
 from imageforge.clouds import openstack as os_cloud
-from imageforge.clouds.base import Sharing
+from imageforge.clouds.common import Outcome, Sharing
 from imageforge.errors import ImageforgeError
 from imageforge.state import BuildRecord
 
@@ -38,7 +39,45 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAVOR = "slurm-node"
-CLOUD = os_cloud.CLOUD
+
+
+class Recorded:
+    """The openstack cloud, with what publish and import return recorded in the build's record
+    (read afresh from disk each time) as the publish and import tasks do."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os_cloud.CLOUD, name)
+
+    def publish(
+        self, project: config.Project, record: BuildRecord, sharing: Sharing
+    ) -> list[Outcome]:
+        return self._share("publish", project, record, sharing)
+
+    def unpublish(
+        self, project: config.Project, record: BuildRecord, sharing: Sharing
+    ) -> list[Outcome]:
+        return self._share("unpublish", project, record, sharing)
+
+    def _share(
+        self, verb: str, project: config.Project, record: BuildRecord, sharing: Sharing
+    ) -> list[Outcome]:
+        fresh = state.load(record.directory)
+        result = getattr(os_cloud.CLOUD, verb)(project, fresh, sharing)
+        outcomes = [o.__dict__ for o in result.outcomes]
+        revoked = verb == "unpublish"
+        state.published(
+            fresh, "openstack", sharing.describe(), outcomes, result.added, revoked=revoked
+        )
+        return result.outcomes
+
+    def import_image(self, project: config.Project, record: BuildRecord) -> str:
+        record = state.load(record.directory)
+        ((place, image_id),) = os_cloud.CLOUD.import_build(project, record).items()
+        state.imported(record, place, image_id)
+        return image_id
+
+
+CLOUD = Recorded()
 
 
 @pytest.fixture(scope="session")
@@ -112,18 +151,15 @@ def local_build(
         qcow2.write_bytes(b"this is no disk image\n" * 4096)
     else:
         runner.run(["qemu-img", "create", "-f", "qcow2", qcow2, "16M"], stream=False)
-    record = BuildRecord(
-        id=build_id,
-        flavor=FLAVOR,
-        cloud="local",
-        status="verified" if verified else "failed",
-        verified=verified,
-        git_commit="0123456789abcdef0123456789abcdef01234567",
-        template_hash="fedcba9876543210",
-        artifacts=[state.describe(qcow2, directory)],
-        verification={"failures": [] if verified else ["test_slurm_node.py::test_slurmd_runs"]},
-    )
-    record.bind(directory).save()
+    record = state.started(
+        directory, id=build_id, flavor=FLAVOR, cloud="local",
+        git_commit="0123456789abcdef0123456789abcdef01234567", template_hash="fedcba9876543210",
+    )  # fmt: skip
+    record = state.built(record, [state.describe(qcow2, directory)], {}, {})
+    failures = [] if verified else ["test_slurm_node.py::test_slurmd_runs"]
+    passed = {"passed": 1, "failed": 0, "errors": 0, "failures": []}
+    failed = {"passed": 0, "failed": 1, "errors": 0, "failures": failures}
+    record = state.verification_done(record, passed if verified else failed)
     return record
 
 
@@ -166,8 +202,8 @@ def test_import_uploads_a_real_qcow2_once(env: Services, tmp_path: Path) -> None
         "imageforge-template-hash": "fedcba9876543210",
         "imageforge-version": __import__("imageforge").__version__,
     }
-    saved = BuildRecord.load(record.directory)
-    assert saved.artifact_ids == {"openstack:builder": image_id}
+    saved = state.load(record.directory)
+    assert saved.imported == {"openstack:builder": image_id}
 
     assert CLOUD.import_image(project, saved) == image_id
     mine = [i for i in connect("builder").image.images() if i.name == image.name]
@@ -180,7 +216,7 @@ def test_glance_refuses_data_that_is_not_qcow2(env: Services, tmp_path: Path) ->
     with pytest.raises(ImageforgeError, match="415"):
         CLOUD.import_image(project, record)
     assert list(connect("builder").image.images()) == []  # the refused image is gone
-    assert BuildRecord.load(record.directory).artifact_ids == {}
+    assert state.load(record.directory).imported == {}
 
 
 def test_import_refuses_an_unverified_build(env: Services, tmp_path: Path) -> None:
@@ -306,7 +342,7 @@ def test_member_quota_refusal_is_per_member_and_rerun_adds_nothing_twice(
     rerun = CLOUD.publish(project, record, sharing)
     assert [o.changes for o in rerun] == [[]] * (MEMBER_QUOTA + 2)
     assert (rerun[-1].error or "").startswith("member refused: 413")
-    assert record.published["openstack_added"]["builder"]["members"] == list(
+    assert state.load(record.directory).added("openstack")["builder"]["members"] == list(
         accounts[:MEMBER_QUOTA]
     )
 
@@ -355,12 +391,11 @@ def test_prune_against_real_glance(env: Services, tmp_path: Path) -> None:
         record, ids[build] = imported(project, tmp_path, build)
     # builds[0]: published; builds[1]: the newest verified one once the newer ones are unverified
     CLOUD.publish(
-        project, BuildRecord.load(state.artifacts_root(tmp_path) / FLAVOR / builds[0]), Sharing()
+        project, state.load(state.artifacts_root(tmp_path) / FLAVOR / builds[0]), Sharing()
     )
     for build in builds[2:]:
-        record = BuildRecord.load(state.artifacts_root(tmp_path) / FLAVOR / build)
-        record.verified, record.status = False, "failed"
-        record.save()
+        record = state.load(state.artifacts_root(tmp_path) / FLAVOR / build)
+        state.verification_done(record, {"passed": 0, "failed": 1, "errors": 0, "failures": ["x"]})
     builder = connect("builder")
     foreign = builder.image.create_image(
         "hand-made",
@@ -430,7 +465,10 @@ def test_doctor_reports_refused_credentials_without_the_password(
     wrong.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(wrong))
     project = load_project(tmp_path)
-    with pytest.raises(ImageforgeError, match="OpenStack cloud 'builder': authentication refused"):
+    with pytest.raises(
+        ImageforgeError,
+        match=r"OpenStack cloud 'builder': doctor at http://127\.0\.0\.1:\d+/v3: authentication refused",
+    ):
         CLOUD.doctor(project, find(project, FLAVOR, "openstack"))
     with pytest.raises(ImageforgeError) as caught:
         CLOUD.doctor(project, find(project, FLAVOR, "openstack"))
