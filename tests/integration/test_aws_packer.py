@@ -64,7 +64,7 @@ def test_packer_builds_and_copies_an_ami_against_moto(aws: str, tmp_path: Path) 
     assert "ok: source AMI ami-" in result.stderr  # the preflight ran before Packer
     [record_path] = (project / "artifacts" / "slurm-node").glob("*/build.json")
     record = json.loads(record_path.read_text())
-    assert record["status"] == "built" and record["verified"] is False
+    assert record["status"] == "built" and record["binding"] is None
     ids = record["artifact_ids"]
     assert set(ids) == {"eu-west-1", "eu-central-1"}
     west = client.describe_images(ImageIds=[ids["eu-west-1"]])["Images"][0]
