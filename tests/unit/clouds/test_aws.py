@@ -8,8 +8,6 @@ GroupNames/UserIds form, which moto implements), and AMI copies do not copy tags
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -22,7 +20,7 @@ from imageforge.clouds.common import Sharing
 from imageforge.errors import ImageforgeError
 from imageforge.state import BuildRecord
 
-from ..conftest import ROOT, write
+from ..conftest import write
 from .records import build_id
 from .records import make_record as record_of
 
@@ -392,14 +390,3 @@ def test_an_unreachable_endpoint_is_one_line_with_exit_code_2(project, monkeypat
         f"AWS (eu-west-1): list regions at http://127.0.0.1:{port}: no answer"
     )
     assert "\n" not in message and caught.value.exit_code == 2
-
-
-def test_the_package_imports_no_sdk() -> None:
-    code = (
-        "import sys, imageforge.clouds.aws as m; m.CLOUD.source; "
-        "print(sorted(n for n in ('boto3', 'botocore') if n in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"

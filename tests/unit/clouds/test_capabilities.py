@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from invoke import Context, Exit
 
@@ -11,7 +14,7 @@ from imageforge.clouds.sdkerrors import CloudError, sdk_errors
 from imageforge.errors import ConfigError
 from imageforge.tasks import sharing as sharing_tasks
 
-from ..conftest import write
+from ..conftest import ROOT, write
 
 ABLE = {
     clouds.PackerSource: {"local", "aws", "gcp", "openstack"},
@@ -80,3 +83,17 @@ def test_added_bookkeeping_merges_and_removes_per_place() -> None:
 def test_gcp_labels_and_reserved_prefixes() -> None:
     assert common.label("Team.Name/HPC") == "team_name_hpc"
     assert {"imageforge-", "aws:", "goog"} <= set(common.RESERVED_TAG_PREFIXES)
+
+
+def test_no_cloud_sdk_is_imported_until_used() -> None:
+    """`invoke --list` and rendering work with no cloud SDK configured."""
+    code = (
+        "import sys; from imageforge import clouds; "
+        "[clouds.get(n).source for n in clouds.CLOUDS]; "
+        "sdks = ('boto3', 'botocore', 'google', 'openstack', 'keystoneauth1'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in sdks))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

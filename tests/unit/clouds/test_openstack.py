@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -632,15 +630,6 @@ def test_doctor_without_clouds_yaml_entry(scratch: Path, fake: FakeCloud) -> Non
         CLOUD.doctor(project, find(project, FLAVOR, "openstack"))
     with pytest.raises(ImageforgeError, match=r"OpenStack cloud 'nowhere'.*not found"):
         connect(project)
-
-
-def test_sdk_is_imported_lazily() -> None:
-    code = (
-        "import sys, imageforge.clouds.openstack as m; m.CLOUD.source; "
-        "print(sorted(n for n in ('openstack', 'keystoneauth1') if n in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 def test_prune_never_touches_an_image_named_by_another_pipeline(
