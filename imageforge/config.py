@@ -271,9 +271,6 @@ def load(path: Path | str = "images.yml") -> Project:
     images = _add_default_packages(images)
     project = Project(path=path, root=path.resolve().parent, images=images, raw=merged)
     _check_files(project)
-    from imageforge.matrix import cells
-
-    cells(project)  # validates the matrix section
     return project
 
 

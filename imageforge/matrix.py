@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from imageforge import config
 from imageforge.config import CLOUDS, Flavor, Project, suggest
 from imageforge.errors import ConfigError
+
+
+def load(path: Path | str) -> Project:
+    """images.yml, checked down to its matrix section (config does not know the matrix)."""
+    project = config.load(path)
+    cells(project)
+    return project
 
 
 @dataclass(frozen=True)

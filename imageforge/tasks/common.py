@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from invoke import Exit
 from invoke.exceptions import ParseError, UnexpectedExit
 
-from imageforge import config, log, reap, signals
+from imageforge import config, log, matrix, reap, signals
 from imageforge.errors import ConfigError, ImageforgeError, Interrupted
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,4 +98,4 @@ def project(path: str | None) -> config.Project:
     if root not in _reaped:
         _reaped.add(root)
         reap.reap(root)
-    return config.load(config_path)
+    return matrix.load(config_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import config
+from imageforge import config, matrix
 from imageforge.errors import ConfigError
 
 from .conftest import ROOT, write
@@ -216,7 +216,7 @@ def test_malformed_file_gives_exact_located_message(scratch: Path, name: str) ->
     text, expected = MALFORMED[name]
     write(scratch, text)
     with pytest.raises(ConfigError) as caught:
-        config.load("images.yml")
+        matrix.load("images.yml")
     assert str(caught.value) == expected
     assert "\n" not in str(caught.value)
     assert caught.value.exit_code == 2
