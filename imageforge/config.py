@@ -40,6 +40,7 @@ from imageforge.configtypes import (
     ProjectPath,
     PythonEnv,
     Size,
+    TagKey,
     Text,
 )
 from imageforge.errors import ConfigError
@@ -87,7 +88,7 @@ class Flavor(Model):
     env: Environment = Field(default_factory=dict, description="Environment for every script")
     tests: ProjectPath | None = Field(None, description="testinfra suite, relative to images.yml")
     ports: tuple[Port, ...] = (22,)
-    tags: dict[Text, Text] = Field(default_factory=dict, description="Tags/labels on every cloud")
+    tags: dict[TagKey, Text] = Field(default_factory=dict, description="Tags/labels on every cloud")
     desktop: Desktop | None = Field(
         None, description="XFCE + TigerVNC desktop: image defaults; user-data overrides"
     )
@@ -126,7 +127,7 @@ class AwsCloud(Model):
     ssh_interface: Literal["public_ip", "private_ip", "public_dns", "private_dns"] = "public_ip"
     volume_size_gb: Size = 20
     encrypt_boot: StrictBool = False
-    tags: dict[Text, Text] = Field(default_factory=dict)
+    tags: dict[TagKey, Text] = Field(default_factory=dict)
     communicator: Literal["ssh", "none"] = Field(
         "ssh", description="'none' copies the source AMI without provisioning (API test servers)"
     )

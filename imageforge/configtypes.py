@@ -67,6 +67,20 @@ def _project_path(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_plain_text)]
+# Tag-key prefixes that imageforge or a cloud keeps for itself: a user tag with one of them
+# could pass for this pipeline's own metadata (which prune and sweep trust) or be refused.
+RESERVED_TAG_PREFIXES = ("imageforge-", "aws:", "goog", "google", "openstack:")
+
+
+def _user_tag_key(key: str) -> str:
+    _plain_text(key)
+    for prefix in RESERVED_TAG_PREFIXES:
+        if key.lower().startswith(prefix):
+            raise ValueError(f"tag keys starting with {prefix!r} are reserved")
+    return key
+
+
+TagKey = Annotated[str, AfterValidator(_user_tag_key)]
 ProjectPath = Annotated[str, AfterValidator(_project_path)]
 # Keys of environment variables: a shell takes nothing else as a name.
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]

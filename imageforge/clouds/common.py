@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Tag prefixes images.yml `tags:` may not use (checked in config): ours and the clouds' own.
+from imageforge.configtypes import RESERVED_TAG_PREFIXES  # noqa: F401
 from imageforge.hcl import Raw
 
 if TYPE_CHECKING:
@@ -25,8 +27,6 @@ BUILD_KEY = "imageforge-build-id"
 COMMIT_KEY = "imageforge-git-commit"
 TEMPLATE_KEY = "imageforge-template-hash"
 VERSION_KEY = "imageforge-version"
-# Tag prefixes images.yml `tags:` may not use: ours, and those the clouds keep for themselves.
-RESERVED_TAG_PREFIXES = ("imageforge-", "aws:", "goog", "google", "openstack:")
 # Default login user of each base OS, the way the OS vendors' cloud images ship it.
 OS_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ubuntu"}
 

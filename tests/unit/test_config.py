@@ -335,3 +335,10 @@ def test_symlink_loop_is_a_located_error(scratch: Path) -> None:
     assert str(caught.value) == (
         "images.yml:3:20: flavors.a.provisioners[0]: 'provisioners/loop.sh' is a symbolic link loop"
     )
+
+
+@pytest.mark.parametrize("key", ["imageforge-build-id", "aws:cloudformation:stack", "goog-x"])
+def test_user_tags_may_not_pass_for_ours_or_a_clouds(scratch: Path, key: str) -> None:
+    write(scratch, f"flavors:\n  a:\n    tags: {{'{key}': x}}\n")
+    with pytest.raises(ConfigError, match=r"images.yml:3:\d+: flavors.a.tags.* are reserved"):
+        config.load("images.yml")
