@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_attempt, wait_fixed
+
 from imageforge import buildsecrets, locks, log, qemu, reap, runner, state
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project
@@ -29,6 +31,7 @@ COMMON_SUITE = "tests/infra/test_common.py"
 SSH_TIMEOUT = 300.0
 JUNIT = "verify.junit.xml"
 BOOT_LOG = "verify-boot.log"
+LOGIN_RETRY_SECONDS = 2.0
 
 
 def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
@@ -218,16 +221,22 @@ def _ssh(ssh_config: Path, user: str, port: int, command: str) -> list[str]:
 
 def _wait_for_login(ssh_config: Path, user: str, port: int, attempts: int = 30) -> None:
     """The banner comes before cloud-init has installed the key: retry until a login works."""
-    import time
 
-    for _ in range(attempts):
-        result = runner.run(_ssh(ssh_config, user, port, "true"), stream=False, check=False)
-        if result.returncode == 0:
-            return
-        time.sleep(2)
-    raise ImageforgeError(
-        f"could not log in as {user} on 127.0.0.1:{port} with the verification key"
+    def logged_in() -> bool:
+        argv = _ssh(ssh_config, user, port, "true")
+        return runner.run(argv, stream=False, check=False).returncode == 0
+
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_fixed(LOGIN_RETRY_SECONDS),
+        retry=retry_if_result(lambda ok: not ok),
     )
+    try:
+        retrying(logged_in)
+    except RetryError:
+        raise ImageforgeError(
+            f"could not log in as {user} on 127.0.0.1:{port} with the verification key"
+        ) from None
 
 
 def _poweroff(ssh_config: Path, user: str, vm: qemu.VirtualMachine) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 
 from imageforge.runner import CommandResult
 
-Answer = str | BaseException | Callable[[list[str], dict[str, Any]], str]
+Answer = (
+    str | CommandResult | BaseException | Callable[[list[str], dict[str, Any]], str | CommandResult]
+)
 
 
 @dataclass
@@ -37,6 +39,8 @@ class FakeRunner:
                 if isinstance(answer, BaseException):
                     raise answer
                 output = answer(args, kwargs) if callable(answer) else answer
+                if isinstance(output, CommandResult):  # an exit code of its own (check=False)
+                    return output
                 return CommandResult(args, 0, output)
         raise AssertionError(f"unexpected command: {args}")
 
