@@ -1,0 +1,83 @@
+"""The publish stage with a fake sharer: it refuses what is not bound, and records per place
+exactly what the cloud says it added, also when a place failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imageforge import clouds, config, publish, state
+from imageforge.clouds import Outcome, Published, Sharing
+from imageforge.errors import ImageforgeError
+from tests.records import make_record
+
+from .conftest import write
+
+IDS = {"eu-west-1": "ami-0123456789abcdef0"}
+
+
+class FakeSharer:
+    def __init__(self, outcomes: list[Outcome], added: dict[str, Any]) -> None:
+        self.result = Published(outcomes, added)
+        self.seen: list[dict[str, Any]] = []
+
+    def publish(self, project: Any, record: state.BuildRecord, sharing: Sharing) -> Published:
+        self.seen.append(record.added("aws"))
+        return self.result
+
+    unpublish = publish
+
+
+@pytest.fixture
+def project(scratch: Path) -> config.Project:
+    write(scratch, "flavors:\n  a: {}\n")
+    return config.load(scratch / "images.yml")
+
+
+def use(monkeypatch: pytest.MonkeyPatch, sharer: FakeSharer) -> None:
+    monkeypatch.setattr(clouds, "capability", lambda name, kind: sharer)
+
+
+def test_publish_records_what_the_cloud_added(
+    project: config.Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = make_record(project.root / "artifacts", "a", "aws", artifact_ids=IDS)
+    sharer = FakeSharer([Outcome("eu-west-1", "ami", ["launch: all"])], {"eu-west-1": ["all"]})
+    use(monkeypatch, sharer)
+    publish.publish(project, record, Sharing())
+    saved = state.load(record.directory)
+    assert saved.published["aws"].status == "published"
+    assert saved.published["aws"].sharing == "public"
+    assert saved.added("aws") == {"eu-west-1": ["all"]}
+    sharer.result = Published([Outcome("eu-west-1", "ami", ["launch: -all"])], {})
+    publish.publish(project, saved, Sharing(), revoke=True)
+    assert sharer.seen == [{}, {"eu-west-1": ["all"]}]  # revoke saw what publish added
+    revoked = state.load(record.directory).published["aws"]
+    assert revoked.status == "revoked" and revoked.added == {}
+
+
+def test_publish_refuses_a_build_whose_image_ids_are_not_the_verified_ones(
+    project: config.Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = make_record(project.root / "artifacts", "a", "aws", artifact_ids=IDS)
+    path = record.directory / state.RECORD
+    path.write_text(path.read_text().replace("ami-0123456789abcdef0", "ami-0fffffffffffffff0", 1))
+    use(monkeypatch, FakeSharer([], {}))
+    with pytest.raises(ImageforgeError, match="image ids differ from the ones that were verified"):
+        publish.publish(project, state.load(record.directory), Sharing())
+
+
+def test_a_failed_place_is_reported_and_what_was_added_is_still_recorded(
+    project: config.Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = make_record(project.root / "artifacts", "a", "aws", artifact_ids=IDS)
+    outcomes = [
+        Outcome("eu-west-1", "ami", ["launch: all"]),
+        Outcome("us-east-1", "ami", [], "denied"),
+    ]
+    use(monkeypatch, FakeSharer(outcomes, {"eu-west-1": ["all"]}))
+    with pytest.raises(ImageforgeError, match="publish incomplete in us-east-1"):
+        publish.publish(project, record, Sharing())
+    assert state.load(record.directory).added("aws") == {"eu-west-1": ["all"]}
