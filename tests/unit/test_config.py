@@ -342,3 +342,12 @@ def test_user_tags_may_not_pass_for_ours_or_a_clouds(scratch: Path, key: str) ->
     write(scratch, f"flavors:\n  a:\n    tags: {{'{key}': x}}\n")
     with pytest.raises(ConfigError, match=r"images.yml:3:\d+: flavors.a.tags.* are reserved"):
         config.load("images.yml")
+
+
+@pytest.mark.parametrize(
+    "section", ["clouds:\n  gcp:\n    labels", "clouds:\n  openstack:\n    metadata"]
+)
+def test_cloud_labels_and_metadata_may_not_use_our_keys(scratch: Path, section: str) -> None:
+    write(scratch, f"flavors:\n  a: {{}}\n{section}: {{imageforge-build-id: x}}\n")
+    with pytest.raises(ConfigError, match=r"images.yml:5:\d+: clouds\..* are reserved"):
+        config.load("images.yml")
