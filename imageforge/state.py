@@ -161,6 +161,12 @@ def imported(record: BuildRecord, place: str, image_id: str) -> BuildRecord:
     return _change(record, imported={**record.imported, place: image_id})
 
 
+def distributed(record: BuildRecord, copies: dict[str, str]) -> BuildRecord:
+    """A verified image was copied to more regions (only a verified one ever is)."""
+    require_bound(record)
+    return _change(record, copies={**record.copies, **copies})
+
+
 # The content binding.
 
 

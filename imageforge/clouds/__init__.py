@@ -8,21 +8,26 @@ from typing import Any, TypeVar
 
 from imageforge.clouds.capabilities import (
     VERBS,
+    Distributor,
     Housekeeper,
     Importer,
+    Launcher,
     PackerSource,
     Preflight,
     Sharer,
 )
-from imageforge.clouds.common import BuildEnv, Outcome, Published, Sharing, metadata
+from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, Sharing, metadata
 from imageforge.config import CLOUDS
 from imageforge.errors import ConfigError
 
 __all__ = [
     "CLOUDS",
     "BuildEnv",
+    "Distributor",
     "Housekeeper",
     "Importer",
+    "Instance",
+    "Launcher",
     "Outcome",
     "PackerSource",
     "Preflight",

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from imageforge.clouds.common import BuildEnv, Outcome, Published, Sharing
+from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, Sharing
 
 if TYPE_CHECKING:
     from imageforge.buildsecrets import KeyPair
@@ -85,6 +85,34 @@ class Importer(Protocol):
         ...
 
 
+@runtime_checkable
+class Launcher(Protocol):
+    def launch(
+        self,
+        project: Project,
+        cell: Cell,
+        record: BuildRecord,
+        *,
+        public_key: str,
+        user_data: str,
+        ssh_from: str,
+    ) -> contextlib.AbstractContextManager[Instance]:
+        """One instance of the build's image (its build-region id in record.artifact_ids) with
+        a fresh key pair for public_key, the cloud-config user_data, and a firewall rule that
+        admits SSH (tcp/22) from the CIDR ssh_from only; everything tagged with the build id.
+        Leaving the context (however: success, error, Ctrl-C) deletes all of it, waiting until
+        the instance is gone."""
+        ...
+
+
+@runtime_checkable
+class Distributor(Protocol):
+    def distribute(self, project: Project, record: BuildRecord) -> dict[str, str]:
+        """Copy a verified image to the configured regions (never an unverified one); the new
+        image ids by region, for the caller to record with state.distributed."""
+        ...
+
+
 # What each capability lets a user do, for "<cloud> cannot <verb>" messages.
 VERBS: dict[type, str] = {
     PackerSource: "build",
@@ -92,4 +120,6 @@ VERBS: dict[type, str] = {
     Sharer: "publish",
     Housekeeper: "prune or sweep",
     Importer: "import",
+    Launcher: "verify in a cloud VM",
+    Distributor: "copy images to other regions",
 }

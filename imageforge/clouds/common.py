@@ -69,6 +69,15 @@ class BuildEnv:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """A verification instance, as far as the verify stage needs it."""
+
+    id: str
+    address: str  # where its SSH answers (per the cloud's ssh_interface setting)
+    where: str  # region, zone or clouds.yaml entry
+
+
+@dataclass(frozen=True)
 class Published:
     """What publish (or unpublish) did, and the complete bookkeeping of what it added that
     is still in place (JSON-serialisable; {} when nothing is left)."""

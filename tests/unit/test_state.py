@@ -162,3 +162,14 @@ def test_records_left_building_by_a_dead_run_become_interrupted(tmp_path: Path) 
     with locks.cell(tmp_path, "slurm-node", "local", "build"):
         assert state.reap_stale(tmp_path) == []
     assert state.load(running.directory).status == "building"
+
+
+def test_only_a_verified_image_is_ever_recorded_as_copied(tmp_path: Path) -> None:
+    ids = {"eu-west-1": "ami-1"}
+    built = make_record(tmp_path, cloud="aws", artifact_ids=ids, status="built")
+    with pytest.raises(ImageforgeError, match="never verified"):
+        state.distributed(built, {"eu-central-1": "ami-2"})
+    verified = state.verification_done(built, PASSED)
+    copied = state.distributed(verified, {"eu-central-1": "ami-2"})
+    assert state.load(copied.directory).copies == {"eu-central-1": "ami-2"}
+    assert state.unbound_reason(copied) is None  # copies do not disturb the binding
