@@ -193,10 +193,10 @@ def overlay(base: Path, path: Path) -> Path:
     return path
 
 
-def ssh_banner(port: int, *, timeout: float = 3.0) -> str | None:
-    """The SSH banner on 127.0.0.1:port, or None while nothing answers with one."""
+def ssh_banner(port: int, *, timeout: float = 3.0, host: str = LOCALHOST) -> str | None:
+    """The SSH banner on host:port (127.0.0.1 by default), or None while nothing answers."""
     try:
-        with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             data = sock.recv(256)
     except OSError:
         return None
@@ -204,13 +204,19 @@ def ssh_banner(port: int, *, timeout: float = 3.0) -> str | None:
     return text.strip() if text.startswith("SSH-") else None
 
 
-def wait_for_ssh(port: int, timeout: float, *, proc: subprocess.Popen[bytes] | None = None) -> str:
-    """Wait until 127.0.0.1:port sends an SSH banner and return it; proc, if given, must live."""
+def wait_for_ssh(
+    port: int,
+    timeout: float,
+    *,
+    proc: subprocess.Popen[bytes] | None = None,
+    host: str = LOCALHOST,
+) -> str:
+    """Wait until host:port sends an SSH banner and return it; proc, if given, must live."""
 
     def banner() -> str | None:
         if proc is not None and proc.poll() is not None:
             raise ImageforgeError(f"the VM exited (code {proc.returncode}) before SSH came up")
-        return ssh_banner(port)
+        return ssh_banner(port, host=host)
 
     retrying = Retrying(
         stop=stop_after_delay(timeout),
@@ -220,7 +226,7 @@ def wait_for_ssh(port: int, timeout: float, *, proc: subprocess.Popen[bytes] | N
     try:
         return str(retrying(banner))
     except RetryError:
-        raise ImageforgeError(f"no SSH on 127.0.0.1:{port} after {timeout:.0f}s") from None
+        raise ImageforgeError(f"no SSH on {host}:{port} after {timeout:.0f}s") from None
 
 
 @dataclass

@@ -172,7 +172,7 @@ def test_verification_outcome_decides_and_binds(
             {"passed": 2, "failed": 0, "errors": 0, "skipped": 0, "failures": []},
         ]
     )
-    monkeypatch.setattr(verify, "_boot_and_test", lambda *args: next(outcomes))
+    monkeypatch.setattr(verify, "_run_checks", lambda *args: next(outcomes))
     with pytest.raises(ImageforgeError, match="failed verification: test_ssh"):
         verify.verify(project, the_cell, record)
     failed = state.load(record.directory)
@@ -188,7 +188,7 @@ def test_verification_refuses_an_image_changed_since_the_build(
     fake.on("packer", "build", answer=packer_makes_an_image)
     record = run_build(scratch)
     (record.directory / "image" / "a.qcow2").write_bytes(b"QFI\xfb AN IMAGE")
-    monkeypatch.setattr(verify, "_boot_and_test", lambda *args: pytest.fail("booted"))
+    monkeypatch.setattr(verify, "_run_checks", lambda *args: pytest.fail("booted"))
     project, the_cell = cell(scratch)
     with pytest.raises(ImageforgeError, match="changed since it was built"):
         verify.verify(project, the_cell, record)
