@@ -11,11 +11,12 @@ verified cloud image is then copied to its other regions, never before.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,17 +205,39 @@ def _cloud_machine(
     """One verification instance of the build's image, deleted with everything made for it."""
     launcher = clouds.capability(record.cloud, Launcher)
     user = clouds.get(record.cloud).ssh_username(cell.os)
-    ssh_from = os.environ.get(SSH_FROM, "")
+    ssh_from = _setting(SSH_FROM, "a CIDR such as 203.0.113.7/32", _cidr)
+    via = _setting(SSH_VIA, "host:port, such as 127.0.0.1:2222", _host_port)
     with launcher.launch(
         project, cell, record, public_key=public_key, user_data=user_data, ssh_from=ssh_from
     ) as instance:
         log.info(f"verification instance {instance.id} in {instance.where}: {instance.address}")
         host, port = instance.address, 22
-        if via := os.environ.get(SSH_VIA):
-            host, _, number = via.rpartition(":")
-            port = int(number)
+        if via:
+            host, port = _host_port(via)
             log.info(f"reaching its SSH through {host}:{port} (${SSH_VIA})")
         yield _Machine(host, port, user, instance.id, instance.where)
+
+
+def _setting(name: str, what: str, parse: Callable[[str], object]) -> str:
+    """An environment setting, checked: one clear error for a bad value."""
+    value = os.environ.get(name, "")
+    try:
+        if value:
+            parse(value)
+    except ValueError:
+        raise ImageforgeError(f"${name}: {value!r} is not {what}") from None
+    return value
+
+
+def _cidr(text: str) -> object:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, number = text.rpartition(":")
+    if not host or not number.isdigit() or not 0 < int(number) < 65536:
+        raise ValueError(text)
+    return host, int(number)
 
 
 def _poweroff(ssh: sshchecks.Session, vm: qemu.VirtualMachine) -> None:

@@ -4,12 +4,15 @@ bookkeeping of what publish added, and the ownership and age rules of housekeepi
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 # Tag prefixes images.yml `tags:` may not use (checked in config): ours and the clouds' own.
 from imageforge.configtypes import RESERVED_TAG_PREFIXES  # noqa: F401
@@ -33,17 +36,24 @@ OS_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ub
 
 @dataclass(frozen=True)
 class Sharing:
-    """Who may use a published image: everyone, or named accounts/projects/members."""
+    """Who may use a published image: everyone, or named accounts/projects/members; on
+    OpenStack, visibility names the Glance visibility to set (public, community, shared)."""
 
     public: bool = True
     accounts: tuple[str, ...] = ()
     organizations: tuple[str, ...] = ()
+    visibility: str | None = None
 
     def describe(self) -> str:
+        """Who it is shared with, as the record keeps it: 'public', 'visibility community',
+        'visibility shared; shared with p1, p2', 'shared with 123456789012, arn:...'."""
         named = [*self.accounts, *self.organizations]
-        if self.public:
-            return "public"
-        return "shared with " + ", ".join(named) if named else "private"
+        parts = [f"visibility {self.visibility}"] if self.visibility else []
+        if self.public and not self.visibility:
+            parts.append("public")
+        if named and not self.public:
+            parts.append("shared with " + ", ".join(named))
+        return "; ".join(parts) or "private"
 
 
 @dataclass
@@ -191,3 +201,16 @@ def remove_added(before: dict[str, list[Any]], gone: dict[str, list[Any]]) -> di
 def recorded_ids(record: BuildRecord) -> dict[str, str]:
     """Image ids by place that a build recorded: built (artifact_ids) and imported."""
     return {**record.artifact_ids, **getattr(record, "imported", {})}
+
+
+def ssh_source_cidr(ssh_from: str, endpoint: str) -> str:
+    """The CIDR a verification instance admits SSH from: ssh_from if given, else this
+    machine's own address on the route to the cloud's API endpoint, as a /32 (a UDP connect
+    only picks the route: nothing is sent)."""
+    if ssh_from:
+        return str(ipaddress.ip_network(ssh_from, strict=False))
+    parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((parts.hostname or endpoint, parts.port or 443))
+        address = probe.getsockname()[0]
+    return f"{address}/32"

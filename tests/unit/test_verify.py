@@ -140,3 +140,26 @@ def test_the_instance_goes_on_every_exit_and_nothing_unverified_is_copied(
     assert cloud.ended == [ended] and cloud.distributed == []
     after = state.load(record.directory)
     assert after.status == status and after.copies == {} and after.binding is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (verify.SSH_FROM, "my laptop", r"\$IMAGEFORGE_VERIFY_SSH_FROM: 'my laptop' is not a CIDR"),
+        (verify.SSH_VIA, "127.0.0.1", r"\$IMAGEFORGE_VERIFY_SSH_VIA: '127.0.0.1' is not host:port"),
+        (verify.SSH_VIA, "h:99999", r"'h:99999' is not host:port"),
+    ],
+)
+def test_bad_ssh_settings_are_one_clear_error_before_anything_is_launched(
+    scratch: Path,
+    cloud: FakeCloud,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    project, cell, record, _ = run(scratch, PASSED, monkeypatch)
+    with pytest.raises(ImageforgeError, match=message):
+        verify.verify(project, cell, record)
+    assert cloud.launched == []
