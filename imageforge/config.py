@@ -40,6 +40,7 @@ from imageforge.configtypes import (
     Text,
 )
 from imageforge.errors import ConfigError
+from imageforge.publishpolicy import PublishPolicy
 from imageforge.yamlsource import Mark
 
 
@@ -94,6 +95,9 @@ class Flavor(Model):
         default_factory=dict,
         description="cloud-config keys added to the user-data of the verification boot",
     )
+    publish: PublishPolicy | None = Field(
+        None, description="who this flavor is shared with, per cloud; overrides the top level's"
+    )
 
 
 class CellRef(Model):
@@ -122,6 +126,9 @@ class ImagesFile(Model):
     clouds: Clouds = Clouds()
     flavors: dict[FlavorName, Flavor] = Field(min_length=1)
     matrix: Matrix = Matrix()
+    publish: PublishPolicy = Field(
+        PublishPolicy(), description="who `invoke publish` shares images with; default: nobody"
+    )
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,11 @@ def _merge_defaults(raw: dict) -> dict:
 
 def _check_files(project: Project) -> None:
     images = project.images
+    if images.defaults.publish is not None:
+        raise project.error(
+            ("defaults", "publish"),
+            "the publish policy goes at the top level (`publish:`) or in a flavor",
+        )
     for name, flavor in images.flavors.items():
         for section in ("provisioners", "cleanup"):
             for index, step in enumerate(getattr(flavor, section)):

@@ -15,20 +15,26 @@ from imageforge.errors import ImageforgeError
 from imageforge.state import BuildRecord
 
 
-def find_publishable(
-    project: Project, flavor: str, cloud: str, build_id: str | None
-) -> BuildRecord:
-    """The build to publish on cloud: one built there, or a local build imported into it."""
-    candidates = [
+def candidates(project: Project, flavor: str, cloud: str) -> list[BuildRecord]:
+    """Builds that have an image on cloud, oldest first: built there, or local builds imported
+    into it."""
+    return [
         r
         for r in state.records(project.root, flavor)
         if r.cloud == cloud or any(k.split(":")[0] == cloud for k in r.imported)
     ]
+
+
+def find_publishable(
+    project: Project, flavor: str, cloud: str, build_id: str | None
+) -> BuildRecord:
+    """The build to publish on cloud: one built there, or a local build imported into it."""
+    found = candidates(project, flavor, cloud)
     if build_id:
-        candidates = [r for r in candidates if r.id == build_id]
-    if not candidates:
+        found = [r for r in found if r.id == build_id]
+    if not found:
         return state.find(project.root, flavor, cloud, build_id)  # says what is missing
-    return candidates[-1]
+    return found[-1]
 
 
 def publish(

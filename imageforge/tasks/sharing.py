@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from invoke import task
 
-from imageforge import clouds, log, matrix, state
+from imageforge import clouds, log, matrix, publishplan, state
 from imageforge import publish as publishing
-from imageforge.clouds import Housekeeper, Importer, Preflight, Sharing
+from imageforge.clouds import Housekeeper, Importer, Preflight
 from imageforge.clouds import housekeeping as rules
 from imageforge.tasks.common import friendly, project
 
@@ -40,21 +40,45 @@ def doctor(c, cloud, image=None, config=None):
                 log.info(f"ok: {line}")
 
 
-@task(
-    help=pick("image", "cloud", "build", "account", "organization", "revoke", "config"),
-    iterable=["account", "organization"],
-)
+PUBLISH_HELP = {
+    **pick("build", "account", "organization", "revoke", "config"),
+    "image": "flavor (default: every flavor in the matrix)",
+    "cloud": "aws, gcp or openstack (default: all three)",
+    "dry_run": "print the plan only; change nothing",
+}
+
+
+@task(help=PUBLISH_HELP, iterable=["account", "organization"])
 @friendly
 def publish(
-    c, image, cloud, build=None, account=None, organization=None, revoke=False, config=None
+    c,
+    image=None,
+    cloud=None,
+    build=None,
+    account=None,
+    organization=None,
+    revoke=False,
+    dry_run=False,
+    config=None,
 ):
-    """Share a verified build: public, or with named accounts (`--revoke` takes it back)."""
-    proj = project(config)
-    cell = matrix.find(proj, image, cloud)
-    record = publishing.find_publishable(proj, cell.flavor_name, cell.cloud, build)
-    accounts, orgs = tuple(account or ()), tuple(organization or ())
-    sharing = Sharing(public=not (accounts or orgs), accounts=accounts, organizations=orgs)
-    publishing.publish(proj, record, sharing, revoke=revoke, cloud_name=cell.cloud)
+    """Share verified builds as images.yml's `publish:` says; a plan first, then the changes.
+
+    Bare (or with only --image or --cloud): the newest verified build of each cell, shared per
+    its policy; cells with no policy are skipped; a cell without a verified build fails the run
+    (exit 2) after the others. With --image and --cloud: the newest build of that cell (or
+    --build), shared with --account/--organization if given, else per the cell's policy, else
+    publicly when images.yml has no policy for it; --revoke removes exactly what publish added.
+    """
+    publishplan.run(
+        project(config),
+        image,
+        cloud,
+        build=build,
+        accounts=tuple(account or ()),
+        organizations=tuple(organization or ()),
+        revoke=revoke,
+        dry_run=dry_run,
+    )
 
 
 @task(name="import", help=pick("image", "cloud", "build", "config"))

@@ -98,14 +98,14 @@ MALFORMED = {
         "flavors:\n  a:\n    provisoners: []\n",
         "images.yml:3:5: flavors.a: unknown key 'provisoners'; allowed: description, os, user, "
         "packages, provisioners, cleanup, env, tests, ports, tags, desktop, python, aiida, "
-        "verify_user_data; "
+        "verify_user_data, publish; "
         "did you mean 'provisioners'?",
     ),
     "typo under defaults": (
         "defaults:\n  tagz: {}\nflavors:\n  a: {}\n",
         "images.yml:2:3: defaults: unknown key 'tagz'; allowed: description, os, user, "
         "packages, provisioners, cleanup, env, tests, ports, tags, desktop, python, aiida, "
-        "verify_user_data; "
+        "verify_user_data, publish; "
         "did you mean 'tags'?",
     ),
     "bad package name": (

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 PLACE = "gcp"
 IMAGE_USER = "roles/compute.imageUser"
 EVERYONE = "allAuthenticatedUsers"
+EVERYONES = ("allUsers", EVERYONE)  # members a publish policy may name as well
 MEMBER_TYPES = ("user:", "group:", "serviceAccount:", "domain:", "principal://", "principalSet://")
 INACTIVE = ("DEPRECATED", "OBSOLETE", "DELETED")
 POLICY_VERSION = 3  # read conditional bindings intact, so writing back never drops them
@@ -96,7 +97,7 @@ def _members(sharing: Sharing) -> list[str]:
         return [EVERYONE]
     if not sharing.accounts:
         raise ImageforgeError("nothing to share with", hint="name a member: --account user:a@b.c")
-    bad = [a for a in sharing.accounts if not a.startswith(MEMBER_TYPES)]
+    bad = [a for a in sharing.accounts if a not in EVERYONES and not a.startswith(MEMBER_TYPES)]
     if bad:
         raise ImageforgeError(
             f"not an IAM member: {', '.join(bad)}",

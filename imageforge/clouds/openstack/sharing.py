@@ -82,7 +82,10 @@ def _kept(added: dict[str, Any], cloud: str, entry: dict[str, Any]) -> dict[str,
 
 
 def target_visibility(project: Project, sharing: Sharing) -> str | None:
-    """What publish sets: public (or community, per images.yml), shared, or nothing."""
+    """What publish sets: the visibility a publish policy names, else public (or community,
+    per images.yml), shared, or nothing."""
+    if sharing.visibility:
+        return sharing.visibility
     if sharing.public:
         wanted = project.images.clouds.openstack.image_visibility
         return "community" if wanted == "community" else "public"
