@@ -14,7 +14,8 @@ Responses are checked against the document as well (500 if the fake itself drift
 
 Implemented: images get, list, insert, delete, deprecate, getFromFamily, getIamPolicy,
 setIamPolicy; globalOperations and zoneOperations get and wait; instances and disks insert,
-get, delete and aggregatedList. State lives in memory; IAM etags change on every set, and a
+get, delete and aggregatedList; firewalls insert, get, delete and list. A new instance gets an
+internal address per network interface and an external one per ONE_TO_ONE_NAT access config. State lives in memory; IAM etags change on every set, and a
 set with a stale etag gets 412 like the real API. Mutations return an Operation; with
 `operation_polls` > 0 it is RUNNING until polled that many times (or waited on).
 """
@@ -412,6 +413,8 @@ class FakeGce:
             self.operations: dict[tuple[str, str, str], _Operation] = {}
             self.instances: dict[tuple[str, str, str], dict[str, Any]] = {}
             self.disks: dict[tuple[str, str, str], dict[str, Any]] = {}
+            self.firewalls: dict[tuple[str, str], dict[str, Any]] = {}
+            self._addresses = itertools.count(2)
             self.log: list[Call] = []
             self.hooks: dict[str, list[Callable[[FakeGce, Request], None]]] = {}
             self.operation_polls = 0
@@ -831,6 +834,38 @@ def _attach(
     }
 
 
+def _network_link(project: str, network: str | None) -> str:
+    """A network (name, partial or full URL; the default network if none) as a full URL."""
+    network = network or "default"
+    if network.startswith(SELF_LINK_BASE):
+        return network
+    if network.startswith("projects/"):
+        return SELF_LINK_BASE + network
+    if "/" in network:
+        return f"{SELF_LINK_BASE}projects/{project}/{network}"
+    return f"{SELF_LINK_BASE}projects/{project}/global/networks/{network}"
+
+
+def _interface(fake: FakeGce, project: str, index: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """A network interface as the API reports it: its network, an internal address, and an
+    external one (from TEST-NET-3) for each ONE_TO_ONE_NAT access config."""
+    number = next(fake._addresses)
+    network = _network_link(project, spec.get("network"))
+    configs = []
+    for config in spec.get("accessConfigs", []):
+        if config.get("type", "ONE_TO_ONE_NAT") != "ONE_TO_ONE_NAT":
+            raise invalid(f"Invalid value for field 'accessConfigs.type': '{config['type']}'")
+        configs.append({"kind": "compute#accessConfig", **config, "natIP": f"203.0.113.{number}"})
+    return {
+        **spec,
+        "kind": "compute#networkInterface",
+        "name": f"nic{index}",
+        "network": network,
+        "networkIP": f"10.132.0.{number}",
+        "accessConfigs": configs,
+    }
+
+
 @handles("compute.instances.insert")
 def _instances_insert(fake: FakeGce, request: Request) -> dict[str, Any]:
     project, zone = fake._project(request), request.params["zone"]
@@ -840,8 +875,12 @@ def _instances_insert(fake: FakeGce, request: Request) -> dict[str, Any]:
     if (project, zone, name) in fake.instances:
         raise ApiError(409, "alreadyExists", f"The resource '{link}' already exists")
     disks = [_attach(fake, project, zone, name, i, d) for i, d in enumerate(body.get("disks", []))]
+    interfaces = [
+        _interface(fake, project, i, n) for i, n in enumerate(body.get("networkInterfaces", []))
+    ]
     instance = {
         **body,
+        "networkInterfaces": interfaces,
         "kind": "compute#instance",
         "id": fake._id(),
         "creationTimestamp": fake._tick(),
@@ -914,6 +953,83 @@ def _instances_aggregated(fake: FakeGce, request: Request) -> dict[str, Any]:
 @handles("compute.disks.aggregatedList")
 def _disks_aggregated(fake: FakeGce, request: Request) -> dict[str, Any]:
     return _aggregated(fake, request, fake.disks, "disks")
+
+
+# --- firewalls -------------------------------------------------------------------------------
+
+
+def _firewall_link(project: str, name: str) -> str:
+    return f"{SELF_LINK_BASE}projects/{project}/global/firewalls/{name}"
+
+
+def _firewall(fake: FakeGce, project: str, name: str) -> dict[str, Any]:
+    rule = fake.firewalls.get((project, name))
+    if rule is None:
+        raise not_found(f"projects/{project}/global/firewalls/{name}")
+    return rule
+
+
+@handles("compute.firewalls.insert")
+def _firewalls_insert(fake: FakeGce, request: Request) -> dict[str, Any]:
+    """Like the API: one of allowed/denied, source ranges or tags for INGRESS, defaults filled."""
+    project = fake._project(request)
+    body = _writable(fake, "Firewall", request.body)
+    name, link = body["name"], _firewall_link(project, body["name"])
+    if (project, name) in fake.firewalls:
+        raise ApiError(409, "alreadyExists", f"The resource '{link}' already exists")
+    if bool(body.get("allowed")) == bool(body.get("denied")):
+        raise invalid("Exactly one of 'allowed' or 'denied' must be specified")
+    for rule in body.get("allowed", []) + body.get("denied", []):
+        if "IPProtocol" not in rule:
+            raise invalid("Required field 'IPProtocol' not specified")
+    direction = body.get("direction", "INGRESS")
+    if direction == "INGRESS" and not (body.get("sourceRanges") or body.get("sourceTags")):
+        body["sourceRanges"] = ["0.0.0.0/0"]  # what the API does: worth a test to forbid
+    network = _network_link(project, body.get("network"))
+    rule = {
+        "priority": 1000,
+        **body,
+        "kind": "compute#firewall",
+        "id": fake._id(),
+        "creationTimestamp": fake._tick(),
+        "selfLink": link,
+        "network": network,
+        "direction": direction,
+        "disabled": bool(body.get("disabled", False)),
+    }
+    fake.firewalls[(project, name)] = rule
+    return fake._operation(project, "insert", link, rule["id"])
+
+
+@handles("compute.firewalls.get")
+def _firewalls_get(fake: FakeGce, request: Request) -> dict[str, Any]:
+    project = fake._project(request)
+    return copy.deepcopy(_firewall(fake, project, request.params["firewall"]))
+
+
+@handles("compute.firewalls.delete")
+def _firewalls_delete(fake: FakeGce, request: Request) -> dict[str, Any]:
+    project = fake._project(request)
+    rule = _firewall(fake, project, request.params["firewall"])
+    del fake.firewalls[(project, rule["name"])]
+    return fake._operation(project, "delete", rule["selfLink"], rule["id"])
+
+
+@handles("compute.firewalls.list")
+def _firewalls_list(fake: FakeGce, request: Request) -> dict[str, Any]:
+    project = fake._project(request)
+    mine = [rule for (p, _), rule in sorted(fake.firewalls.items()) if p == project]
+    items, token = _page(request, _filtered(request, mine))
+    result: dict[str, Any] = {
+        "kind": "compute#firewallList",
+        "id": f"projects/{project}/global/firewalls",
+        "selfLink": f"{SELF_LINK_BASE}projects/{project}/global/firewalls",
+    }
+    if items:
+        result["items"] = items
+    if token:
+        result["nextPageToken"] = token
+    return result
 
 
 @handles("compute.zoneOperations.get")

@@ -1,4 +1,4 @@
-"""GCP prune (images) and sweep (build instances and disks a killed build left)."""
+"""GCP prune (images) and sweep (instances, disks and firewall rules a killed build left)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from imageforge.clouds import housekeeping
 from imageforge.clouds.common import BUILD_KEY, FLAVOR_KEY, Outcome, label
 from imageforge.clouds.gcp.connection import Gce, project_id
+from imageforge.clouds.gcp.launch import described_build, verify_prefix
 from imageforge.clouds.gcp.sharing import IMAGE_USER, get_policy
 from imageforge.clouds.housekeeping import Image, packer_made, report, still_needed
 from imageforge.clouds.sdkerrors import errors_into
@@ -43,8 +44,10 @@ class GcpHousekeeping:
         )
 
     def sweep(self, project: Project, *, apply: bool, min_age_minutes: int) -> list[Outcome]:
-        """Build instances (Packer puts our labels on them), their boot disks (Packer creates
-        them with autoDelete off), and our labelled disks that no other instance uses."""
+        """Build and verification instances (both carry our labels), the boot disks of build
+        instances (Packer creates them with autoDelete off), our labelled disks that no other
+        instance uses, and verification firewall rules (named <prefix>-verify-..., their build
+        in the description)."""
         gce = Gce(project_id(project))
         builds = housekeeping.builds_by_status(project)
 
@@ -59,16 +62,20 @@ class GcpHousekeeping:
                 if packer_made(project, i.name, dict(i.labels))
             ]
             disks_found = _labelled(gce, "DisksClient", "disks")
+            rules = _verification_rules(gce, project)
         kept = {i.self_link: why_kept(i) for _, i in instances}
         doomed = {link for link, reason in kept.items() if not reason}
         disks: dict[str, tuple[str, str, str]] = {}
+        going = set()  # autoDelete disks of doomed instances: they go with the instance
         for zone, instance in instances:
             for attached in instance.disks:
                 if attached.boot and not attached.auto_delete:
                     name = attached.source.rsplit("/", 1)[-1]
                     disks[attached.source] = (zone, name, kept[instance.self_link])
+                elif attached.auto_delete and instance.self_link in doomed:
+                    going.add(attached.source)
         for zone, disk in disks_found:
-            free = disk.self_link not in disks and set(disk.users) <= doomed
+            free = disk.self_link not in {*disks, *going} and set(disk.users) <= doomed
             if free and packer_made(project, disk.name, dict(disk.labels)):
                 disks[disk.self_link] = (zone, disk.name, why_kept(disk))
         outcomes = []
@@ -82,7 +89,23 @@ class GcpHousekeeping:
         for zone, name, reason in disks.values():
             outcome = report(f"{gce.project}/{zone}", f"disk {name}", reason, apply)
             outcomes.append(_remove(gce, outcome, apply, "DisksClient", zone, disk=name))
+        for rule, build in rules:
+            reason = still_needed(build, rule.creation_timestamp, min_age_minutes, builds)
+            outcome = report(
+                gce.project, f"firewall rule {rule.name} (build {build})", reason, apply
+            )
+            outcomes.append(_remove(gce, outcome, apply, "FirewallsClient", "", firewall=rule.name))
         return outcomes
+
+
+def _verification_rules(gce: Gce, project: Project) -> list[tuple[Any, str]]:
+    """(rule, build id) of every firewall rule a verification made: our name and its build."""
+    found = gce.client("FirewallsClient").list(request={"project": gce.project})
+    return [
+        (rule, described_build(rule.description))
+        for rule in found
+        if rule.name.startswith(verify_prefix(project)) and described_build(rule.description)
+    ]
 
 
 def _labelled(gce: Gce, kind: str, attribute: str) -> list[tuple[str, Any]]:
@@ -104,7 +127,8 @@ def _remove(
     if apply and outcome.changes:
         with errors_into(outcome):
             client = gce.client(kind)
-            gce.wait(client.delete_unary(project=gce.project, zone=zone, **resource))
+            scope = {"zone": zone} if zone else {}
+            gce.wait(client.delete_unary(project=gce.project, **scope, **resource))
         if outcome.error:
             outcome.changes = []
     return outcome

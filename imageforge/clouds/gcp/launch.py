@@ -1,0 +1,253 @@
+"""A Compute Engine instance of a build's image for verification, torn down on every exit path.
+
+Names derive from the build id, so teardown (and a rerun, and `invoke sweep`) finds what a
+verification made even when a signal came between an API call and its answer: the instance
+`<prefix>-verify-<flavor>-<build id>` (with our labels) and the firewall rule
+`<prefix>-verify-<build id>` (firewall rules have no labels: its description names the build),
+which admits tcp/22 from one CIDR to the instance's network tag of the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from imageforge import __version__, log
+from imageforge.clouds.common import (
+    BUILD_KEY,
+    COMMIT_KEY,
+    FLAVOR_KEY,
+    OS_USERS,
+    TEMPLATE_KEY,
+    VERSION_KEY,
+    Instance,
+    label,
+)
+from imageforge.clouds.gcp.connection import Gce
+from imageforge.clouds.gcp.sharing import locate
+from imageforge.clouds.sdkerrors import why
+from imageforge.errors import ImageforgeError, Interrupted
+
+if TYPE_CHECKING:
+    from imageforge.config import Project
+    from imageforge.matrix import Cell
+    from imageforge.state import BuildRecord
+
+GCE_NAME_LENGTH = 63
+# The firewall rule's description names its build: sweep reads it back.
+DESCRIPTION = "imageforge verification SSH from {source}; " + BUILD_KEY + "={build}"
+DESCRIBED_BUILD = re.compile(re.escape(BUILD_KEY) + r"=(\S+)")
+
+
+def gce_name(text: str) -> str:
+    """A resource name as GCE allows it ([a-z]([-a-z0-9]*[a-z0-9])?, 63 at most); a longer one
+    is cut and keeps a hash of the whole, so it stays unique."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    if len(name) > GCE_NAME_LENGTH:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = name[: GCE_NAME_LENGTH - 9].rstrip("-") + "-" + digest
+    return name
+
+
+def verify_prefix(project: Project) -> str:
+    return f"{project.images.settings.name_prefix}-verify-"
+
+
+def ssh_source(ssh_from: str) -> str:
+    """The CIDR that may reach SSH; one address or a network, never everyone."""
+    try:
+        network = ipaddress.ip_network(ssh_from.strip(), strict=False)
+    except ValueError:
+        raise ImageforgeError(
+            f"ssh_from: {ssh_from!r} is not an IP address or CIDR (like 203.0.113.7/32)"
+        ) from None
+    if network.prefixlen == 0:
+        raise ImageforgeError(f"ssh_from: {ssh_from} would admit SSH from everyone")
+    return str(network)
+
+
+def described_build(description: str) -> str:
+    """The build id a verification firewall rule's description names, or ""."""
+    match = DESCRIBED_BUILD.search(description or "")
+    return match[1] if match else ""
+
+
+class GcpLauncher:
+    @contextlib.contextmanager
+    def launch(
+        self,
+        project: Project,
+        cell: Cell,
+        record: BuildRecord,
+        *,
+        public_key: str,
+        user_data: str,
+        ssh_from: str,
+    ) -> Iterator[Instance]:
+        source = ssh_source(ssh_from)
+        verification = Verification(project, cell, record)
+        pending = verification.remove()  # what a killed verification of this build left
+        if pending is not None:
+            raise pending
+        failed = True
+        try:
+            yield verification.start(public_key, user_data, source)
+            failed = False
+        finally:
+            pending = verification.remove()
+            if pending is not None and not failed:
+                raise pending
+
+
+class Verification:
+    """The instance and firewall rule of one build's verification in the configured zone."""
+
+    def __init__(self, project: Project, cell: Cell, record: BuildRecord) -> None:
+        self.settings = project.images.clouds.gcp
+        self.record, self.zone = record, self.settings.zone
+        where, self.image = locate(project, record)
+        self.gce = Gce(where)
+        self.rule = gce_name(f"{verify_prefix(project)}{record.id}")
+        self.tag = self.rule
+        self.name = gce_name(f"{verify_prefix(project)}{cell.flavor_name}-{record.id}")
+        self.user = OS_USERS[cell.os]
+        ours = {
+            FLAVOR_KEY: cell.flavor_name,
+            BUILD_KEY: record.id,
+            COMMIT_KEY: record.git_commit or "unknown",
+            TEMPLATE_KEY: record.template_hash or "unknown",
+            VERSION_KEY: __version__.replace(".", "-"),
+        }
+        tags = {**project.images.defaults.tags, **cell.flavor.tags, **self.settings.labels, **ours}
+        self.labels = {label(k): label(v) for k, v in tags.items()}
+
+    # --- creation ---------------------------------------------------------------------------
+
+    def start(self, public_key: str, user_data: str, source: str) -> Instance:
+        from google.cloud import compute_v1
+
+        gce, instances = self.gce, self.gce.client("InstancesClient")
+        image = f"projects/{gce.project}/global/images/{self.image}"
+        with gce.errors(f"create the verification instance {self.name} of {self.image}"):
+            gce.wait(
+                instances.insert_unary(
+                    project=gce.project,
+                    zone=self.zone,
+                    instance_resource=self.instance(image, public_key, user_data),
+                )
+            )
+            created = instances.get(project=gce.project, zone=self.zone, instance=self.name)
+        log.info(f"launched {self.name} from {self.image} in {self.zone}")
+        interface = created.network_interfaces[0]
+        rule = compute_v1.Firewall(
+            name=self.rule,
+            description=DESCRIPTION.format(source=source, build=self.record.id),
+            network=interface.network,
+            direction="INGRESS",
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
+            source_ranges=[source],
+            target_tags=[self.tag],
+        )
+        with gce.errors(f"create the firewall rule {self.rule}"):
+            firewalls = gce.client("FirewallsClient")
+            gce.wait(firewalls.insert_unary(project=gce.project, firewall_resource=rule))
+        external = [c.nat_i_p for c in interface.access_configs if c.nat_i_p]
+        return Instance(self.name, (external or [interface.network_i_p])[0], self.zone)
+
+    def instance(self, image: str, public_key: str, user_data: str) -> Any:
+        """The instance: boot disk from the image (deleted with it), the network of the build
+        with an external address, cloud-init's user-data, the key, our labels and tag."""
+        from google.cloud import compute_v1
+
+        metadata = {"user-data": user_data, "ssh-keys": f"{self.user}:{public_key.strip()}"}
+        return compute_v1.Instance(
+            name=self.name,
+            machine_type=f"zones/{self.zone}/machineTypes/{self.settings.machine_type}",
+            disks=[
+                compute_v1.AttachedDisk(
+                    boot=True,
+                    auto_delete=True,
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=image, labels=self.labels
+                    ),
+                )
+            ],
+            network_interfaces=[self.interface()],
+            metadata=compute_v1.Metadata(
+                items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]
+            ),
+            labels=self.labels,
+            tags=compute_v1.Tags(items=[self.tag]),
+        )
+
+    def interface(self) -> Any:
+        from google.cloud import compute_v1
+
+        interface = compute_v1.NetworkInterface(
+            access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
+        )
+        network, subnetwork = self.settings.network, self.settings.subnetwork
+        if network:
+            interface.network = network if "/" in network else f"global/networks/{network}"
+        if subnetwork:
+            region = self.zone.rsplit("-", 1)[0]
+            interface.subnetwork = (
+                subnetwork if "/" in subnetwork else f"regions/{region}/subnetworks/{subnetwork}"
+            )
+        return interface
+
+    # --- teardown ---------------------------------------------------------------------------
+
+    def remove(self) -> BaseException | None:
+        """Delete the instance (waiting until it is gone), then the firewall rule, each even
+        when the other failed; failures are warnings. An interrupt that came meanwhile is
+        returned, for the caller to raise unless an error is already on its way."""
+        pending = None
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"delete the verification instance {self.name}", self.remove_instance),
+            (f"delete the firewall rule {self.rule}", self.remove_rule),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except BaseException as exc:  # Ctrl-C too: the rest must still go
+                if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
+                    pending = pending or exc
+                reason = str(exc) if isinstance(exc, ImageforgeError) else why(exc)
+                log.warn(
+                    f"GCP ({self.gce.project}/{self.zone}): could not {what} of build "
+                    f"{self.record.id}: {reason or type(exc).__name__}; "
+                    "`invoke sweep --cloud gcp` finds it"
+                )
+        return pending
+
+    def remove_instance(self) -> None:
+        from google.api_core import exceptions
+
+        instances = self.gce.client("InstancesClient")
+        try:
+            found = instances.get(project=self.gce.project, zone=self.zone, instance=self.name)
+        except exceptions.NotFound:
+            return
+        if found.labels.get(BUILD_KEY) != label(self.record.id):
+            raise ImageforgeError(f"instance {self.name} is not labelled as build {self.record.id}")
+        self.gce.wait(
+            instances.delete_unary(project=self.gce.project, zone=self.zone, instance=self.name)
+        )
+        log.info(f"deleted {self.name} in {self.zone}")
+
+    def remove_rule(self) -> None:
+        from google.api_core import exceptions
+
+        firewalls = self.gce.client("FirewallsClient")
+        try:
+            found = firewalls.get(project=self.gce.project, firewall=self.rule)
+        except exceptions.NotFound:
+            return
+        if described_build(found.description) != self.record.id:
+            raise ImageforgeError(f"firewall rule {self.rule} does not name build {self.record.id}")
+        self.gce.wait(firewalls.delete_unary(project=self.gce.project, firewall=self.rule))
