@@ -74,7 +74,8 @@ def run(
     else:
         failed = apply(project, entries, revoke=revoke)
     if failed:
-        raise Unpublished(f"not published: {'; '.join(failed)}")
+        names = ", ".join(line.split(":")[0] for line in failed)
+        raise Unpublished(f"not published: {names} (the reasons are above)")
     return entries
 
 
@@ -100,6 +101,8 @@ def _planned(project: Project, cell: Cell) -> Entry:
     verified = [r for r in found if r.verified]
     if not verified:
         how = f"`invoke build --image {cell.flavor_name} --cloud {cell.cloud}`"
+        if cell.cloud == "openstack":
+            how += f" (or `invoke import --image {cell.flavor_name}` of a local build)"
         if not found:
             return Entry(cell, sharing=sharing, problem=f"no build yet; {how} makes one")
         newest = found[-1]
@@ -156,7 +159,7 @@ def changes(entry: Entry, *, revoke: bool = False) -> tuple[str, list[str]]:
     assert entry.record is not None and entry.sharing is not None
     publication = entry.record.published.get(entry.place)
     done = publication.sharing if publication and publication.status == "published" else None
-    recorded = f"shared ({done})" if done else "not shared"
+    recorded = f"shared ({done})" if done else "not shared yet"
     if revoke:
         if publication is None or not publication.added:
             return recorded, []
@@ -182,7 +185,7 @@ def show(entries: list[Entry], *, revoke: bool = False) -> None:
     for entry in entries:
         name = entry.cell.name
         if entry.problem:
-            log.warn(f"{name}: cannot publish: {entry.problem}")
+            log.info(f"  {name}: cannot publish: {entry.problem}")
             continue
         if entry.record is None or entry.sharing is None:
             log.info(f"  {name}: skipped: {entry.skipped}")

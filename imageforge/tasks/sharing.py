@@ -15,7 +15,6 @@ HELP = {
     "cloud": "aws, gcp or openstack (local builds are published by `import` to openstack)",
     "config": "path to images.yml (default: ./images.yml)",
     "build": "build id (default: the newest build)",
-    "account": "share with this account/project/member instead of everyone (repeatable)",
     "organization": "AWS: share with this organization or OU ARN (repeatable)",
     "revoke": "remove exactly what publish added",
     "keep": "how many of the newest images per flavor to keep (1 or more)",
@@ -41,9 +40,11 @@ def doctor(c, cloud, image=None, config=None):
 
 
 PUBLISH_HELP = {
-    **pick("build", "account", "organization", "revoke", "config"),
+    **pick("build", "organization", "revoke", "config"),
     "image": "flavor (default: every flavor in the matrix)",
     "cloud": "aws, gcp or openstack (default: all three)",
+    "account": "share with this account/project/member instead of what the policy says "
+    "(repeatable)",
     "dry_run": "print the plan only; change nothing",
 }
 
