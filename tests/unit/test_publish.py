@@ -81,3 +81,15 @@ def test_a_failed_place_is_reported_and_what_was_added_is_still_recorded(
     with pytest.raises(ImageforgeError, match="publish incomplete in us-east-1"):
         publish.publish(project, record, Sharing())
     assert state.load(record.directory).added("aws") == {"eu-west-1": ["all"]}
+
+
+def test_publish_records_who_it_was_shared_with(
+    project: config.Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = make_record(project.root / "artifacts", "a", "local")
+    record = state.imported(record, "openstack:openstack", "glance-1")
+    use(monkeypatch, FakeSharer([Outcome("openstack", "image glance-1", ["shared"])], {}))
+    sharing = Sharing(public=False, accounts=("p1", "p2"), visibility="shared")
+    publish.publish(project, record, sharing, cloud_name="openstack")
+    saved = state.load(record.directory).published["openstack"]
+    assert saved.sharing == "visibility shared; shared with p1, p2"

@@ -20,7 +20,7 @@ from imageforge.publishplan import Unpublished
 from imageforge.tasks import sharing as sharing_tasks
 from tests.records import make_record
 
-from .conftest import write
+from .conftest import ROOT, write
 
 AMI = "ami-0123456789abcdef0"
 POLICY = """\
@@ -360,3 +360,17 @@ def test_bare_publish_is_idempotent_against_moto(
     again = state.load(record.directory).published["aws"]
     assert [o["changes"] for o in again.outcomes] == [[]]
     assert again.added == first.added == {"eu-west-1": [{"Group": "all"}]}
+
+
+def test_the_commented_example_in_the_shipped_images_yml_is_valid(scratch: Path) -> None:
+    shipped = (ROOT / "images.yml").read_text().splitlines()
+    start = shipped.index("# publish:")
+    example = []
+    for line in shipped[start:]:
+        if not line.startswith("#"):
+            break
+        example.append(line.removeprefix("# "))
+    project = load(scratch, "\n".join(example) + "\nflavors:\n  a: {}\n")
+    assert project.images.publish.aws == publishpolicy.AwsPublish(public=True)
+    assert project.images.publish.openstack.visibility == "community"
+    assert matrix.load(ROOT / "images.yml").images.publish == publishpolicy.PublishPolicy()
