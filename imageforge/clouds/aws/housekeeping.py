@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds import housekeeping
 from imageforge.clouds.aws.client import ec2, errors, regions, tags
+from imageforge.clouds.aws.launch import VERIFY_PREFIX
 from imageforge.clouds.common import BUILD_KEY, FLAVOR_KEY, Outcome
 from imageforge.clouds.housekeeping import PACKER_NAME, Image, packer_made, report, still_needed
 from imageforge.clouds.sdkerrors import errors_into
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
     from imageforge.config import Project
 
 LIVE = ["pending", "running", "stopping", "stopped"]
+# Packer's temporary key pairs and groups, and those of a verification instance (launch.py).
+TEMPORARY = re.compile(PACKER_NAME.pattern + "|^" + re.escape(VERIFY_PREFIX) + "[0-9a-z-]+$")
 
 
 class AwsHousekeeping:
@@ -60,8 +64,9 @@ def _delete(image: Image) -> None:
 
 
 class RegionSweep:
-    """Build instances with our tags, and Packer's packer_* key pairs and security groups
-    and our tagged volumes, even when their instance is gone."""
+    """Build and verification instances with our tags; Packer's packer_* and verification
+    imageforge-verify-* key pairs and security groups, and our tagged volumes, even when
+    their instance is gone."""
 
     def __init__(self, project: Project, region: str, min_age_minutes: int) -> None:
         self.project, self.region, self.client = project, region, ec2(region)
@@ -101,13 +106,13 @@ class RegionSweep:
         return still_needed(tags(resource).get(BUILD_KEY, ""), created, self.minutes, self.builds)
 
     def key_pairs(self, doomed: list[dict], kept: list[dict]) -> dict[str, str]:
-        """packer_* key pairs of our builds: by tag and age, or used by a doomed instance."""
+        """Temporary key pairs of our builds: by tag and age, or used by a doomed instance."""
         used = {i.get("KeyName") for i in doomed}
         busy = {i.get("KeyName") for i in kept}
         found = {}
         for key in self.client.describe_key_pairs()["KeyPairs"]:
             name = key["KeyName"]
-            if not PACKER_NAME.match(name) or name in busy:
+            if not TEMPORARY.match(name) or name in busy:
                 continue
             if name in used:
                 found[name] = ""
@@ -116,17 +121,22 @@ class RegionSweep:
         return found
 
     def security_groups(self, doomed: list[dict], kept: list[dict]) -> dict[str, str]:
-        """packer_* groups (they have no creation time): those of a doomed instance, or
+        """Temporary groups (they have no creation time): those of a doomed instance, or
         tagged with a build that ended here, in neither case used by another instance."""
 
         def group_ids(instances: list[dict]) -> set[str]:
-            return {g["GroupId"] for i in instances for g in i.get("SecurityGroups", [])}
+            """The instances' groups, their network interfaces' included (moto lists a group
+            given through NetworkInterfaces only there)."""
+            interfaces = [n for i in instances for n in i.get("NetworkInterfaces", [])]
+            groups = [g for i in instances for g in i.get("SecurityGroups", [])]
+            groups += [g for n in interfaces for g in n.get("Groups", [])]
+            return {g["GroupId"] for g in groups}
 
         used, busy = group_ids(doomed), group_ids(kept)
         found = {}
         for group in self.client.describe_security_groups()["SecurityGroups"]:
             gid, build = group["GroupId"], tags(group).get(BUILD_KEY, "")
-            if not PACKER_NAME.match(group.get("GroupName", "")) or gid in busy:
+            if not TEMPORARY.match(group.get("GroupName", "")) or gid in busy:
                 continue
             ended = self.builds.get(build) not in (None, "building")
             if gid in used or ended:

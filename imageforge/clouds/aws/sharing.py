@@ -1,5 +1,8 @@
 """AWS sharing: a LaunchPermission on each AMI plus createVolumePermission on its snapshots.
 
+Publish covers every AMI of a build: the one(s) it recorded at build time and the region copies
+made after verification (record.copies), each with its snapshots.
+
 What publish added is kept per region as the permissions it added ({region: [permission]}),
 so unpublish removes exactly those and leaves what someone else granted.
 """
@@ -28,7 +31,7 @@ class AwsSharing:
     def publish(self, project: Project, record: BuildRecord, sharing: Sharing) -> Published:
         wanted = permissions(sharing)
         outcomes, new = [], {}
-        for region, ami in sorted(record.artifact_ids.items()):
+        for region, ami in sorted(amis(record).items()):
             outcome = Outcome(region, ami)
             outcomes.append(outcome)
             with errors_into(outcome):
@@ -41,13 +44,18 @@ class AwsSharing:
     def unpublish(self, project: Project, record: BuildRecord, sharing: Sharing) -> Published:
         added = added_before(record, PLACE)
         outcomes = []
-        for region, ami in sorted(record.artifact_ids.items()):
+        for region, ami in sorted(amis(record).items()):
             outcome = Outcome(region, ami)
             outcomes.append(outcome)
             with errors_into(outcome):
                 outcome.changes = AmiSharing(region, ami).unshare(added.get(region, []))
                 added.pop(region, None)
         return Published(outcomes, added)
+
+
+def amis(record: BuildRecord) -> dict[str, str]:
+    """Every AMI of a build by region: built, then copied after verification."""
+    return {**record.artifact_ids, **record.copies}
 
 
 def permissions(sharing: Sharing) -> list[Permission]:

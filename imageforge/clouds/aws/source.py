@@ -24,6 +24,7 @@ class AwsSource(SourceDefaults):
         ami = aws.source_ami[cell.os]
         tags = metadata(project, cell, aws.tags)
         # Instances, volumes and key pairs carry the same tags, so a sweep finds leftovers.
+        # No ami_regions: copies to copy_regions are made once the AMI verified (distribute).
         return {
             "region": aws.region,
             "instance_type": None if aws.spot else aws.instance_type,
@@ -33,7 +34,6 @@ class AwsSource(SourceDefaults):
             "vpc_id": aws.vpc_id,
             "ami_name": image_name(project, cell, aws.ami_name),
             "description": cell.flavor.description or f"imageforge {cell.flavor_name}",
-            "copy_regions": list(aws.copy_regions),
             "encrypt_boot": aws.encrypt_boot,
             "communicator": aws.communicator,
             "ssh_username": self.ssh_username(cell.os),
