@@ -78,6 +78,13 @@ class FakeNova:
         mocker.get(re.compile(rf"{COMPUTE}/servers/detail(\?.*)?$"), json=self._servers)
         mocker.get(re.compile(rf"{COMPUTE}/os-keypairs(\?.*)?$"), json=self._keypairs)
         mocker.delete(re.compile(rf"{COMPUTE}/os-keypairs/[^/]+$"), json=self._delete_keypair)
+        # Neutron: no verification security groups or floating IPs here.
+        network = "https://network.example.com"
+        link = {"rel": "self", "href": f"{network}/v2.0/"}
+        mocker.get(f"{network}/", json={"versions": [{"id": "v2.0", "status": "CURRENT",
+                                                      "links": [link]}]})  # fmt: skip
+        for path, key in (("security-groups", "security_groups"), ("floatingips", "floatingips")):
+            mocker.get(re.compile(rf"{network}/v2\.0/{path}(\?.*)?$"), json={key: []})
         cinder = {
             "id": "v3.0",
             "status": "CURRENT",

@@ -273,3 +273,58 @@ def test_nova_schemas_take_a_good_body() -> None:
     body = {"server": {"name": "x", "flavorRef": "3", "networks": "auto", "imageRef": PRIVATE_NET,
                        "user_data": base64.b64encode(b"#cloud-config").decode()}}  # fmt: skip
     check_nova("servers", "2.96", body)
+
+
+# --- sweep finds what a killed verification left ---------------------------------------------
+
+
+def leave_behind(project: config.Project, build: BuildRecord) -> None:
+    """Everything a verification makes, as a killed one leaves it."""
+    cell = matrix.find(project, FLAVOR, "openstack")
+    source = launch.ssh_source(SSH_FROM)
+    launch.Verification(project, cell, build).start(KEY, USER_DATA, source)
+
+
+def test_sweep_removes_verification_leftovers_and_nothing_else(scratch, cloud, nova) -> None:
+    import openstack
+
+    project = load(scratch, "    cloud: openstack\n    floating_ip_pool: public\n")
+    leave_behind(project, built(scratch, cloud, nova))
+    conn = openstack.connect(cloud="openstack")
+    conn.compute.create_keypair(name="someones-key", public_key=KEY)
+    conn.network.create_security_group(name="web", description=f"imageforge-build-id={BUILD}")
+    conn.network.create_security_group(name=f"imageforge-verify-{BUILD}-x", description="mine")
+    (ip,) = nova.floating_ips.values()
+
+    dry = os_cloud.CLOUD.sweep(project, apply=False, min_age_minutes=0)
+    assert {(o.subject.split(" (")[0], tuple(o.changes)) for o in dry} == {
+        (f"server {next(iter(nova.servers))} {SERVER}", ("would remove",)),
+        (f"floating IP {ip['floating_ip_address']}", ("would remove",)),
+        (f"security group {NAME}", ("would remove",)),
+        (f"key pair {NAME}", ("would remove",)),
+    }
+    done = os_cloud.CLOUD.sweep(project, apply=True, min_age_minutes=0)
+    assert [o.error for o in done] == [None] * 4
+    assert nova.leftovers() == {
+        **NOTHING,
+        "keypairs": ["someones-key"],
+        "security_groups": [f"imageforge-verify-{BUILD}-x", "web"],
+    }
+
+
+def test_sweep_keeps_the_verification_of_a_running_build(scratch, cloud, nova, tmp_path) -> None:
+    project = load(scratch)
+    leave_behind(project, built(tmp_path / "elsewhere", cloud, nova))
+    make_record(scratch, FLAVOR, "openstack", BUILD, status="building")
+    done = os_cloud.CLOUD.sweep(project, apply=True, min_age_minutes=0)
+    assert len(done) == 3
+    assert all(o.subject.endswith(f"kept: build {BUILD} is still building here") for o in done)
+    assert nova.leftovers()["servers"] == [SERVER] and nova.leftovers()["keypairs"] == [NAME]
+
+
+def test_sweep_keeps_young_verification_leftovers(scratch, cloud, nova) -> None:
+    project = load(scratch)
+    leave_behind(project, built(scratch, cloud, nova))
+    done = os_cloud.CLOUD.sweep(project, apply=True, min_age_minutes=10**8)
+    assert len(done) == 3 and not any(o.changes for o in done)
+    assert nova.leftovers()["security_groups"] == [NAME]
