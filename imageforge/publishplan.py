@@ -62,7 +62,8 @@ def run(
             "--build, --account, --organization and --revoke act on one cell: "
             "give --image and --cloud too"
         )
-    if image is not None and cloud is not None:
+    one_cell = image is not None and cloud is not None
+    if one_cell:
         cell = matrix.find(project, image, cloud)
         entries = [one(project, cell, build, accounts, organizations, revoke=revoke)]
     else:
@@ -72,7 +73,7 @@ def run(
         log.info("dry run: nothing was changed")
         failed = [f"{e.cell.name}: {e.problem}" for e in entries if e.problem]
     else:
-        failed = apply(project, entries, revoke=revoke)
+        failed = apply(project, entries, revoke=revoke, keep_going=not one_cell)
     if failed:
         names = ", ".join(line.split(":")[0] for line in failed)
         raise Unpublished(f"not published: {names} (the reasons are above)")
@@ -199,8 +200,11 @@ def show(entries: list[Entry], *, revoke: bool = False) -> None:
         log.info(f"    will change: {'; '.join(will) if will else 'nothing (already so)'}")
 
 
-def apply(project: Project, entries: list[Entry], *, revoke: bool = False) -> list[str]:
-    """Publish every entry that has a build and a sharing; the failures, one line per cell."""
+def apply(
+    project: Project, entries: list[Entry], *, revoke: bool = False, keep_going: bool = True
+) -> list[str]:
+    """Publish every entry that has a build and a sharing; the failures, one line per cell.
+    Without keep_going, the first error is raised as it is (one cell: as publish always did)."""
     failed = []
     for entry in entries:
         if entry.problem:
@@ -215,7 +219,7 @@ def apply(project: Project, entries: list[Entry], *, revoke: bool = False) -> li
         except Interrupted:
             raise
         except ImageforgeError as exc:
-            if len(entries) == 1:
+            if not keep_going:
                 raise
             log.error(f"{entry.cell.name}: {exc}")
             failed.append(f"{entry.cell.name}: {exc.message}")

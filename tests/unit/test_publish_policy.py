@@ -280,6 +280,32 @@ def test_a_cell_without_a_verified_build_fails_the_task_with_2_after_the_others(
     assert "error: not published: b-aws (the reasons are above)" in err
 
 
+def test_a_cloud_error_in_one_cell_leaves_the_others_published_and_fails_with_2(
+    scratch: Path, sharer: FakeSharer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = load(scratch, NO_OPENSTACK)
+    aws_record(project.root, "a")
+    aws_record(project.root, "b")
+    ok = sharer.publish
+
+    def failing_for_a(project: Any, record: state.BuildRecord, sharing: Sharing) -> Published:
+        result = ok(project, record, sharing)
+        if record.flavor == "a":
+            result.outcomes[0].error = "AccessDenied"
+        return result
+
+    monkeypatch.setattr(sharer, "publish", failing_for_a)
+    with pytest.raises(Unpublished, match=r"not published: a-aws \(") as caught:
+        publishplan.run(project, None, "aws")
+    assert caught.value.exit_code == 2
+    assert [flavor for flavor, _ in sharer.calls] == ["a", "b"]
+    record_b = state.load(project.root / "artifacts" / "b" / "20260101-000000-abcdef0-000000")
+    assert record_b.published["aws"].status == "published"
+    with pytest.raises(ImageforgeError, match="publish incomplete in eu-west-1") as one:
+        publishplan.run(project, "a", "aws")  # one cell: the error as publish always gave it
+    assert not isinstance(one.value, Unpublished)
+
+
 def test_dry_run_still_fails_for_a_cell_without_a_verified_build(
     scratch: Path, sharer: FakeSharer
 ) -> None:
