@@ -229,6 +229,7 @@ class Verification:
         return pending
 
     def mine(self, name_key: str, name: str) -> list[dict[str, Any]]:
+        """Filters for what this verification made: its name and our build-id tag."""
         return [
             {"Name": name_key, "Values": [name]},
             {"Name": f"tag:{BUILD_KEY}", "Values": [self.record.id]},
