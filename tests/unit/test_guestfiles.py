@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imageforge import guestfiles
-from imageforge.verify import timespan_seconds
+from imageforge.sshchecks import timespan_seconds
 
 
 def tree(root: Path) -> Path:
