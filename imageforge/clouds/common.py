@@ -11,11 +11,12 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 # Tag prefixes images.yml `tags:` may not use (checked in config): ours and the clouds' own.
 from imageforge.configtypes import RESERVED_TAG_PREFIXES  # noqa: F401
+from imageforge.errors import ImageforgeError
 from imageforge.hcl import Raw
 
 if TYPE_CHECKING:
@@ -203,14 +204,44 @@ def recorded_ids(record: BuildRecord) -> dict[str, str]:
     return {**record.artifact_ids, **getattr(record, "imported", {})}
 
 
-def ssh_source_cidr(ssh_from: str, endpoint: str) -> str:
-    """The CIDR a verification instance admits SSH from: ssh_from if given, else this
-    machine's own address on the route to the cloud's API endpoint, as a /32 (a UDP connect
-    only picks the route: nothing is sent)."""
-    if ssh_from:
-        return str(ipaddress.ip_network(ssh_from, strict=False))
-    parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((parts.hostname or endpoint, parts.port or 443))
-        address = probe.getsockname()[0]
-    return f"{address}/32"
+def ssh_source(ssh_from: str, endpoint: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network a verification instance admits SSH from: ssh_from if given (an address or
+    CIDR, never everyone), else this machine's own address on the route to the cloud's API
+    endpoint, as a single address (a UDP connect only picks the route: nothing is sent)."""
+    if not ssh_from.strip():
+        parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((parts.hostname or endpoint, parts.port or 443))
+            ssh_from = probe.getsockname()[0]
+    try:
+        network = ipaddress.ip_network(ssh_from.strip(), strict=False)
+    except ValueError:
+        raise ImageforgeError(
+            f"ssh_from: {ssh_from!r} is not an IP address or CIDR (like 203.0.113.7/32)"
+        ) from None
+    if network.prefixlen == 0:
+        raise ImageforgeError(f"ssh_from: {ssh_from} would admit SSH from everyone")
+    return network
+
+
+class Removable(Protocol):
+    def remove(self) -> BaseException | None:
+        """Delete everything of this verification that exists; the first error, not raised."""
+        ...
+
+
+@contextlib.contextmanager
+def torn_down(verification: Removable) -> Iterator[None]:
+    """Clear what a killed verification of the same build left, then make sure everything made
+    inside is deleted on every way out; a teardown error surfaces only when nothing else did."""
+    pending = verification.remove()
+    if pending is not None:
+        raise pending
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        pending = verification.remove()
+        if pending is not None and not failed:
+            raise pending

@@ -24,6 +24,8 @@ from imageforge.clouds.common import (
     TEMPLATE_KEY,
     VERSION_KEY,
     Instance,
+    ssh_source,
+    torn_down,
 )
 from imageforge.clouds.sdkerrors import why
 from imageforge.errors import ImageforgeError, Interrupted
@@ -60,32 +62,9 @@ class AwsLauncher:
         ssh_from: str,
     ) -> Iterator[Instance]:
         verification = Verification(project, cell, record)
-        source = ssh_source(ssh_from)
-        ami = verification.ami()
-        pending = verification.remove()  # what a killed verification of this build left
-        if pending is not None:
-            raise pending
-        failed = True
-        try:
-            yield verification.start(ami, public_key, user_data, source)
-            failed = False
-        finally:
-            pending = verification.remove()
-            if pending is not None and not failed:
-                raise pending
-
-
-def ssh_source(ssh_from: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """The CIDR that may reach SSH; one address or a network, never everyone."""
-    try:
-        network = ipaddress.ip_network(ssh_from.strip(), strict=False)
-    except ValueError:
-        raise ImageforgeError(
-            f"ssh_from: {ssh_from!r} is not an IP address or CIDR (like 203.0.113.7/32)"
-        ) from None
-    if network.prefixlen == 0:
-        raise ImageforgeError(f"ssh_from: {ssh_from} would admit SSH from everyone")
-    return network
+        source = ssh_source(ssh_from, verification.client.meta.endpoint_url)
+        with torn_down(verification):
+            yield verification.start(verification.ami(), public_key, user_data, source)
 
 
 def permission(source: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, Any]:

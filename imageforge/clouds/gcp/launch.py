@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,8 @@ from imageforge.clouds.common import (
     VERSION_KEY,
     Instance,
     label,
+    ssh_source,
+    torn_down,
 )
 from imageforge.clouds.gcp.connection import Gce
 from imageforge.clouds.gcp.sharing import locate
@@ -57,19 +58,6 @@ def verify_prefix(project: Project) -> str:
     return f"{project.images.settings.name_prefix}-verify-"
 
 
-def ssh_source(ssh_from: str) -> str:
-    """The CIDR that may reach SSH; one address or a network, never everyone."""
-    try:
-        network = ipaddress.ip_network(ssh_from.strip(), strict=False)
-    except ValueError:
-        raise ImageforgeError(
-            f"ssh_from: {ssh_from!r} is not an IP address or CIDR (like 203.0.113.7/32)"
-        ) from None
-    if network.prefixlen == 0:
-        raise ImageforgeError(f"ssh_from: {ssh_from} would admit SSH from everyone")
-    return str(network)
-
-
 def described_build(description: str) -> str:
     """The build id a verification firewall rule's description names, or ""."""
     match = DESCRIBED_BUILD.search(description or "")
@@ -88,19 +76,10 @@ class GcpLauncher:
         user_data: str,
         ssh_from: str,
     ) -> Iterator[Instance]:
-        source = ssh_source(ssh_from)
         verification = Verification(project, cell, record)
-        pending = verification.remove()  # what a killed verification of this build left
-        if pending is not None:
-            raise pending
-        failed = True
-        try:
-            yield verification.start(public_key, user_data, source)
-            failed = False
-        finally:
-            pending = verification.remove()
-            if pending is not None and not failed:
-                raise pending
+        source = ssh_source(ssh_from, verification.gce.endpoint)
+        with torn_down(verification):
+            yield verification.start(public_key, user_data, str(source))
 
 
 class Verification:

@@ -27,6 +27,8 @@ from imageforge.clouds.common import (
     TEMPLATE_KEY,
     VERSION_KEY,
     Instance,
+    ssh_source,
+    torn_down,
 )
 from imageforge.clouds.openstack.connection import cloud_name, connect, errors, image_id
 from imageforge.clouds.sdkerrors import why
@@ -54,19 +56,6 @@ def described_build(description: str | None) -> str:
     return match[1] if match else ""
 
 
-def ssh_source(ssh_from: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """The CIDR that may reach SSH; one address or a network, never everyone."""
-    try:
-        network = ipaddress.ip_network(ssh_from.strip(), strict=False)
-    except ValueError:
-        raise ImageforgeError(
-            f"ssh_from: {ssh_from!r} is not an IP address or CIDR (like 203.0.113.7/32)"
-        ) from None
-    if network.prefixlen == 0:
-        raise ImageforgeError(f"ssh_from: {ssh_from} would admit SSH from everyone")
-    return network
-
-
 class OpenstackLauncher:
     @contextlib.contextmanager
     def launch(
@@ -79,19 +68,10 @@ class OpenstackLauncher:
         user_data: str,
         ssh_from: str,
     ) -> Iterator[Instance]:
-        source = ssh_source(ssh_from)
         verification = Verification(project, cell, record)
-        pending = verification.remove()  # what a killed verification of this build left
-        if pending is not None:
-            raise pending
-        failed = True
-        try:
+        source = ssh_source(ssh_from, verification.conn.compute.get_endpoint())
+        with torn_down(verification):
             yield verification.start(public_key, user_data, source)
-            failed = False
-        finally:
-            pending = verification.remove()
-            if pending is not None and not failed:
-                raise pending
 
 
 class Verification:

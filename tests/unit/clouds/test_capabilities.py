@@ -11,7 +11,7 @@ from invoke import Context, Exit
 from imageforge import clouds
 from imageforge.clouds import common, housekeeping
 from imageforge.clouds.sdkerrors import CloudError, sdk_errors
-from imageforge.errors import ConfigError
+from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.tasks import sharing as sharing_tasks
 
 from ..conftest import ROOT, write
@@ -22,6 +22,8 @@ ABLE = {
     clouds.Sharer: {"aws", "gcp", "openstack"},
     clouds.Housekeeper: {"aws", "gcp", "openstack"},
     clouds.Importer: {"openstack"},
+    clouds.Launcher: {"aws", "gcp", "openstack"},
+    clouds.Distributor: {"aws"},
 }
 
 
@@ -97,3 +99,12 @@ def test_no_cloud_sdk_is_imported_until_used() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_ssh_source_is_the_callers_address_towards_the_api_unless_given() -> None:
+    assert str(common.ssh_source("", "http://127.0.0.1:5000")) == "127.0.0.1/32"
+    assert str(common.ssh_source("198.51.100.7", "unused")) == "198.51.100.7/32"
+    with pytest.raises(ImageforgeError, match="would admit SSH from everyone"):
+        common.ssh_source("0.0.0.0/0", "unused")
+    with pytest.raises(ImageforgeError, match="is not an IP address or CIDR"):
+        common.ssh_source("laptop", "unused")
