@@ -11,7 +11,6 @@ from imageforge.errors import ImageforgeError
 from imageforge.runner import CommandResult
 from tests.fakes.runner import FakeRunner
 
-
 SESSION = sshchecks.Session("127.0.0.1", 2222, "debian", Path("ssh_config"))
 
 
