@@ -49,7 +49,7 @@ def build(
 @task(help={k: HELP[k] for k in ("image", "cloud", "build", "config")})
 @friendly
 def verify(c, image, cloud="local", build=None, config=None):
-    """Boot a built image from an overlay and run the hygiene and flavor suites in it."""
+    """Boot a build (local: QEMU; cloud: a verification instance) and run the suites in it."""
     proj = project(config)
     cell = matrix.find(proj, image, cloud)
     record = state.find(proj.root, cell.flavor_name, cell.cloud, build)
