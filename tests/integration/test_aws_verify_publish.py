@@ -44,6 +44,8 @@ publish:
 flavors:
   slurm-node:
     os: {aws: debian-12}
+    user: slurm-admin
+    tests: tests/infra/test_slurm_node.py   # the flavor's own suite, as in the shipped file
 matrix:
   clouds: [aws]
 """
@@ -155,6 +157,11 @@ def aws_build(slurm_build, aws_env: dict, tmp_path_factory: pytest.TempPathFacto
     }
 
 
+def project_dir(aws_build: dict) -> Path:
+    record = aws_build["record"]
+    return aws_build["project"] / "artifacts" / "slurm-node" / record["id"]
+
+
 def ours(region: str) -> dict[str, list[Any]]:
     """What of this pipeline's is left in a region: live instances, keys, groups."""
     ec2 = boto3.client("ec2", region_name=region)
@@ -184,7 +191,10 @@ def test_invoke_build_image_slurm_node_cloud_aws(aws_build: dict) -> None:
     # The checks ran on the stand-in, which got the instance's user-data and id.
     stand_in = aws_build["stand_in"]
     assert record["verification"]["instance"]["id"] == stand_in.instance_id
-    assert record["verification"]["passed"] >= 10 and record["verification"]["failed"] == 0
+    # Both suites ran there: the hygiene suite and the flavor's (slurm-node's) own.
+    assert record["verification"]["passed"] >= 15 and record["verification"]["failed"] == 0
+    junit = (project_dir(aws_build) / "verify.junit.xml").read_text()
+    assert "test_slurm_daemons_run" in junit and "test_no_shell_histories" in junit
     assert "ssh_authorized_keys" in stand_in.user_data
     assert "PRIVATE KEY" not in stand_in.user_data
     # Verified, then copied: the copy exists and carries the build's tags.
