@@ -7,7 +7,7 @@ from pathlib import Path
 import hcl2
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from imageforge import config, matrix, packer, render, runner
@@ -173,14 +173,28 @@ free_text = printable.filter(lambda t: "{{" not in t) | st.sampled_from(
 tag_key = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=12)
 
 
+def yaml12_dump(data: object) -> str:
+    import io
+
+    from ruamel.yaml import YAML
+
+    out, writer = io.StringIO(), YAML(typ="safe", pure=True)
+    writer.default_flow_style = False
+    writer.dump(data, out)
+    return out.getvalue()
+
+
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(description=free_text, tags=st.dictionaries(tag_key, free_text, max_size=4))
+@example(description="0E0", tags={"n": "1_000", "q": "?0"})  # bare in a 1.1 writer
 def test_free_text_fields_round_trip(scratch: Path, description: str, tags: dict[str, str]) -> None:
     """Arbitrary text in description and tags parses back to exactly the same value."""
     images = {"flavors": {"a": {"description": description, "tags": tags}}}
-    (scratch / "images.yml").write_text(yaml.safe_dump(images, allow_unicode=True))
+    # Written in the YAML 1.2 dialect imageforge reads (PyYAML's 1.1 leaves "0E0" unquoted,
+    # which 1.2 reads as a float).
+    (scratch / "images.yml").write_text(yaml12_dump(images))
     project = config.load("images.yml")
     assert project.images.flavors["a"].description == description
     cell = matrix.find(project, "a", "aws")
