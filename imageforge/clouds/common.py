@@ -224,6 +224,40 @@ def ssh_source(ssh_from: str, endpoint: str) -> ipaddress.IPv4Network | ipaddres
     return network
 
 
+# Verification resources that cannot carry tags (firewall rules, security groups, floating
+# IPs) name their build in their description: "...; imageforge-build-id=<id>".
+DESCRIBED_BUILD = re.compile(re.escape(BUILD_KEY) + r"=(\S+)")
+
+
+def verify_prefix(project: Project) -> str:
+    """The name prefix of everything a verification makes."""
+    return f"{project.images.settings.name_prefix}-verify-"
+
+
+def described_build(description: str | None) -> str:
+    """The build id a verification resource's description names, or ""."""
+    match = DESCRIBED_BUILD.search(description or "")
+    return match[1] if match else ""
+
+
+def build_tags(
+    project: Project, cell: Cell, record: BuildRecord, cloud_tags: dict[str, str]
+) -> dict[str, str]:
+    """The tags of a verification's resources: the user's, then this build's own keys."""
+    from imageforge import __version__
+
+    return {
+        **project.images.defaults.tags,
+        **cell.flavor.tags,
+        **cloud_tags,
+        FLAVOR_KEY: cell.flavor_name,
+        BUILD_KEY: record.id,
+        COMMIT_KEY: record.git_commit or "unknown",
+        TEMPLATE_KEY: record.template_hash or "unknown",
+        VERSION_KEY: __version__,
+    }
+
+
 class Removable(Protocol):
     def remove(self) -> BaseException | None:
         """Delete everything of this verification that exists; the first error, not raised."""

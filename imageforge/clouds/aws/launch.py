@@ -15,17 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from imageforge import __version__, log
+from imageforge import log
 from imageforge.clouds.aws.client import ec2, errors
 from imageforge.clouds.common import (
     BUILD_KEY,
-    COMMIT_KEY,
-    FLAVOR_KEY,
-    TEMPLATE_KEY,
-    VERSION_KEY,
     Instance,
+    build_tags,
     ssh_source,
     torn_down,
+    verify_prefix,
 )
 from imageforge.clouds.sdkerrors import why
 from imageforge.errors import ImageforgeError, Interrupted
@@ -86,17 +84,8 @@ class Verification:
         self.region, self.record = self.settings.region, record
         self.client = ec2(self.region)
         self.resource_name = VERIFY_PREFIX + record.id
-        prefix = project.images.settings.name_prefix
-        self.instance_name = f"{prefix}-verify-{cell.flavor_name}-{record.id}"
-        self.tags = {
-            **cell.flavor.tags,
-            **self.settings.tags,
-            FLAVOR_KEY: cell.flavor_name,
-            BUILD_KEY: record.id,
-            COMMIT_KEY: record.git_commit,
-            TEMPLATE_KEY: record.template_hash,
-            VERSION_KEY: __version__,
-        }
+        self.instance_name = f"{verify_prefix(project)}{cell.flavor_name}-{record.id}"
+        self.tags = build_tags(project, cell, record, self.settings.tags)
 
     def ami(self) -> str:
         ami = self.record.artifact_ids.get(self.region)

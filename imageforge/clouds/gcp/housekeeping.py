@@ -6,9 +6,15 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds import housekeeping
-from imageforge.clouds.common import BUILD_KEY, FLAVOR_KEY, Outcome, label
+from imageforge.clouds.common import (
+    BUILD_KEY,
+    FLAVOR_KEY,
+    Outcome,
+    described_build,
+    label,
+    verify_prefix,
+)
 from imageforge.clouds.gcp.connection import Gce, project_id
-from imageforge.clouds.gcp.launch import described_build, verify_prefix
 from imageforge.clouds.gcp.sharing import IMAGE_USER, get_policy
 from imageforge.clouds.housekeeping import Image, packer_made, report, still_needed
 from imageforge.clouds.sdkerrors import errors_into

@@ -15,18 +15,17 @@ import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from imageforge import __version__, log
+from imageforge import log
 from imageforge.clouds.common import (
     BUILD_KEY,
-    COMMIT_KEY,
-    FLAVOR_KEY,
     OS_USERS,
-    TEMPLATE_KEY,
-    VERSION_KEY,
     Instance,
+    build_tags,
+    described_build,
     label,
     ssh_source,
     torn_down,
+    verify_prefix,
 )
 from imageforge.clouds.gcp.connection import Gce
 from imageforge.clouds.gcp.sharing import locate
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 GCE_NAME_LENGTH = 63
 # The firewall rule's description names its build: sweep reads it back.
 DESCRIPTION = "imageforge verification SSH from {source}; " + BUILD_KEY + "={build}"
-DESCRIBED_BUILD = re.compile(re.escape(BUILD_KEY) + r"=(\S+)")
 
 
 def gce_name(text: str) -> str:
@@ -52,16 +50,6 @@ def gce_name(text: str) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         name = name[: GCE_NAME_LENGTH - 9].rstrip("-") + "-" + digest
     return name
-
-
-def verify_prefix(project: Project) -> str:
-    return f"{project.images.settings.name_prefix}-verify-"
-
-
-def described_build(description: str) -> str:
-    """The build id a verification firewall rule's description names, or ""."""
-    match = DESCRIBED_BUILD.search(description or "")
-    return match[1] if match else ""
 
 
 class GcpLauncher:
@@ -94,14 +82,7 @@ class Verification:
         self.tag = self.rule
         self.name = gce_name(f"{verify_prefix(project)}{cell.flavor_name}-{record.id}")
         self.user = OS_USERS[cell.os]
-        ours = {
-            FLAVOR_KEY: cell.flavor_name,
-            BUILD_KEY: record.id,
-            COMMIT_KEY: record.git_commit or "unknown",
-            TEMPLATE_KEY: record.template_hash or "unknown",
-            VERSION_KEY: __version__.replace(".", "-"),
-        }
-        tags = {**project.images.defaults.tags, **cell.flavor.tags, **self.settings.labels, **ours}
+        tags = build_tags(project, cell, record, self.settings.labels)
         self.labels = {label(k): label(v) for k, v in tags.items()}
 
     # --- creation ---------------------------------------------------------------------------

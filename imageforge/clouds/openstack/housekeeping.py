@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds import housekeeping
-from imageforge.clouds.common import BUILD_KEY, Outcome
+from imageforge.clouds.common import BUILD_KEY, Outcome, described_build, verify_prefix
 from imageforge.clouds.housekeeping import PACKER_NAME, Image, packer_made, report, still_needed
 from imageforge.clouds.openstack.connection import cloud_name, connect, errors, properties
-from imageforge.clouds.openstack.launch import DESCRIPTION, described_build, verify_prefix
+from imageforge.clouds.openstack.launch import DESCRIPTION
 from imageforge.clouds.sdkerrors import errors_into
 
 if TYPE_CHECKING:

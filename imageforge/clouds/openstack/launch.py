@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from imageforge import __version__, log
+from imageforge import log
 from imageforge.clouds.common import (
     BUILD_KEY,
-    COMMIT_KEY,
-    FLAVOR_KEY,
-    TEMPLATE_KEY,
-    VERSION_KEY,
     Instance,
+    build_tags,
+    described_build,
     ssh_source,
     torn_down,
+    verify_prefix,
 )
 from imageforge.clouds.openstack.connection import cloud_name, connect, errors, image_id
 from imageforge.clouds.sdkerrors import why
@@ -40,20 +39,9 @@ if TYPE_CHECKING:
     from imageforge.state import BuildRecord
 
 DESCRIPTION = "imageforge verification SSH; " + BUILD_KEY + "={build}"
-DESCRIBED_BUILD = re.compile(re.escape(BUILD_KEY) + r"=(\S+)$")
 SERVER_WAIT_SECONDS = 900
 POLL_SECONDS = 2.0
 GROUP_FREE_SECONDS = 120.0
-
-
-def verify_prefix(project: Project) -> str:
-    return f"{project.images.settings.name_prefix}-verify-"
-
-
-def described_build(description: str | None) -> str:
-    """The build id a verification's security group or floating IP names, or ""."""
-    match = DESCRIBED_BUILD.search(description or "")
-    return match[1] if match else ""
 
 
 class OpenstackLauncher:
@@ -85,16 +73,7 @@ class Verification:
         self.name = f"{verify_prefix(project)}{record.id}"
         self.server_name = f"{verify_prefix(project)}{cell.flavor_name}-{record.id}"
         self.description = DESCRIPTION.format(build=record.id)
-        self.metadata = {
-            **project.images.defaults.tags,
-            **cell.flavor.tags,
-            **self.settings.metadata,
-            FLAVOR_KEY: cell.flavor_name,
-            BUILD_KEY: record.id,
-            COMMIT_KEY: record.git_commit or "unknown",
-            TEMPLATE_KEY: record.template_hash or "unknown",
-            VERSION_KEY: __version__,
-        }
+        self.metadata = build_tags(project, cell, record, self.settings.metadata)
 
     # --- creation ---------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ def project(scratch: Path, aws: str) -> config.Project:
         scratch,
         "clouds:\n  aws:\n    region: eu-west-1\n    copy_regions: [eu-central-1, us-east-1]\n"
         "    instance_type: t3.small\n    tags: {team: hpc}\n"
+        "defaults:\n  tags: {project: imageforge}\n"
         "flavors:\n  slurm-node: {}\n",
     )
     return config.load("images.yml")
@@ -134,6 +135,7 @@ def test_launch_makes_one_tagged_instance_key_and_group_and_removes_them(
             assert tags(resource)["imageforge-build-id"] == BUILD
             assert tags(resource)["imageforge-flavor"] == "slurm-node"
             assert tags(resource)["team"] == "hpc"
+            assert tags(resource)["project"] == "imageforge"  # images.yml defaults, as elsewhere
         assert tags(running)["Name"] == f"imageforge-verify-slurm-node-{BUILD}"
         assert left_over() != NOTHING
     assert left_over() == NOTHING
