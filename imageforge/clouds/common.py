@@ -8,7 +8,7 @@ import ipaddress
 import json
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -256,6 +256,31 @@ def build_tags(
         TEMPLATE_KEY: record.template_hash or "unknown",
         VERSION_KEY: __version__,
     }
+
+
+def remove_all(
+    steps: list[tuple[str, Callable[[], None]]], where: str, build_id: str, cloud: str
+) -> BaseException | None:
+    """Run every deletion step even when another failed (Ctrl-C too); each failure is a
+    warning naming what is left. An interrupt that came meanwhile is returned, for the caller
+    to raise unless an error is already on its way."""
+    from imageforge import log
+    from imageforge.clouds.sdkerrors import why
+    from imageforge.errors import Interrupted
+
+    pending = None
+    for what, step in steps:
+        try:
+            step()
+        except BaseException as exc:  # the rest must still go
+            if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
+                pending = pending or exc
+            reason = str(exc) if isinstance(exc, ImageforgeError) else why(exc)
+            log.warn(
+                f"{where}: could not {what} of build {build_id}: "
+                f"{reason or type(exc).__name__}; `invoke sweep --cloud {cloud}` finds it"
+            )
+    return pending
 
 
 class Removable(Protocol):

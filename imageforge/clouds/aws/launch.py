@@ -21,12 +21,13 @@ from imageforge.clouds.common import (
     BUILD_KEY,
     Instance,
     build_tags,
+    remove_all,
     ssh_source,
     torn_down,
     verify_prefix,
 )
 from imageforge.clouds.sdkerrors import why
-from imageforge.errors import ImageforgeError, Interrupted
+from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
@@ -177,24 +178,12 @@ class Verification:
         """Delete the instance (waiting until it is gone), the security group and the key pair,
         each even when another failed; failures are warnings. An interrupt that came meanwhile
         is returned, for the caller to raise unless an error is already on its way."""
-        pending = None
         steps: list[tuple[str, Callable[[], None]]] = [
             ("terminate the verification instance", self.remove_instances),
             (f"delete the security group {self.resource_name}", self.remove_groups),
             (f"delete the key pair {self.resource_name}", self.remove_key_pairs),
         ]
-        for what, step in steps:
-            try:
-                step()
-            except BaseException as exc:  # Ctrl-C too: the rest must still go
-                if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
-                    pending = pending or exc
-                reason = why(exc) if getattr(exc, "response", None) else str(exc) or repr(exc)
-                log.warn(
-                    f"AWS ({self.region}): could not {what} of build {self.record.id}: "
-                    f"{reason}; `invoke sweep --cloud aws` finds it"
-                )
-        return pending
+        return remove_all(steps, f"AWS ({self.region})", self.record.id, "aws")
 
     def mine(self, name_key: str, name: str) -> list[dict[str, Any]]:
         """Filters for what this verification made: its name and our build-id tag."""

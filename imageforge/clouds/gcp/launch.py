@@ -23,14 +23,14 @@ from imageforge.clouds.common import (
     build_tags,
     described_build,
     label,
+    remove_all,
     ssh_source,
     torn_down,
     verify_prefix,
 )
 from imageforge.clouds.gcp.connection import Gce
 from imageforge.clouds.gcp.sharing import locate
-from imageforge.clouds.sdkerrors import why
-from imageforge.errors import ImageforgeError, Interrupted
+from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
@@ -166,24 +166,11 @@ class Verification:
         """Delete the instance (waiting until it is gone), then the firewall rule, each even
         when the other failed; failures are warnings. An interrupt that came meanwhile is
         returned, for the caller to raise unless an error is already on its way."""
-        pending = None
         steps: list[tuple[str, Callable[[], None]]] = [
             (f"delete the verification instance {self.name}", self.remove_instance),
             (f"delete the firewall rule {self.rule}", self.remove_rule),
         ]
-        for what, step in steps:
-            try:
-                step()
-            except BaseException as exc:  # Ctrl-C too: the rest must still go
-                if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
-                    pending = pending or exc
-                reason = str(exc) if isinstance(exc, ImageforgeError) else why(exc)
-                log.warn(
-                    f"GCP ({self.gce.project}/{self.zone}): could not {what} of build "
-                    f"{self.record.id}: {reason or type(exc).__name__}; "
-                    "`invoke sweep --cloud gcp` finds it"
-                )
-        return pending
+        return remove_all(steps, f"GCP ({self.gce.project}/{self.zone})", self.record.id, "gcp")
 
     def remove_instance(self) -> None:
         from google.api_core import exceptions

@@ -25,13 +25,13 @@ from imageforge.clouds.common import (
     Instance,
     build_tags,
     described_build,
+    remove_all,
     ssh_source,
     torn_down,
     verify_prefix,
 )
 from imageforge.clouds.openstack.connection import cloud_name, connect, errors, image_id
-from imageforge.clouds.sdkerrors import why
-from imageforge.errors import ImageforgeError, Interrupted
+from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
@@ -138,25 +138,13 @@ class Verification:
         and the key pair, each even when another failed; failures are warnings. An interrupt
         that came meanwhile is returned, for the caller to raise unless an error is already on
         its way."""
-        pending = None
         steps: list[tuple[str, Callable[[], None]]] = [
             (f"delete the server {self.server_name}", self.remove_servers),
             ("release the floating IP", self.remove_ips),
             (f"delete the security group {self.name}", self.remove_groups),
             (f"delete the key pair {self.name}", self.remove_keypair),
         ]
-        for what, step in steps:
-            try:
-                step()
-            except BaseException as exc:  # Ctrl-C too: the rest must still go
-                if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
-                    pending = pending or exc
-                reason = str(exc) if isinstance(exc, ImageforgeError) else why(exc)
-                log.warn(
-                    f"OpenStack cloud {self.cloud!r}: could not {what} of build {self.record.id}:"
-                    f" {reason or type(exc).__name__}; `invoke sweep --cloud openstack` finds it"
-                )
-        return pending
+        return remove_all(steps, f"OpenStack cloud {self.cloud!r}", self.record.id, "openstack")
 
     def remove_servers(self) -> None:
         compute = self.conn.compute
