@@ -71,6 +71,8 @@ def build(
             from imageforge import verify as verification
 
             record = verification.verify(project, cell, record)
+        if record.directory == directory and _wants_box(project, cell, record):
+            record = _derive_box(project, cell, record)
     _summary(record)
     return record
 
@@ -258,8 +260,27 @@ def _abandon(record: BuildRecord, status: Literal["failed", "interrupted"], erro
     state.abandoned(state.load(record.directory), status, error)  # with what it noted
 
 
+def _wants_box(project: Project, cell: Cell, record: BuildRecord) -> bool:
+    """A Vagrant box is derived from every verified local build whose formats ask for one."""
+    formats = project.images.clouds.local.formats
+    return cell.cloud == "local" and "vagrant" in formats and record.verified
+
+
+def _derive_box(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
+    from imageforge import vagrantbox
+
+    with log.step(f"vagrant box {cell.flavor_name}") as t:
+        box = vagrantbox.derive(
+            project.root,
+            record.directory / "image" / f"{cell.flavor_name}.qcow2",
+            record.directory / f"{cell.flavor_name}.box",
+            record.directory / "build.log",
+        )
+    return state.derived(record, [state.describe(box, record.directory)], {"box": t["seconds"]})
+
+
 def _summary(record: BuildRecord) -> None:
     total = sum(record.timings.values())
     log.info(f"{record.flavor} on {record.cloud}: build {record.id}, {record.status}, {total:.0f}s")
-    for artifact in record.artifacts:
+    for artifact in (*record.artifacts, *record.derived):
         log.info(f"  {record.directory / artifact.path}  {artifact.size / 2**20:.0f} MiB")

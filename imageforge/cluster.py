@@ -212,30 +212,46 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
 
 
 def _user_data(public_key: str, node: Node, cluster: Cluster, munge: str, hosts: dict) -> str:
-    document = {
-        "ssh_pwauth": False,
-        "disable_root": True,
-        "ssh_authorized_keys": [public_key],
-        "imageforge_slurm": {
-            "role": node.role,
-            "cluster_name": cluster.name,
-            "controller": cluster.controller.address,
-            "munge_key": munge,
-            "hosts": hosts,
-        },
+    return slurm_user_data(
+        node.role, cluster.name, cluster.controller.address, munge, hosts, public_key
+    )
+
+
+def slurm_user_data(
+    role: str,
+    cluster_name: str,
+    controller: str,
+    munge: str,
+    hosts: dict[str, str],
+    public_key: str | None = None,
+) -> str:
+    """The cloud-config that makes a slurm-node instance a controller or a worker."""
+    document: dict[str, object] = {"ssh_pwauth": False, "disable_root": True}
+    if public_key:
+        document["ssh_authorized_keys"] = [public_key]
+    document["imageforge_slurm"] = {
+        "role": role,
+        "cluster_name": cluster_name,
+        "controller": controller,
+        "munge_key": munge,
+        "hosts": hosts,
     }
     return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
 
 
 def _network_config(index: int, node: Node) -> str:
+    return network_config(
+        f"52:54:00:12:34:{index:02x}", f"52:54:00:77:00:{index:02x}", node.address
+    )
+
+
+def network_config(nat_mac: str, cluster_mac: str, address: str) -> str:
+    """cloud-init network config: DHCP on the NIC with nat_mac, address on cluster_mac's."""
     document = {
         "version": 2,
         "ethernets": {
-            "nat": {"match": {"macaddress": f"52:54:00:12:34:{index:02x}"}, "dhcp4": True},
-            "cluster": {
-                "match": {"macaddress": f"52:54:00:77:00:{index:02x}"},
-                "addresses": [f"{node.address}/24"],
-            },
+            "nat": {"match": {"macaddress": nat_mac}, "dhcp4": True},
+            "cluster": {"match": {"macaddress": cluster_mac}, "addresses": [f"{address}/24"]},
         },
     }
     return yaml.safe_dump(document, sort_keys=False)

@@ -40,6 +40,7 @@ from imageforge.configtypes import (
     Text,
 )
 from imageforge.errors import ConfigError
+from imageforge.prices import Prices
 from imageforge.publishpolicy import PublishPolicy
 from imageforge.yamlsource import Mark
 
@@ -128,6 +129,9 @@ class ImagesFile(Model):
     matrix: Matrix = Matrix()
     publish: PublishPolicy = Field(
         PublishPolicy(), description="who `invoke publish` shares images with; default: nobody"
+    )
+    prices: Prices = Field(
+        Prices(), description="price table of `invoke build --dry-run`'s cost estimate"
     )
 
 

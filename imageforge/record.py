@@ -77,6 +77,7 @@ class BuildRecord(_Strict):
     artifact_ids: dict[str, str] = Field(default_factory=dict)  # recorded once, at build time
     imported: dict[str, str] = Field(default_factory=dict)  # place: image id
     copies: dict[str, str] = Field(default_factory=dict)  # region: id, copied once verified
+    derived: list[Artifact] = Field(default_factory=list)  # made from the verified image
     verification: dict[str, Any] = Field(default_factory=dict)
     binding: Binding | None = None
     published: dict[str, Publication] = Field(default_factory=dict)

@@ -112,8 +112,6 @@ def render(
         manifest_custom_data=hcl.attributes(
             {"custom_data": clouds.metadata(project, cell, {})}, indent=4
         ),
-        vagrant=cell.cloud == "local" and "vagrant" in project.images.clouds.local.formats,
-        box_output=hcl.template(Raw("${var.artifact_dir}/"), cell.flavor_name, ".box"),
     )
     files = []
     for name, text in texts.items():

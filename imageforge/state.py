@@ -43,6 +43,9 @@ def _save(record: BuildRecord) -> BuildRecord:
     tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
     tmp.write_text(record.model_dump_json(indent=2) + "\n")
     os.replace(tmp, path)
+    from imageforge import registry  # the index of every record; it never fails a save
+
+    registry.saved(record)
     return record
 
 
@@ -159,6 +162,17 @@ def imported(record: BuildRecord, place: str, image_id: str) -> BuildRecord:
     """A verified local build was imported into a cloud as image_id."""
     require_bound(record)
     return _change(record, imported={**record.imported, place: image_id})
+
+
+def derived(
+    record: BuildRecord, artifacts: list[dict[str, Any]], timings: dict[str, float]
+) -> BuildRecord:
+    """Artifacts made from the verified image (a Vagrant box), kept apart from what was
+    verified: they never change the binding."""
+    require_bound(record)
+    kept = [a for a in record.derived if a.path not in {new["path"] for new in artifacts}]
+    derived = [*(a.model_dump() for a in kept), *artifacts]
+    return _change(record, derived=derived, timings={**record.timings, **timings})
 
 
 def distributed(record: BuildRecord, copies: dict[str, str]) -> BuildRecord:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imageforge import buildsecrets, clouds, locks, log, qemu, reap, sshchecks, state
+from imageforge import buildsecrets, clouds, locks, log, qemu, reap, sbom, sshchecks, state
 from imageforge.clouds import Distributor, Launcher
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project
@@ -136,6 +136,7 @@ def _run_checks(
                 logfile=record.directory / "verify.log",
                 secrets=forbidden,
             )
+        outcome.update(sbom.capture(ssh, cell, record))  # passed or not; {} and a warning if not
         if m.vm:
             _poweroff(ssh, m.vm)
     outcome["boot"] = {

@@ -18,9 +18,5 @@ packer {
       source  = "github.com/hashicorp/qemu"
       version = ">= 1.1.0"
     }
-    vagrant = {
-      source  = "github.com/hashicorp/vagrant"
-      version = ">= 1.1.0"
-    }
   }
 }

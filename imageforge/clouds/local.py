@@ -33,7 +33,6 @@ class LocalCloud(SourceDefaults):
             "ssh_timeout": f"{local.ssh_timeout_minutes}m",
             "vm_name": f"{cell.flavor_name}.qcow2",
             "metadata": metadata(project, cell, {}),
-            "vagrant": "vagrant" in local.formats,
         }
 
     def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
@@ -71,7 +70,7 @@ class LocalCloud(SourceDefaults):
         return BuildEnv(env, {"accelerator": accelerator, "qemu_version": qemu.qemu_version()})
 
     def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
-        names = [f"image/{flavor}.qcow2", f"{flavor}.box", "manifest.json"]
+        names = [f"image/{flavor}.qcow2", "manifest.json"]
         paths = [directory / n for n in names if (directory / n).is_file()]
         return [state.describe(p, directory) for p in paths]
 

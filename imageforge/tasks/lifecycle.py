@@ -5,8 +5,9 @@ from __future__ import annotations
 from invoke import task
 
 from imageforge import build as builder
-from imageforge import matrix, state
+from imageforge import cost, matrix, state
 from imageforge import verify as verification
+from imageforge.errors import ConfigError
 from imageforge.tasks.common import friendly, project
 
 HELP = {
@@ -18,6 +19,8 @@ HELP = {
     "no_verify": "skip verification (the build cannot be published until verified)",
     "build": "build id (default: the newest build)",
     "packer_version": "render for this Packer version instead of the installed one",
+    "dry_run": "print what would be built and its cloud cost estimate (images.yml `prices:`); "
+    "build nothing",
 }
 
 
@@ -25,16 +28,22 @@ HELP = {
 @friendly
 def build(
     c,
-    image,
+    image=None,
     cloud="local",
     config=None,
     force=False,
     refresh=False,
     no_verify=False,
     packer_version=None,
+    dry_run=False,
 ):
     """Build an image with Packer (local: QEMU) and verify it with testinfra."""
     proj = project(config)
+    if dry_run:
+        cost.show(cost.plan(proj, matrix.selected(proj, image, cloud)))
+        return
+    if image is None:
+        raise ConfigError("--image is required (only --dry-run plans every cell of a cloud)")
     cell = matrix.find(proj, image, cloud)
     builder.build(
         proj,

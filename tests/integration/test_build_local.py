@@ -33,7 +33,9 @@ def test_build_and_verify_slurm_node(slurm_build) -> None:
     assert record["verification"]["failed"] == 0 and record["verification"]["passed"] >= 10
     directory = project / "artifacts" / "slurm-node" / record["id"]
     names = {a["path"] for a in record["artifacts"]}
-    assert names == {"image/slurm-node.qcow2", "slurm-node.box", "manifest.json"}
+    assert names == {"image/slurm-node.qcow2", "manifest.json"}
+    # The box is derived from the verified image, outside the binding.
+    assert [a["path"] for a in record["derived"]] == ["slurm-node.box"]
     for artifact in record["artifacts"]:
         assert (directory / artifact["path"]).stat().st_size == artifact["size"]
         assert len(artifact["sha256"]) == 64

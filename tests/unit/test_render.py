@@ -86,7 +86,7 @@ def test_build_block_runs_steps_in_order(shipped: config.Project, tmp_path: Path
     env = next(p["shell"] for p in build["provisioner"] if "shell" in p)["environment_vars"]
     assert "IMAGE_USER=slurm-admin" in env
     post = [next(iter(p)) for p in build["post-processor"]]
-    assert post == ["manifest", "vagrant"]
+    assert post == ["manifest"]  # the Vagrant box is derived after verification
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp", "openstack"])
@@ -123,7 +123,7 @@ def test_plugins_block_only_for_packer_17_and_later(
     new = render.render(shipped, cell, NEW, tmp_path / "new")
     assert not (old.directory / "plugins.pkr.hcl").exists()
     plugins = parsed(new, "plugins.pkr.hcl")["packer"][0]["required_plugins"][0]
-    assert set(plugins) == {"amazon", "googlecompute", "openstack", "qemu", "vagrant"}
+    assert set(plugins) == {"amazon", "googlecompute", "openstack", "qemu"}
     assert plugins["amazon"]["source"] == "github.com/hashicorp/amazon"
     assert old.template_hash != new.template_hash
 
@@ -250,13 +250,6 @@ def test_comments_carry_no_user_text(scratch: Path) -> None:
         build = parsed(rendered, "build.pkr.hcl")["build"][0]
         scripts = [p["shell"].get("script") for p in build["provisioner"] if "shell" in p]
         assert "provisioners/odd name.sh" in scripts
-
-
-def test_vagrant_box_path_is_escaped(shipped: config.Project, tmp_path: Path) -> None:
-    cell = matrix.find(shipped, "slurm-node", "local")
-    build = parsed(render.render(shipped, cell, OLD, tmp_path), "build.pkr.hcl")["build"][0]
-    vagrant = next(p["vagrant"] for p in build["post-processor"] if "vagrant" in p)
-    assert vagrant["output"] == "${var.artifact_dir}/slurm-node.box"
 
 
 def test_environment_values_are_data(scratch: Path) -> None:

@@ -1,0 +1,31 @@
+"""`invoke report BUILD`: a build's self-contained HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import task
+
+from imageforge import log
+from imageforge import report as reports
+from imageforge.tasks.common import friendly, project
+
+HELP = {
+    "build": "build id, e.g. 20260101-120000-abc1234-x1y2z3",
+    "output": "where to write it (default: report.html in the build's directory)",
+    "config": "path to images.yml (default: ./images.yml)",
+}
+
+
+@task(help=HELP)
+@friendly
+def report(c, build, output=None, config=None):
+    """Write a build's report: status, timings, tests, SBOM, publishing, screenshot (one file)."""
+    proj = project(config)
+    record = reports.find(proj.root, build)
+    flavor = proj.images.flavors.get(record.flavor)
+    path = reports.write(record, proj.root / "templates", Path(output) if output else None, flavor)
+    log.info(f"report of {record.flavor} build {record.id} ({record.status}): {path}")
+
+
+TASKS = [report]

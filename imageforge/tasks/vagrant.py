@@ -1,0 +1,91 @@
+"""`invoke vagrant catalog|seeds`: the box catalog, and first-boot seeds for vagrant/slurm-node."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+
+from invoke import task
+
+from imageforge import cluster, log, matrix, qemu, state, vagrantcatalog
+from imageforge.errors import ImageforgeError
+from imageforge.tasks.common import friendly, integer, project
+
+HELP = {
+    "action": "catalog (write the box catalog) or seeds (first-boot user-data for slurm-node)",
+    "image": "with catalog: the flavor (default: every flavor)",
+    "output": "catalog: directory (default artifacts/vagrant); seeds: (vagrant/slurm-node/seeds)",
+    "base_url": "with catalog: where the catalog directory will be served (default: file://)",
+    "workers": "with seeds: number of workers besides the controller (default 1)",
+    "config": "path to images.yml (default: ./images.yml)",
+}
+ACTIONS = ("catalog", "seeds")
+SEEDS_DIR = Path("vagrant/slurm-node/seeds")
+MAX_WORKERS = 8
+
+
+@task(help=HELP, positional=["action"])
+@friendly
+def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config=None):
+    """Vagrant for desktop users: `invoke vagrant catalog` writes `metadata.json` box catalogs
+    that `vagrant box add URL/metadata.json` reads; `invoke vagrant seeds` makes the cluster's
+    first-boot user-data for vagrant/slurm-node/Vagrantfile."""
+    if action not in ACTIONS:
+        raise ImageforgeError(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
+    proj = project(config)
+    if action == "catalog":
+        flavors = sorted({cell.flavor_name for cell in matrix.selected(proj, image, "local")})
+        out = Path(output) if output else state.artifacts_root(proj.root) / "vagrant"
+        prefix = proj.images.settings.name_prefix
+        for flavor in flavors:
+            description = proj.images.flavors[flavor].description
+            path, added = vagrantcatalog.write(
+                state.records(proj.root, flavor, "local"),
+                flavor,
+                f"{prefix}/{flavor}",
+                out,
+                base_url,
+                description,
+            )
+            said = ", ".join(added) if added else "nothing new"
+            log.info(f"{prefix}/{flavor}: {path} ({said})")
+        return
+    count = integer(workers, "--workers", minimum=1)
+    if count > MAX_WORKERS:
+        raise ImageforgeError(f"--workers must be 1 to {MAX_WORKERS}, not {count}")
+    directory = Path(output) if output else proj.root / SEEDS_DIR
+    for name, path in write_seeds(directory, count).items():
+        log.info(f"{name}: {path}")
+
+
+def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") -> dict[str, Path]:
+    """One NoCloud seed ISO per node, with a new MUNGE key for this cluster (files 600).
+
+    The addresses and MACs are the ones vagrant/slurm-node/Vagrantfile gives each machine.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    munge = base64.b64encode(secrets.token_bytes(1024)).decode()
+    names = ["ctl", *(f"worker{i}" for i in range(1, workers + 1))]
+    hosts = {
+        name: f"{cluster.CLUSTER_NET}.{cluster.CONTROLLER_HOST + i}" for i, name in enumerate(names)
+    }
+    written = {}
+    for index, name in enumerate(names):
+        role = "controller" if index == 0 else "worker"
+        seed = qemu.make_seed(
+            directory / f"{name}.iso",
+            user_data=cluster.slurm_user_data(role, cluster_name, hosts["ctl"], munge, hosts),
+            meta_data=f"instance-id: vagrant-{cluster_name}-{name}-{secrets.token_hex(4)}\n"
+            f"local-hostname: {name}\n",
+            network_config=cluster.network_config(
+                f"52:54:00:12:34:{index:02x}", f"52:54:00:77:00:{index:02x}", hosts[name]
+            ),
+        )
+        seed.chmod(0o600)
+        written[name] = seed
+    return written
+
+
+TASKS = [vagrant]
