@@ -15,6 +15,9 @@ APT_PACKAGES=(
     openssh-client                  # testinfra's ssh backend, ssh-keygen for ephemeral keys
     tesseract-ocr tesseract-ocr-eng # reads the attendee number off a desktop's screenshot
     squashfs-tools socat            # desktop tests: a squashfs to share, a guest's way to S3
+    vagrant vagrant-libvirt         # the Vagrant boxes' tests: the real vagrant and its provider
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base iptables
+    chromium                        # headless: the build report as a person sees it
     git ca-certificates
 )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from invoke import task
 from rich.table import Table
 
-from imageforge import buildinfo, clouds, log, matrix, packer, render, schema
+from imageforge import buildinfo, changed, clouds, log, matrix, packer, render, schema
 from imageforge import validate as validation
 from imageforge.tasks.common import friendly, project
 
@@ -18,6 +18,8 @@ HELP = {
     "config": "path to images.yml (default: ./images.yml)",
     "packer_version": "render for this Packer version instead of the installed one",
     "format": "github (strategy.matrix JSON), json or table",
+    "changed_since": "only the cells whose inputs changed since this git revision (its merge "
+    "base with HEAD): templates, provisioners, the flavor's or cloud's settings, the base recipe",
 }
 
 
@@ -74,12 +76,22 @@ def validate(c, image=None, cloud=None, config=None, packer_version=None):
     log.info(f"all {len(chosen)} cells valid")
 
 
-@task(name="matrix", help=helps("format", "config", "image", "cloud"))
+@task(name="matrix", help=helps("format", "config", "image", "cloud", "changed_since"))
 @friendly
-def matrix_(c, format="github", config=None, image=None, cloud=None):
+def matrix_(c, format="github", config=None, image=None, cloud=None, changed_since=None):
     """Print the enabled cells for CI: `--format github` gives a strategy.matrix include list."""
     proj = project(config)
+    if format not in ("github", "json", "table"):
+        from imageforge.errors import ConfigError
+
+        raise ConfigError(f"unknown format {format!r}; allowed: github, json, table")
     chosen = matrix.selected(proj, image, cloud)
+    if changed_since is not None:
+        found = changed.since(proj, changed_since, chosen)
+        log.info(f"{len(found)} of {len(chosen)} cells changed since {changed_since}")
+        for entry in found:
+            log.info(f"  {entry.cell.name}: {'; '.join(entry.reasons[:3])}")
+        chosen = [entry.cell for entry in found]
     if format == "github":
         print(matrix.github(chosen))
     elif format == "json":
@@ -87,10 +99,6 @@ def matrix_(c, format="github", config=None, image=None, cloud=None):
     elif format == "table":
         for cell in chosen:
             print(f"{cell.flavor_name}\t{cell.cloud}")
-    else:
-        from imageforge.errors import ConfigError
-
-        raise ConfigError(f"unknown format {format!r}; allowed: github, json, table")
 
 
 @task(

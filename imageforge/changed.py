@@ -1,0 +1,157 @@
+"""Which cells' inputs changed since a git revision: `invoke matrix --changed-since REF`.
+
+A cell is rebuilt when any of its inputs differs between REF (its merge base with HEAD, so a
+pull request is compared with where it branched off) and the working tree:
+
+- files every cell reads: the build block template, `packer/`, the hygiene suite, rendering;
+- its cloud's source template and source module;
+- for local cells, the base recipe (the layer's code);
+- the flavor's provisioner and cleanup scripts, its `provisioners/<flavor>/` directory and its
+  testinfra suite;
+- the flavor's settings and the cloud's settings in images.yml (its publish policy aside: who
+  an image is shared with does not change the image), or the cell being new in the matrix.
+
+images.yml at REF is read from a `git archive` of REF, so its paths resolve as they did then;
+if it cannot be read there, every cell counts as changed.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from imageforge import matrix, runner
+from imageforge.config import Project
+from imageforge.errors import CommandError, ConfigError, ImageforgeError
+from imageforge.matrix import Cell
+
+EVERY_CELL = (
+    "templates/build.pkr.hcl.j2",
+    "packer/",
+    "tests/infra/test_common.py",
+    "tests/infra/conftest.py",
+    "imageforge/render.py",
+    "imageforge/hcl.py",
+)
+BASE_RECIPE = (
+    "imageforge/recipe.py",
+    "imageforge/base.py",
+    "imageforge/guestfiles.py",
+    "imageforge/disk.py",
+    "imageforge/aptsources.py",
+    "imageforge/debcache.py",
+    "imageforge/pyenv.py",
+)
+NOT_AN_INPUT = {"publish"}  # flavor settings that do not change the image
+
+
+def cloud_files(cloud: str) -> tuple[str, ...]:
+    module = "imageforge/clouds/local.py" if cloud == "local" else f"imageforge/clouds/{cloud}/"
+    return (f"templates/sources/{cloud}.pkr.hcl.j2", module)
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A cell whose inputs changed, and why (the first reasons found)."""
+
+    cell: Cell
+    reasons: tuple[str, ...]
+
+
+def since(project: Project, ref: str, cells: list[Cell]) -> list[Changed]:
+    """The cells among `cells` whose inputs differ between ref's merge base and now."""
+    top = Path(_git(project.root, "rev-parse", "--show-toplevel").strip())
+    try:
+        base = _git(project.root, "merge-base", ref, "HEAD").strip()
+    except CommandError:
+        raise ConfigError(
+            f"--changed-since {ref}: not a revision with history shared with HEAD",
+            hint="fetch it first (actions/checkout with fetch-depth: 0), or name a branch or sha",
+        ) from None
+    prefix = project.root.resolve().relative_to(top.resolve())
+    files = _changed_files(top, base, prefix)
+    old = _old_project(top, base, project.path.resolve().relative_to(top.resolve()))
+    found = []
+    for cell in cells:
+        reasons = reasons_for(cell, files, old, project)
+        if reasons:
+            found.append(Changed(cell, tuple(reasons)))
+    return found
+
+
+def reasons_for(cell: Cell, files: set[str], old: Project | str, now: Project) -> list[str]:
+    """Why a cell must be built again, given the changed project-relative files, the project
+    as it was (or, as a string, why it could not be read) and as it is."""
+    if isinstance(old, str):
+        return [old]
+    reasons = []
+    watched = [*EVERY_CELL, *cloud_files(cell.cloud), *flavor_files(cell)]
+    if cell.cloud == "local":
+        watched += BASE_RECIPE
+    for path in sorted(files):
+        if any(path == w or (w.endswith("/") and path.startswith(w)) for w in watched):
+            reasons.append(f"{path} changed")
+    was = {(c.flavor_name, c.cloud): c for c in matrix.cells(old)}.get(
+        (cell.flavor_name, cell.cloud)
+    )
+    if was is None:
+        return [*reasons, "new in the matrix"]
+    if _settings(was.flavor) != _settings(cell.flavor):
+        reasons.append(f"flavors.{cell.flavor_name} changed in images.yml")
+    if was.cloud_settings != cell.cloud_settings:
+        reasons.append(f"clouds.{cell.cloud} changed in images.yml")
+    if old.images.settings != now.images.settings:
+        reasons.append("settings changed in images.yml")
+    return reasons
+
+
+def flavor_files(cell: Cell) -> list[str]:
+    """The project-relative files of a flavor: its scripts, its directory, its suite."""
+    flavor = cell.flavor
+    paths = [str(step.script) for step in (*flavor.provisioners, *flavor.cleanup)]
+    paths.append(f"provisioners/{cell.flavor_name}/")
+    if flavor.tests is not None:
+        paths.append(str(flavor.tests))
+    return [str(PurePosixPath(p)) + ("/" if p.endswith("/") else "") for p in paths]
+
+
+def _settings(flavor: object) -> dict[str, object]:
+    return flavor.model_dump(mode="json", exclude=NOT_AN_INPUT)  # type: ignore[attr-defined]
+
+
+def _changed_files(top: Path, base: str, prefix: Path) -> set[str]:
+    """Files changed from base to the working tree (untracked ones too), project-relative."""
+    listed = _git(top, "diff", "--name-only", "--no-renames", base, "--").splitlines()
+    listed += _git(top, "ls-files", "--others", "--exclude-standard").splitlines()
+    found = set()
+    for name in listed:
+        path = PurePosixPath(name.strip())
+        if not name.strip():
+            continue
+        if prefix == Path("."):
+            found.add(str(path))
+        elif path.is_relative_to(prefix.as_posix()):
+            found.add(str(path.relative_to(prefix.as_posix())))
+    return found
+
+
+def _old_project(top: Path, base: str, images: Path) -> Project | str:
+    """images.yml as it was at base, with the tree it referred to; or why it cannot be read."""
+    with tempfile.TemporaryDirectory(prefix="imageforge-changed-") as scratch:
+        archive = Path(scratch) / "tree.tar"
+        _git(top, "archive", "--format=tar", "-o", str(archive), base)
+        tree = Path(scratch) / "tree"
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree, filter="data")
+        if not (tree / images).is_file():
+            return f"{images} did not exist at {base[:12]}"
+        try:
+            return matrix.load(tree / images)
+        except ImageforgeError as exc:
+            return f"{images} at {base[:12]} cannot be read ({exc})"
+
+
+def _git(where: Path, *args: str) -> str:
+    return runner.output(["git", "-C", str(where), *args], what=f"git {args[0]}")
