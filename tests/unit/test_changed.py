@@ -88,9 +88,7 @@ def test_a_flavor_provisioner_rebuilds_that_flavor_on_every_cloud(repo: Path) ->
 
 def test_uncommitted_and_untracked_changes_count(repo: Path) -> None:
     (repo / "provisioners/training-desktop/30-extra.sh").write_text("#!/bin/sh\n")
-    assert changed(repo) == {
-        f"training-desktop-{c}" for c in ("local", "aws", "gcp", "openstack")
-    }
+    assert changed(repo) == {f"training-desktop-{c}" for c in ("local", "aws", "gcp", "openstack")}
 
 
 def test_a_package_added_to_a_flavor_rebuilds_only_that_flavor(repo: Path) -> None:
@@ -108,13 +106,17 @@ def test_a_publish_policy_alone_rebuilds_nothing(repo: Path) -> None:
 
 def test_a_cloud_setting_rebuilds_that_cloud_only(repo: Path) -> None:
     edit(repo / "images.yml", "region: eu-west-1", "region: eu-north-1")
-    assert changed(repo) == {f"{f}-aws" for f in ("quantum-mobile", "training-desktop", "slurm-node")}
+    assert changed(repo) == {
+        f"{f}-aws" for f in ("quantum-mobile", "training-desktop", "slurm-node")
+    }
 
 
 def test_a_cloud_source_template_or_module_rebuilds_that_cloud_only(repo: Path) -> None:
     with (repo / "templates/sources/gcp.pkr.hcl.j2").open("a") as template:
         template.write("\n")
-    assert changed(repo) == {f"{f}-gcp" for f in ("quantum-mobile", "training-desktop", "slurm-node")}
+    assert changed(repo) == {
+        f"{f}-gcp" for f in ("quantum-mobile", "training-desktop", "slurm-node")
+    }
     git(repo, "commit", "-qam", "gcp")
     git(repo, "tag", "gcp")
     touch(repo / "imageforge/clouds/aws/source.py")
