@@ -114,6 +114,10 @@ def _sections(record: BuildRecord) -> dict[str, list[str]]:
     places += [f"{place}: imported as {image}" for place, image in record.imported.items()]
     places += [f"{region}: copy {image}" for region, image in record.copies.items()]
     artifacts = [f"{a.path}  {_size(a.size)}  sha256:{a.sha256[:12]}" for a in record.artifacts]
+    artifacts += [
+        f"{a.path}  {_size(a.size)}  sha256:{a.sha256[:12]}  (made from the verified image)"
+        for a in record.derived
+    ]
     artifacts += [f"{kind}: {image}" for kind, image in record.artifact_ids.items()]
     return {
         "timings": timings,

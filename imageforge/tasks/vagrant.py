@@ -9,7 +9,8 @@ from pathlib import Path
 from invoke import task
 
 from imageforge import cluster, log, matrix, qemu, state, vagrantcatalog
-from imageforge.errors import ImageforgeError
+from imageforge.configerrors import suggest
+from imageforge.errors import ConfigError
 from imageforge.tasks.common import friendly, integer, project
 
 HELP = {
@@ -32,7 +33,10 @@ def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config
     that `vagrant box add URL/metadata.json` reads; `invoke vagrant seeds` makes the cluster's
     first-boot user-data for vagrant/slurm-node/Vagrantfile."""
     if action not in ACTIONS:
-        raise ImageforgeError(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
+        raise ConfigError(
+            f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}"
+            + suggest(action, ACTIONS)
+        )
     proj = project(config)
     if action == "catalog":
         flavors = sorted({cell.flavor_name for cell in matrix.selected(proj, image, "local")})
@@ -53,7 +57,7 @@ def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config
         return
     count = integer(workers, "--workers", minimum=1)
     if count > MAX_WORKERS:
-        raise ImageforgeError(f"--workers must be 1 to {MAX_WORKERS}, not {count}")
+        raise ConfigError(f"--workers must be 1 to {MAX_WORKERS}, not {count}")
     directory = Path(output) if output else proj.root / SEEDS_DIR
     for name, path in write_seeds(directory, count).items():
         log.info(f"{name}: {path}")

@@ -1,0 +1,140 @@
+"""The build registry (SQLite beside the artifacts) and `invoke history`, `show`, `diff`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imageforge import builddiff, registry, state
+from tests.records import make_record
+
+from .conftest import write
+
+IMAGES_YML = "flavors:\n  slurm-node: {}\n  other: {}\nmatrix:\n  clouds: [local, aws]\n"
+OLD = "20260101-000000-abcdef0-000001"
+NEW = "20260102-000000-abcdef0-000002"
+
+
+def invoke(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=project, capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def project(scratch: Path) -> Path:
+    write(scratch, IMAGES_YML)
+    (scratch / "tasks.py").write_text((Path(__file__).parents[2] / "tasks.py").read_text())
+    return scratch
+
+
+def rows(project: Path) -> dict[str, str]:
+    with sqlite3.connect(project / "artifacts" / registry.FILENAME) as connection:
+        return dict(connection.execute("SELECT id, status FROM builds"))
+
+
+def test_every_transition_is_a_row_and_failures_are_kept(project: Path) -> None:
+    artifacts = project / "artifacts"
+    record = make_record(artifacts, build_id=OLD, status="building")
+    assert rows(project) == {OLD: "building"}
+    make_record(artifacts, build_id=NEW, status="failed")
+    make_record(artifacts, "slurm-node", "aws", "20260103-000000-abcdef0-000003", status="interrupted")
+    assert rows(project) == {
+        OLD: "building",
+        NEW: "failed",
+        "20260103-000000-abcdef0-000003": "interrupted",
+    }
+    state.abandoned(record, "interrupted", "stopped")
+    assert rows(project)[OLD] == "interrupted"
+
+
+def test_a_lost_registry_is_rebuilt_from_build_json(project: Path) -> None:
+    artifacts = project / "artifacts"
+    make_record(artifacts, build_id=OLD)
+    make_record(artifacts, build_id=NEW, status="failed")
+    (artifacts / registry.FILENAME).unlink()
+    found = registry.builds(project, flavor="slurm-node")
+    assert [r.id for r in found] == [NEW, OLD]  # newest first
+    assert found[0].directory == artifacts / "slurm-node" / NEW
+
+
+def test_a_corrupt_registry_is_one_error_naming_the_fix(project: Path) -> None:
+    make_record(project / "artifacts", build_id=OLD)
+    (project / "artifacts" / registry.FILENAME).write_bytes(b"not a database" * 100)
+    done = invoke(project, "history")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "registry.sqlite3" in done.stderr and "delete the file" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_history_filters_and_lists_newest_first(project: Path) -> None:
+    artifacts = project / "artifacts"
+    make_record(artifacts, build_id=OLD)
+    make_record(artifacts, build_id=NEW, status="failed")
+    make_record(artifacts, "other", "local", "20260103-000000-abcdef0-000003")
+    done = invoke(project, "history", "--image", "slurm-node")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.index(NEW) < done.stdout.index(OLD)
+    assert "000003" not in done.stdout and "failed" in done.stdout
+    bad = invoke(project, "history", "--image", "slurm-nod")
+    assert bad.returncode == 2 and "did you mean 'slurm-node'" in bad.stderr
+    limit = invoke(project, "history", "--limit", "0")
+    assert limit.returncode == 2 and "--limit" in limit.stderr
+
+
+def test_show_prints_one_build_and_names_the_nearest_id(project: Path) -> None:
+    make_record(project / "artifacts", build_id=OLD)
+    done = invoke(project, "show", OLD)
+    assert done.returncode == 0, done.stderr
+    assert f"build {OLD}" in done.stdout and "verified" in done.stdout
+    assert "3 passed, 0 failed" in done.stdout
+    missing = invoke(project, "show", OLD[:-1] + "9")
+    assert missing.returncode == 2 and f"did you mean '{OLD}'" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_diff_names_packages_added_removed_and_changed(project: Path) -> None:
+    artifacts = project / "artifacts"
+    old = make_record(
+        artifacts, build_id=OLD, packages={"bash": "5.2-1", "curl": "7.88-1", "gone": "1"}
+    )
+    new = make_record(
+        artifacts, build_id=NEW, packages={"bash": "5.2-2", "curl": "7.88-1", "tree": "2.1"}
+    )
+    result = builddiff.diff(old, new)
+    assert result.packages.added == {"tree": "2.1"}
+    assert result.packages.removed == {"gone": "1"}
+    assert result.packages.changed == {"bash": ("5.2-1", "5.2-2")}
+    done = invoke(project, "diff", OLD, NEW, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["packages"]["changed"] == {"bash": {"old": "5.2-1", "new": "5.2-2"}}
+    text = invoke(project, "diff", OLD, NEW).stdout
+    assert "  + tree 2.1" in text and "  - gone 1" in text and "  ~ bash 5.2-1 → 5.2-2" in text
+
+
+def test_diff_shows_rendered_file_changes_without_the_build_ids(project: Path) -> None:
+    artifacts = project / "artifacts"
+    old = make_record(artifacts, build_id=OLD)
+    new = make_record(artifacts, build_id=NEW)
+    for record, size in ((old, 8), (new, 10)):
+        (record.directory / "packer").mkdir()
+        (record.directory / "packer" / "build.pkr.hcl").write_text(
+            f'build_id = "{record.id}"\ndisk_size = {size}\n'
+        )
+    result = builddiff.diff(old, new)
+    [unified] = result.files.values()
+    assert "-disk_size = 8" in unified and "+disk_size = 10" in unified
+    changed = [line for line in unified.splitlines()[2:] if line[:1] in "+-"]
+    assert changed == ["-disk_size = 8", "+disk_size = 10"]  # each build's own id is no change
+
+
+def test_diff_format_is_checked(project: Path) -> None:
+    make_record(project / "artifacts", build_id=OLD)
+    done = invoke(project, "diff", OLD, OLD, "--format", "yaml")
+    assert done.returncode == 2 and "allowed: text, json" in done.stderr

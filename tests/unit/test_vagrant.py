@@ -1,0 +1,143 @@
+"""The Vagrant box's account and metadata, the box catalog, and `invoke vagrant`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imageforge import state, vagrantbox, vagrantcatalog
+from imageforge.errors import ImageforgeError
+from tests.records import make_record
+
+from .conftest import write
+
+ETC = {
+    "passwd": "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000::/home/debian:/bin/bash\n",
+    "shadow": "root:*:19000:0:99999:7:::\ndebian:!:19000:0:99999:7:::\n",
+    "group": "root:x:0:\nsudo:x:27:debian\nshadow:x:42:\ndebian:x:1000:\nusers:x:1001:\n",
+    "gshadow": "root:*::\nsudo:*::debian\ndebian:!::\n",
+}
+BOX = b"a box's bytes"
+
+
+def test_the_vagrant_account_gets_free_ids_sudo_and_no_password() -> None:
+    changed, account = vagrantbox.add_account(ETC)
+    assert account == vagrantbox.Account(1001, 1002)  # 1000 is taken; group 1001 is too
+    assert changed["passwd"].endswith("vagrant:x:1001:1002:Vagrant:/home/vagrant:/bin/bash\n")
+    assert "sudo:x:27:debian,vagrant\n" in changed["group"]
+    assert changed["group"].endswith("vagrant:x:1002:\n")
+    assert changed["shadow"].endswith("vagrant:*:19000:0:99999:7:::\n")  # no password matches
+    assert changed["passwd"].startswith(ETC["passwd"])  # nothing else changes
+
+
+def test_an_image_that_has_a_vagrant_user_already_is_refused() -> None:
+    etc = {**ETC, "passwd": ETC["passwd"] + "vagrant:x:1005:1005::/home/vagrant:/bin/sh\n"}
+    with pytest.raises(ImageforgeError, match="already has a 'vagrant' entry"):
+        vagrantbox.add_account(etc)
+
+
+def test_debugfs_requests_set_modes_and_owners(tmp_path: Path) -> None:
+    (tmp_path / "group").write_text(ETC["group"])
+    requests = vagrantbox.debugfs_requests(
+        tmp_path, vagrantbox.Account(1001, 1002), Path("key.pub")
+    )
+    assert "sif /etc/shadow gid 42" in requests
+    assert "sif /etc/sudoers.d/vagrant mode 0100440" in requests
+    assert "sif /home/vagrant/.ssh/authorized_keys mode 0100600" in requests
+    assert "sif /home/vagrant/.ssh/authorized_keys uid 1001" in requests
+    assert requests.index("mkdir /home/vagrant") < requests.index("mkdir /home/vagrant/.ssh")
+
+
+def test_box_metadata_rounds_the_virtual_size_up_to_whole_gib() -> None:
+    assert vagrantbox.metadata(8 * 2**30) == {"provider": "libvirt", "format": "qcow2", "virtual_size": 8}
+    assert vagrantbox.metadata(8 * 2**30 + 1)["virtual_size"] == 9
+
+
+def test_the_embedded_vagrantfile_does_not_force_emulation() -> None:
+    text = (Path(__file__).parents[2] / vagrantbox.BOX_VAGRANTFILE).read_text()
+    assert "/dev/kvm" in text and 'libvirt.driver = "qemu"\n' not in text
+
+
+def boxed(artifacts: Path, build_id: str, data: bytes = BOX):
+    record = make_record(artifacts, build_id=build_id)
+    box = record.directory / "slurm-node.box"
+    box.write_bytes(data)
+    return state.derived(record, [state.describe(box, record.directory)], {"box": 1.0})
+
+
+def test_catalog_versions_come_from_builds_and_only_grow(tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    first = boxed(artifacts, "20260101-093005-abcdef0-000001")
+    out = tmp_path / "catalog"
+    path, added = vagrantcatalog.write([first], "slurm-node", "imageforge/slurm-node", out)
+    assert added == ["20260101.93005"]
+    data = json.loads(path.read_text())
+    [provider] = data["versions"][0]["providers"]
+    assert provider == {
+        "name": "libvirt",
+        "url": (out / "slurm-node" / "20260101.93005" / "slurm-node.box").resolve().as_uri(),
+        "checksum_type": "sha256",
+        "checksum": state.sha256(first.directory / "slurm-node.box"),
+    }
+    second = boxed(artifacts, "20260102-000000-abcdef0-000002", b"another box")
+    _, added = vagrantcatalog.write(
+        [first, second], "slurm-node", "imageforge/slurm-node", out, "https://boxes.example/v"
+    )
+    assert added == ["20260102.0"]
+    versions = json.loads(path.read_text())["versions"]
+    assert [v["version"] for v in versions] == ["20260101.93005", "20260102.0"]
+    assert versions[0]["providers"][0]["url"].startswith("file://")  # never rewritten
+    assert versions[1]["providers"][0]["url"] == (
+        "https://boxes.example/v/slurm-node/20260102.0/slurm-node.box"
+    )
+
+
+def test_a_published_version_is_never_rewritten_with_another_box(tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    record = boxed(artifacts, "20260101-000000-abcdef0-000001")
+    out = tmp_path / "catalog"
+    path, _ = vagrantcatalog.write([record], "slurm-node", "imageforge/slurm-node", out)
+    data = json.loads(path.read_text())
+    data["versions"][0]["providers"][0]["checksum"] = "0" * 64
+    path.write_text(json.dumps(data))
+    with pytest.raises(ImageforgeError, match="never rewritten"):
+        vagrantcatalog.write([record], "slurm-node", "imageforge/slurm-node", out)
+
+
+def test_a_changed_or_unverified_box_is_not_catalogued(tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    record = boxed(artifacts, "20260101-000000-abcdef0-000001")
+    (record.directory / "slurm-node.box").write_bytes(b"tampered")
+    unverified = make_record(artifacts, build_id="20260102-000000-abcdef0-000002", status="failed")
+    assert vagrantcatalog.entries([record, unverified]) == []
+
+
+def test_invoke_vagrant_refuses_unknown_actions_and_worker_counts(scratch: Path) -> None:
+    write(scratch, "flavors:\n  slurm-node: {}\nmatrix:\n  clouds: [local]\n")
+    (scratch / "tasks.py").write_text((Path(__file__).parents[2] / "tasks.py").read_text())
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", "vagrant", *args],
+            cwd=scratch,
+            capture_output=True,
+            text=True,
+        )
+
+    for args, message in (
+        (("publish",), "unknown action 'publish'; use one of: catalog, seeds"),
+        (("seeds", "--workers", "0"), "--workers"),
+        (("seeds", "--workers", "99"), "--workers must be 1 to 8"),
+    ):
+        done = run(*args)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    done = run("seeds", "--workers", "2", "--output", "seeds")
+    assert done.returncode == 0, done.stderr
+    seeds = sorted(p.name for p in (scratch / "seeds").iterdir())
+    assert seeds == ["ctl.iso", "worker1.iso", "worker2.iso"]
+    assert all((scratch / "seeds" / s).stat().st_mode & 0o077 == 0 for s in seeds)
