@@ -51,8 +51,8 @@ def test_the_estimate_is_build_hours_times_price_plus_storage_everywhere(project
     assert planned.regions == ("eu-west-1", "eu-central-1", "us-east-1")
     estimate = planned.estimate
     assert estimate is not None
-    assert estimate.compute == Decimal("0.15")  # 1.5 h × 0.1
-    assert estimate.storage == Decimal("7.2")  # 8 GB × 6 months × 0.05 × 3 regions
+    assert estimate.compute == Decimal("0.15")  # 1.5 h * 0.1
+    assert estimate.storage == Decimal("7.2")  # 8 GB * 6 months * 0.05 * 3 regions
     assert estimate.total == Decimal("7.35") and estimate.currency == "EUR"
 
 

@@ -43,7 +43,9 @@ def test_every_transition_is_a_row_and_failures_are_kept(project: Path) -> None:
     record = make_record(artifacts, build_id=OLD, status="building")
     assert rows(project) == {OLD: "building"}
     make_record(artifacts, build_id=NEW, status="failed")
-    make_record(artifacts, "slurm-node", "aws", "20260103-000000-abcdef0-000003", status="interrupted")
+    make_record(
+        artifacts, "slurm-node", "aws", "20260103-000000-abcdef0-000003", status="interrupted"
+    )
     assert rows(project) == {
         OLD: "building",
         NEW: "failed",

@@ -53,7 +53,11 @@ def test_debugfs_requests_set_modes_and_owners(tmp_path: Path) -> None:
 
 
 def test_box_metadata_rounds_the_virtual_size_up_to_whole_gib() -> None:
-    assert vagrantbox.metadata(8 * 2**30) == {"provider": "libvirt", "format": "qcow2", "virtual_size": 8}
+    assert vagrantbox.metadata(8 * 2**30) == {
+        "provider": "libvirt",
+        "format": "qcow2",
+        "virtual_size": 8,
+    }
     assert vagrantbox.metadata(8 * 2**30 + 1)["virtual_size"] == 9
 
 
