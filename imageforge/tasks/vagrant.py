@@ -69,7 +69,9 @@ def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") ->
     The addresses and MACs are the ones vagrant/slurm-node/Vagrantfile gives each machine.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
+    # Not listable, but traversable by libvirt's QEMU user, which is handed each seed (600) at
+    # start and opens it by its path.
+    directory.chmod(0o711)
     munge = base64.b64encode(secrets.token_bytes(1024)).decode()
     names = ["ctl", *(f"worker{i}" for i in range(1, workers + 1))]
     hosts = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,8 @@ LEFTOVERS = (
     "/etc/dpkg/dpkg.cfg.d/99imageforge-build-unsafe-io",
     "/usr/local/share/ca-certificates/imageforge-build",
 )
+INSECURE_KEY = Path(__file__).resolve().parents[2] / "vagrant" / "keys" / "vagrant.pub"
+INSECURE_KEY_MATERIAL = INSECURE_KEY.read_text().split()[1]
 CREDENTIALS = "aws_secret_access_key|AWS_SECRET_ACCESS_KEY|OS_PASSWORD=|private_key_id"
 
 
@@ -61,6 +64,9 @@ def root_facts(host, build) -> dict[str, str]:
         "find /var/cache/apt -type f \\( -name '*.deb' -o -name '*.bin' \\)",
         "sshd": "sshd -T",
         "munge_key": "test -e /etc/munge/munge.key && echo present",
+        # Only the Vagrant box has the vagrant user and Vagrant's insecure key.
+        "vagrant": "getent passwd vagrant; ls /etc/sudoers.d/vagrant /home/vagrant; grep -rlsF "
+        f"{shlex.quote(INSECURE_KEY_MATERIAL)} /etc {HOME_DIRS}",
         "slurm_journal": "journalctl -b -u imageforge-slurm.service --no-pager -o cat",
     }
     script = "".join(

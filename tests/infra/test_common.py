@@ -63,6 +63,10 @@ def test_only_the_verification_key_is_authorized(root_facts, build):
     assert material == {build["verify_key"].split()[1]}, material
 
 
+def test_no_vagrant_user_or_insecure_key_outside_the_box(root_facts):
+    assert root_facts["vagrant"].strip() == "", root_facts["vagrant"]
+
+
 def test_no_cloud_credentials_or_proxy_secrets(root_facts):
     assert root_facts["leftovers"] == "", root_facts["leftovers"]
     assert root_facts["credentials"] == "", root_facts["credentials"]

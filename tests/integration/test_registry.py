@@ -39,7 +39,7 @@ def test_every_build_is_a_registry_row_and_history_lists_it(built) -> None:
     assert record.id in done.stdout and "verified" in done.stdout
     shown = invoke(project, "show", record.id)
     assert shown.returncode == 0, shown.stderr
-    assert "16 passed" in shown.stdout or " passed, 0 failed" in shown.stdout
+    assert " passed, 0 failed" in shown.stdout
     assert f"{record.flavor}.box" in shown.stdout
 
 
