@@ -62,14 +62,21 @@ class Changed:
 
 def since(project: Project, ref: str, cells: list[Cell]) -> list[Changed]:
     """The cells among `cells` whose inputs differ between ref's merge base and now."""
-    top = Path(_git(project.root, "rev-parse", "--show-toplevel").strip())
     try:
-        base = _git(project.root, "merge-base", ref, "HEAD").strip()
+        top = Path(_git(project.root, "rev-parse", "--show-toplevel").strip())
     except CommandError:
-        raise ConfigError(
-            f"--changed-since {ref}: not a revision with history shared with HEAD",
-            hint="fetch it first (actions/checkout with fetch-depth: 0), or name a branch or sha",
-        ) from None
+        raise ConfigError(f"--changed-since: {project.root} is not in a git checkout") from None
+    unknown = ConfigError(
+        f"--changed-since {ref}: not a revision with history shared with HEAD",
+        hint="fetch it first (actions/checkout with fetch-depth: 0), or name a branch or sha",
+    )
+    if ref.startswith("-") or not ref.strip():  # never an option to git
+        raise unknown
+    try:
+        commit = _git(project.root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        base = _git(project.root, "merge-base", commit.strip(), "HEAD").strip()
+    except CommandError:
+        raise unknown from None
     prefix = project.root.resolve().relative_to(top.resolve())
     files = _changed_files(top, base, prefix)
     old = _old_project(top, base, project.path.resolve().relative_to(top.resolve()))

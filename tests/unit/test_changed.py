@@ -173,3 +173,16 @@ def test_an_unknown_revision_is_one_line_and_exit_2(repo: Path) -> None:
 def test_code_outside_the_inputs_rebuilds_nothing(repo: Path) -> None:
     touch(repo / "imageforge/report.py")
     assert changed(repo) == set()
+
+
+@pytest.mark.parametrize("ref", ["--all", "-h", " ", "HEAD~99"])
+def test_options_and_missing_revisions_are_refused(repo: Path, ref: str) -> None:
+    done = invoke(repo, "matrix", f"--changed-since={ref}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_outside_a_git_checkout_is_one_line(repo: Path) -> None:
+    shutil.rmtree(repo / ".git")
+    done = invoke(repo, "matrix", "--changed-since", "HEAD")
+    assert done.returncode == 2 and "not in a git checkout" in done.stderr
