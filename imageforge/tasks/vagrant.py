@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from invoke import task
 
@@ -38,6 +39,8 @@ def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config
             + suggest(action, ACTIONS)
         )
     proj = project(config)
+    if base_url is not None:
+        check_base_url(base_url)
     if action == "catalog":
         flavors = sorted({cell.flavor_name for cell in matrix.selected(proj, image, "local")})
         out = Path(output) if output else state.artifacts_root(proj.root) / "vagrant"
@@ -61,6 +64,23 @@ def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config
     directory = Path(output) if output else proj.root / SEEDS_DIR
     for name, path in write_seeds(directory, count).items():
         log.info(f"{name}: {path}")
+
+
+def check_base_url(url: str) -> None:
+    """--base-url: an http(s) or file URL, with no space or control character."""
+    parts = urlsplit(url)
+    printable = url.isprintable() and not any(ch.isspace() for ch in url)
+    if (
+        not printable
+        or parts.scheme not in ("http", "https", "file")
+        or (parts.scheme != "file" and not parts.netloc)
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(
+            f"--base-url {url!r}: not a URL to serve boxes from; use http://, https:// or "
+            "file:// with no query, fragment or space"
+        )
 
 
 def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") -> dict[str, Path]:

@@ -136,6 +136,9 @@ def test_invoke_vagrant_refuses_unknown_actions_and_worker_counts(scratch: Path)
         (("publish",), "unknown action 'publish'; use one of: catalog, seeds"),
         (("seeds", "--workers", "0"), "--workers"),
         (("seeds", "--workers", "99"), "--workers must be 1 to 8"),
+        (("catalog", "--base-url", "javascript:alert(1)"), "not a URL to serve boxes from"),
+        (("catalog", "--base-url", "https://a b/"), "not a URL to serve boxes from"),
+        (("catalog", "--base-url", "https:///boxes"), "not a URL to serve boxes from"),
     ):
         done = run(*args)
         assert done.returncode == 2 and message in done.stderr, done.stderr
