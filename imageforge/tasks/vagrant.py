@@ -47,8 +47,15 @@ def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config
         prefix = proj.images.settings.name_prefix
         for flavor in flavors:
             description = proj.images.flavors[flavor].description
+            records = state.records(proj.root, flavor, "local")
+            if not vagrantcatalog.entries(records) and not (out / flavor).is_dir():
+                log.info(
+                    f"{prefix}/{flavor}: no verified box yet "
+                    f"(`invoke build --image {flavor}` makes one)"
+                )
+                continue
             path, added = vagrantcatalog.write(
-                state.records(proj.root, flavor, "local"),
+                records,
                 flavor,
                 f"{prefix}/{flavor}",
                 out,
