@@ -37,7 +37,7 @@ class BuildDiff:
     new: str
     packages: Changes
     python_packages: Changes
-    fields: dict[str, tuple[str, str]]  # record field (base_image.x too): old → new
+    fields: dict[str, tuple[str, str]]  # record field, flavor.x, cloud.x, base_image.x: old → new
     files: dict[str, str]  # rendered file: unified diff
     notes: tuple[str, ...] = ()
 
@@ -66,9 +66,18 @@ def changes(old: dict[str, str], new: dict[str, str]) -> Changes:
 
 
 def field_changes(old: BuildRecord, new: BuildRecord) -> dict[str, tuple[str, str]]:
-    """The configuration facts that differ, base_image's keys as base_image.<key>."""
-    before = {**{f: getattr(old, f) for f in CONFIG_FIELDS}, **_flat(old.base_image)}
-    after = {**{f: getattr(new, f) for f in CONFIG_FIELDS}, **_flat(new.base_image)}
+    """The configuration facts that differ: record fields, images.yml's settings of the cell
+    (flavor.<key>, cloud.<key>) and the layer's (base_image.<key>)."""
+    before = {
+        **{f: getattr(old, f) for f in CONFIG_FIELDS},
+        **_flat(old.settings),
+        **_flat(old.base_image, "base_image"),
+    }
+    after = {
+        **{f: getattr(new, f) for f in CONFIG_FIELDS},
+        **_flat(new.settings),
+        **_flat(new.base_image, "base_image"),
+    }
     keys = dict.fromkeys([*before, *after])  # the record's order
     return {
         key: (before.get(key, ""), after.get(key, ""))
@@ -77,11 +86,16 @@ def field_changes(old: BuildRecord, new: BuildRecord) -> dict[str, tuple[str, st
     }
 
 
-def _flat(base_image: dict[str, Any]) -> dict[str, str]:
-    return {
-        f"base_image.{key}": value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        for key, value in base_image.items()
-    }
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as dotted keys; other values as text (lists and numbers as JSON)."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, name))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return flat
 
 
 def rendered(record: BuildRecord) -> dict[str, str] | None:

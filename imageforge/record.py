@@ -66,6 +66,8 @@ class BuildRecord(_Strict):
     qemu_version: str = ""
     accelerator: str = ""
     base_image: dict[str, Any] = Field(default_factory=dict)
+    # images.yml's settings the build was made from: {"flavor": {...}, "cloud": {...}}
+    settings: dict[str, Any] = Field(default_factory=dict)
     packages: dict[str, str] = Field(default_factory=dict)  # installed name: version (local)
     python_packages: dict[str, str] = Field(default_factory=dict)  # the layer's venv (local)
     build_public_key: str = ""

@@ -91,6 +91,11 @@ def test_diff_shows_exactly_the_package_that_was_added(second_build) -> None:
     assert list(result["packages"]["added"]) == [ADDED]
     assert result["packages"]["removed"] == {} and result["packages"]["changed"] == {}
     assert result["python_packages"] == {"added": {}, "removed": {}, "changed": {}}
+    assert json.loads(result["fields"]["flavor.packages"]["new"]) == [
+        *json.loads(result["fields"]["flavor.packages"]["old"]),
+        ADDED,
+    ]
+    assert not [key for key in result["fields"] if key.startswith("cloud.")]
     shown = invoke(project, "diff", first, second)
     assert shown.returncode == 0, shown.stderr
     assert f"  + {ADDED} " in shown.stdout and "packages added: 1" in shown.stdout

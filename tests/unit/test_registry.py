@@ -140,3 +140,16 @@ def test_diff_format_is_checked(project: Path) -> None:
     make_record(project / "artifacts", build_id=OLD)
     done = invoke(project, "diff", OLD, OLD, "--format", "yaml")
     assert done.returncode == 2 and "allowed: text, json" in done.stderr
+
+
+def test_diff_names_the_images_yml_settings_that_changed(project: Path) -> None:
+    artifacts = project / "artifacts"
+    flavor = {"packages": ["slurmd"], "user": "debian", "desktop": None}
+    old = make_record(artifacts, build_id=OLD, settings={"flavor": flavor, "cloud": {"cpus": 2}})
+    new = make_record(
+        artifacts,
+        build_id=NEW,
+        settings={"flavor": {**flavor, "packages": ["slurmd", "tree"]}, "cloud": {"cpus": 2}},
+    )
+    fields = builddiff.diff(old, new).fields
+    assert fields == {"flavor.packages": ('["slurmd"]', '["slurmd", "tree"]')}
