@@ -16,7 +16,7 @@ APT_PACKAGES=(
     tesseract-ocr tesseract-ocr-eng # reads the attendee number off a desktop's screenshot
     squashfs-tools socat            # desktop tests: a squashfs to share, a guest's way to S3
     vagrant vagrant-libvirt         # the Vagrant boxes' tests: the real vagrant and its provider
-    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base iptables
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base iptables
     chromium                        # headless: the build report as a person sees it
     git ca-certificates
 )
