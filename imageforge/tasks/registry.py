@@ -149,8 +149,8 @@ def lookup(root: Path, build_id: str) -> BuildRecord:
     if record is None:
         known = registry.values(root, "id")
         raise ConfigError(
-            f"no build {build_id!r} in the registry ({len(known)} builds; see `invoke history`)"
-            + suggest(build_id, known)
+            f"no build {build_id!r} in the registry ({len(known)} build"
+            f"{'' if len(known) == 1 else 's'}; see `invoke history`)" + suggest(build_id, known)
         )
     return record
 
