@@ -58,7 +58,14 @@ def test_a_second_boot_makes_its_own_secrets(built, tmp_path: Path) -> None:
     with booted(
         directory / "image" / "quantum-mobile.qcow2", tmp_path, instance_id="qm-2", user_data={}
     ) as guest:
-        guest.ssh("systemctl is-system-running --wait", timeout=1500)
+        # The secrets are made by imageforge-aiida.service; the daemon and JupyterLab, which
+        # start after it, are not waited for (the verification boot checked them).
+        waited = guest.ssh(
+            "until systemctl -q is-active imageforge-aiida.service; do "
+            "systemctl -q is-failed imageforge-aiida.service && exit 1; sleep 2; done",
+            timeout=1500,
+        )
+        assert waited.returncode == 0, guest.output("sudo journalctl -b -u imageforge-aiida -o cat")
         values = {
             "cookie": guest.output("sudo cat /var/lib/rabbitmq/.erlang.cookie"),
             "token": guest.output("sudo cat /home/max/jupyter-token.txt"),
