@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from imageforge import buildinfo, buildsecrets, clouds, locks, log, packer, render, runner, state
 from imageforge.clouds.capabilities import PackerSource, Preflight
@@ -118,7 +118,7 @@ def _build(
         content_hash=chash,
         packer_version=str(packer.installed_version()),
         base_image={k: v for k, v in base.items() if k not in ("packages", "python_packages")},
-        settings=settings_of(cell),
+        settings=cell.settings(),
         packages=base.get("packages", {}),
         python_packages=base.get("python_packages", {}),
         timings=timings,
@@ -259,14 +259,6 @@ def _abandon(record: BuildRecord, status: Literal["failed", "interrupted"], erro
             else:
                 child.unlink(missing_ok=True)
     state.abandoned(state.load(record.directory), status, error)  # with what it noted
-
-
-def settings_of(cell: Cell) -> dict[str, Any]:
-    """What images.yml said of the cell, for `invoke diff` (who it is shared with aside)."""
-    return {
-        "flavor": cell.flavor.model_dump(mode="json", exclude={"publish"}),
-        "cloud": cell.cloud_settings.model_dump(mode="json"),
-    }
 
 
 def _wants_box(project: Project, cell: Cell, record: BuildRecord) -> bool:

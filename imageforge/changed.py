@@ -17,6 +17,7 @@ if it cannot be read there, every cell counts as changed.
 
 from __future__ import annotations
 
+import functools
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -44,7 +45,6 @@ BASE_RECIPE = (
     "imageforge/debcache.py",
     "imageforge/pyenv.py",
 )
-NOT_AN_INPUT = {"publish"}  # flavor settings that do not change the image
 
 
 def cloud_files(cloud: str) -> tuple[str, ...]:
@@ -80,19 +80,31 @@ def since(project: Project, ref: str, cells: list[Cell]) -> list[Changed]:
     prefix = project.root.resolve().relative_to(top.resolve())
     files = _changed_files(top, base, prefix)
     old = _old_project(top, base, project.path.resolve().relative_to(top.resolve()))
+    before = old if isinstance(old, str) else _Before(old)
     found = []
     for cell in cells:
-        reasons = reasons_for(cell, files, old, project)
+        reasons = reasons_for(cell, files, before, project)
         if reasons:
             found.append(Changed(cell, tuple(reasons)))
     return found
 
 
-def reasons_for(cell: Cell, files: set[str], old: Project | str, now: Project) -> list[str]:
+@dataclass(frozen=True)
+class _Before:
+    """The project at the base revision, with its cells looked up once."""
+
+    project: Project
+
+    @functools.cached_property
+    def cells(self) -> dict[tuple[str, str], Cell]:
+        return {(c.flavor_name, c.cloud): c for c in matrix.cells(self.project)}
+
+
+def reasons_for(cell: Cell, files: set[str], before: _Before | str, now: Project) -> list[str]:
     """Why a cell must be built again, given the changed project-relative files, the project
     as it was (or, as a string, why it could not be read) and as it is."""
-    if isinstance(old, str):
-        return [old]
+    if isinstance(before, str):
+        return [before]
     reasons = []
     watched = [*EVERY_CELL, *cloud_files(cell.cloud), *flavor_files(cell)]
     if cell.cloud == "local":
@@ -100,16 +112,15 @@ def reasons_for(cell: Cell, files: set[str], old: Project | str, now: Project) -
     for path in sorted(files):
         if any(path == w or (w.endswith("/") and path.startswith(w)) for w in watched):
             reasons.append(f"{path} changed")
-    was = {(c.flavor_name, c.cloud): c for c in matrix.cells(old)}.get(
-        (cell.flavor_name, cell.cloud)
-    )
+    was = before.cells.get((cell.flavor_name, cell.cloud))
     if was is None:
         return [*reasons, "new in the matrix"]
-    if _settings(was.flavor) != _settings(cell.flavor):
+    then, current = was.settings(), cell.settings()
+    if then["flavor"] != current["flavor"]:
         reasons.append(f"flavors.{cell.flavor_name} changed in images.yml")
-    if was.cloud_settings != cell.cloud_settings:
+    if then["cloud"] != current["cloud"]:
         reasons.append(f"clouds.{cell.cloud} changed in images.yml")
-    if old.images.settings != now.images.settings:
+    if before.project.images.settings != now.images.settings:
         reasons.append("settings changed in images.yml")
     return reasons
 
@@ -117,15 +128,12 @@ def reasons_for(cell: Cell, files: set[str], old: Project | str, now: Project) -
 def flavor_files(cell: Cell) -> list[str]:
     """The project-relative files of a flavor: its scripts, its directory, its suite."""
     flavor = cell.flavor
-    paths = [str(step.script) for step in (*flavor.provisioners, *flavor.cleanup)]
-    paths.append(f"provisioners/{cell.flavor_name}/")
-    if flavor.tests is not None:
-        paths.append(str(flavor.tests))
-    return [str(PurePosixPath(p)) + ("/" if p.endswith("/") else "") for p in paths]
-
-
-def _settings(flavor: object) -> dict[str, object]:
-    return flavor.model_dump(mode="json", exclude=NOT_AN_INPUT)  # type: ignore[attr-defined]
+    scripts = [step.script for step in (*flavor.provisioners, *flavor.cleanup)]
+    tests = [flavor.tests] if flavor.tests is not None else []
+    return [
+        *(PurePosixPath(path).as_posix() for path in (*scripts, *tests)),
+        f"provisioners/{cell.flavor_name}/",
+    ]
 
 
 def _changed_files(top: Path, base: str, prefix: Path) -> set[str]:
@@ -133,10 +141,8 @@ def _changed_files(top: Path, base: str, prefix: Path) -> set[str]:
     listed = _git(top, "diff", "--name-only", "--no-renames", base, "--").splitlines()
     listed += _git(top, "ls-files", "--others", "--exclude-standard").splitlines()
     found = set()
-    for name in listed:
+    for name in filter(str.strip, listed):
         path = PurePosixPath(name.strip())
-        if not name.strip():
-            continue
         if prefix == Path("."):
             found.add(str(path))
         elif path.is_relative_to(prefix.as_posix()):

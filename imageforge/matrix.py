@@ -36,6 +36,14 @@ class Cell:
     def os(self) -> str:
         return getattr(self.flavor.os, self.cloud)
 
+    def settings(self) -> dict[str, Any]:
+        """What images.yml says of the cell that shapes its image (who it is shared with
+        aside): kept in the build record for `invoke diff`, compared by --changed-since."""
+        return {
+            "flavor": self.flavor.model_dump(mode="json", exclude={"publish"}),
+            "cloud": self.cloud_settings.model_dump(mode="json"),
+        }
+
 
 def cells(project: Project) -> list[Cell]:
     """Every enabled cell, in a stable order; the matrix section is checked on the way."""

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from imageforge import buildinfo, changed, clouds, log, matrix, packer, render, schema
 from imageforge import validate as validation
+from imageforge.errors import ConfigError
 from imageforge.tasks.common import friendly, project
 
 HELP = {
@@ -82,8 +83,6 @@ def matrix_(c, format="github", config=None, image=None, cloud=None, changed_sin
     """Print the enabled cells for CI: `--format github` gives a strategy.matrix include list."""
     proj = project(config)
     if format not in ("github", "json", "table"):
-        from imageforge.errors import ConfigError
-
         raise ConfigError(f"unknown format {format!r}; allowed: github, json, table")
     chosen = matrix.selected(proj, image, cloud)
     if changed_since is not None:
