@@ -68,14 +68,15 @@ def changes(old: dict[str, str], new: dict[str, str]) -> Changes:
 def field_changes(old: BuildRecord, new: BuildRecord) -> dict[str, tuple[str, str]]:
     """The configuration facts that differ: record fields, images.yml's settings of the cell
     (flavor.<key>, cloud.<key>) and the layer's (base_image.<key>)."""
+    both = bool(old.settings and new.settings)  # older records have none: not compared
     before = {
         **{f: getattr(old, f) for f in CONFIG_FIELDS},
-        **_flat(old.settings),
+        **(_flat(old.settings) if both else {}),
         **_flat(old.base_image, "base_image"),
     }
     after = {
         **{f: getattr(new, f) for f in CONFIG_FIELDS},
-        **_flat(new.settings),
+        **(_flat(new.settings) if both else {}),
         **_flat(new.base_image, "base_image"),
     }
     keys = dict.fromkeys([*before, *after])  # the record's order
@@ -140,6 +141,9 @@ def diff(old: BuildRecord, new: BuildRecord) -> BuildDiff:
     else:
         missing = [r.id for r, f in ((old, old_files), (new, new_files)) if f is None]
         notes.append(f"rendered Packer files not kept for {', '.join(missing)}: not compared")
+    unrecorded = [r.id for r in (old, new) if not r.settings]
+    if unrecorded:
+        notes.append(f"images.yml settings not recorded for {', '.join(unrecorded)}: not compared")
     return BuildDiff(
         old=old.id,
         new=new.id,

@@ -153,3 +153,13 @@ def test_diff_names_the_images_yml_settings_that_changed(project: Path) -> None:
     )
     fields = builddiff.diff(old, new).fields
     assert fields == {"flavor.packages": ('["slurmd"]', '["slurmd", "tree"]')}
+
+
+def test_settings_missing_from_an_older_record_are_a_note_not_a_change(project: Path) -> None:
+    artifacts = project / "artifacts"
+    old = make_record(artifacts, build_id=OLD)
+    new = make_record(artifacts, build_id=NEW, settings={"flavor": {"user": "debian"}})
+    result = builddiff.diff(old, new)
+    assert result.fields == {}
+    assert f"images.yml settings not recorded for {OLD}: not compared" in result.notes
+    assert not [note for note in result.notes if NEW in note and "settings" in note]
