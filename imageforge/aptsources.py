@@ -11,6 +11,9 @@ from debian.deb822 import Deb822
 
 from imageforge.errors import ImageforgeError
 
+# Debian's release names, newest first: the host's sources are found by them.
+DEBIAN_RELEASES = ("forky", "trixie", "bookworm", "bullseye", "buster")
+
 
 class SourceEntry(NamedTuple):
     """One apt 'deb' source: options such as signed-by, a URI, a suite and components."""
@@ -26,7 +29,12 @@ class SourceEntry(NamedTuple):
 
 
 def host_sources(suite: str, apt_dir: Path = Path("/etc/apt")) -> tuple[str, ...]:
-    """The host's apt 'deb' entries for suite and suite-updates/-security/..., one-line style."""
+    """The host's apt 'deb' entries for suite and suite-updates/-security/..., one-line style.
+
+    A host of another Debian release (a Debian 12 host building Debian 13) has no entries for
+    suite: its own release's entries are used with the release's name replaced, the same
+    mirrors and keyring (Debian's archive keyring carries the next release's keys).
+    """
     parts = apt_dir / "sources.list.d"
     entries = [
         entry
@@ -35,13 +43,36 @@ def host_sources(suite: str, apt_dir: Path = Path("/etc/apt")) -> tuple[str, ...
         for entry in _one_line_entries(path.read_text())
     ]
     entries += [e for p in sorted(parts.glob("*.sources")) for e in _deb822_entries(p.read_text())]
-    lines = [e.line() for e in entries if re.fullmatch(rf"{re.escape(suite)}([-/].*)?", e.suite)]
+    lines = [e.line() for e in entries if _of_suite(e, suite)]
+    if not lines:
+        lines = [e.line() for e in _renamed(entries, suite)]
     if not lines:
         raise ImageforgeError(
-            f"the host's apt sources ({apt_dir}) have no 'deb' entry for {suite}",
+            f"the host's apt sources ({apt_dir}) have no 'deb' entry for {suite} "
+            "nor for another Debian release",
             hint=f'pass BaseRecipe(sources=("deb <mirror URI> {suite} main", ...))',
         )
     return tuple(dict.fromkeys(lines))
+
+
+def _of_suite(entry: SourceEntry, suite: str) -> bool:
+    return re.fullmatch(rf"{re.escape(suite)}([-/].*)?", entry.suite) is not None
+
+
+def _renamed(entries: list[SourceEntry], suite: str) -> list[SourceEntry]:
+    """The entries of the host's Debian release, moved to suite (bookworm/updates, the old
+    security suite's name, becomes suite-security)."""
+    releases = [r for r in DEBIAN_RELEASES if any(_of_suite(e, r) for e in entries)]
+    if not releases:
+        return []
+    host = releases[0]  # the newest Debian release the host has sources for
+    renamed = []
+    for entry in entries:
+        if _of_suite(entry, host):
+            tail = entry.suite[len(host) :]
+            tail = "-security" if tail == "/updates" else tail
+            renamed.append(entry._replace(suite=suite + tail))
+    return renamed
 
 
 def _one_line_entries(text: str) -> Iterator[SourceEntry]:

@@ -1,4 +1,4 @@
-"""Debian 12 qcow2 images built natively on the host from Debian packages, cached by content.
+"""Debian qcow2 images built natively on the host from Debian packages, cached by content.
 
 The base image is the recipe's packages; a flavor's layer is the same recipe plus the flavor's
 declared packages. Both are built the same way, with no VM, no loop device and no mount:
@@ -116,7 +116,7 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
         with log.step("Configure, scrub, GRUB files") as timing:
             packages = installed_packages(rootfs)
             python = pyenv.installed(rootfs, recipe.python_venv) if recipe.python_venv else {}
-            guestfiles.apply(rootfs, recipe.user, recipe.hostname)
+            guestfiles.apply(rootfs, recipe.user, recipe.hostname, recipe.suite)
             disk.install_grub_files(rootfs, guestfiles.KERNEL_APPEND)
             leftovers = guestfiles.per_instance_leftovers(rootfs)
             if leftovers:

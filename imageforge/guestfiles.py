@@ -31,8 +31,18 @@ MASKED_UNITS = (
     "modprobe@dm_mod.service",
     "modprobe@loop.service",
     "modprobe@fuse.service",
-    "cloud-config.service",  # its modules run in cloud-final (CLOUD_INIT_LEAN)
 )
+# Debian 12's cloud-init starts Python once per stage: the config stage's few modules run in
+# cloud-final (CLOUD_INIT_LEAN) and cloud-config.service is masked, one interpreter start fewer.
+# From cloud-init 24.3 (Debian 13) one process runs every stage, each stage's unit only signals
+# it over a socket, so every unit must stay.
+MASKED_UNITS_BY_SUITE = {"bookworm": ("cloud-config.service",)}
+# Generators run at every boot and daemon-reload: the sshd-over-vsock one only probes for a
+# socket that a VM of this kind never has.
+MASKED_GENERATORS = ("systemd-ssh-generator",)
+# systemd's first-boot catch-up (ldconfig, journal catalog, update-done) runs when /etc or /var
+# is older than /usr; the tree is already up to date, so the stamps say so.
+UPDATE_STAMPS = ("etc/.updated", "var/.updated")
 # A small initramfs: only the drivers a virtual disk and a seed CD-ROM need (ext4 is built in);
 # cloud-init looks for its seed as soon as systemd starts, so the CD-ROM must be there by then.
 # Written before the kernel is installed (an mmdebstrap essential hook), so its own postinst
@@ -58,9 +68,8 @@ for module in {" ".join(INITRAMFS_DRIVERS)}; do manual_add_modules "$module"; do
 """,
 }
 # cloud-init, lean: no RSA host key (its generation alone took 8 s of an emulated boot), and
-# only the modules a local image can use. Each stage is a Python process of its own, so the
-# config stage's few modules run in the final stage (runcmd first, before scripts-user runs
-# what it wrote) and cloud-config.service is masked: one interpreter start fewer per boot.
+# only the modules a local image can use; the config stage's few modules run in the final stage
+# (runcmd first, before scripts-user runs what it wrote).
 CLOUD_INIT_LEAN = """\
 ssh_genkeytypes: [ed25519, ecdsa]
 cloud_init_modules: [seed_random, bootcmd, write-files, growpart, resizefs, disk_setup, mounts,
@@ -135,7 +144,21 @@ def mmdebstrap_options() -> list[str]:
     return [f"--essential-hook={' && '.join(hooks)}"]
 
 
-def files(user: str, hostname: str) -> dict[str, str]:
+# How each release brings up its network. Debian 12: ifupdown and dhclient. Debian 13:
+# systemd-networkd (part of systemd) and systemd-resolved, as Debian's own cloud images for it;
+# cloud-init writes networkd's configuration, and resolv.conf points at resolved's stub.
+NETWORK_PACKAGES = {"bookworm": ("ifupdown", "isc-dhcp-client"), "trixie": ("systemd-resolved",)}
+ENABLED_UNITS_BY_SUITE = {"trixie": ("systemd-networkd.service", "systemd-resolved.service")}
+NETWORK_CLOUD_CONFIG = {"trixie": "  network:\n    renderers: [networkd]\n"}
+SYMLINKS_BY_SUITE = {"trixie": {"etc/resolv.conf": "../run/systemd/resolve/stub-resolv.conf"}}
+
+
+def network_packages(suite: str) -> tuple[str, ...]:
+    """The packages that bring up suite's network (ifupdown's stack before Debian 13)."""
+    return NETWORK_PACKAGES.get(suite, NETWORK_PACKAGES["trixie"])
+
+
+def files(user: str, hostname: str, suite: str) -> dict[str, str]:
     """The files written into the tree (relative path: content)."""
     datasources = ", ".join(DATASOURCES)
     return {
@@ -151,21 +174,23 @@ def files(user: str, hostname: str) -> dict[str, str]:
         "etc/cloud/cloud.cfg.d/50-imageforge.cfg": "# imageforge local image\n"
         f"datasource_list: [{datasources}]\n"
         "manage_etc_hosts: true\n"
-        f"system_info:\n  default_user:\n    name: {user}\n" + CLOUD_INIT_LEAN,
+        f"system_info:\n  default_user:\n    name: {user}\n"
+        + NETWORK_CLOUD_CONFIG.get(suite, "")
+        + CLOUD_INIT_LEAN,
     }
 
 
-def fingerprint(user: str, hostname: str) -> str:
+def fingerprint(user: str, hostname: str, suite: str) -> str:
     """Changes whenever what this module or disk.py would write into an image changes."""
-    digest = hashlib.sha256(f"{user}\0{hostname}\0".encode())
+    digest = hashlib.sha256(f"{user}\0{hostname}\0{suite}\0".encode())
     for module in (__file__, disk.__file__):
         digest.update(Path(module).read_bytes())
     return digest.hexdigest()
 
 
-def apply(rootfs: Path, user: str, hostname: str) -> None:
+def apply(rootfs: Path, user: str, hostname: str, suite: str) -> None:
     """Write the files, mask the units, set debconf answers and scrub the tree."""
-    for relative, text in files(user, hostname).items():
+    for relative, text in files(user, hostname, suite).items():
         target = rootfs / relative
         _delete(target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +200,7 @@ def apply(rootfs: Path, user: str, hostname: str) -> None:
     wants.parent.mkdir(parents=True, exist_ok=True)
     _delete(wants)
     wants.symlink_to("/etc/systemd/system/imageforge-snakeoil.service")
-    for unit in MASKED_UNITS:
+    for unit in (*MASKED_UNITS, *MASKED_UNITS_BY_SUITE.get(suite, ())):
         link = rootfs / "etc/systemd/system" / unit
         _delete(link)
         link.symlink_to("/dev/null")
@@ -192,11 +217,41 @@ def apply(rootfs: Path, user: str, hostname: str) -> None:
     for path in (rootfs / "var/log").rglob("*"):
         if path.is_file() and not path.is_symlink():
             path.write_bytes(b"")
+    for generator in MASKED_GENERATORS:
+        link = rootfs / "etc/systemd/system-generators" / generator
+        link.parent.mkdir(parents=True, exist_ok=True)
+        _delete(link)
+        link.symlink_to("/dev/null")
+    _stamp_updated(rootfs)
+    for relative, target in SYMLINKS_BY_SUITE.get(suite, {}).items():
+        _delete(rootfs / relative)
+        (rootfs / relative).symlink_to(target)
+    if units := ENABLED_UNITS_BY_SUITE.get(suite):
+        runner.run(["systemctl", f"--root={rootfs}", "enable", *units], stream=False)
+
+
+def _stamp_updated(rootfs: Path) -> None:
+    """/etc and /var are as new as /usr (systemd's ConditionNeedsUpdate= is false): /usr's
+    time is rounded to the second, so a filesystem that keeps no nanoseconds agrees."""
+    seconds = int((rootfs / "usr").stat().st_mtime)
+    os.utime(rootfs / "usr", (seconds, seconds))
+    for relative in UPDATE_STAMPS:
+        stamp = rootfs / relative
+        stamp.write_text(
+            "# imageforge: this tree was up to date with /usr when the image was built.\n"
+            f"TIMESTAMP_NSEC={seconds * 1_000_000_000}\n"
+        )
+        os.utime(stamp, (seconds, seconds))
 
 
 def per_instance_leftovers(rootfs: Path) -> list[str]:
     """What in the tree is per-instance, or the build's own (its dpkg options): should be none."""
-    found = [str(p.relative_to(rootfs)) for g in SCRUB_GLOBS[:-2] for p in rootfs.glob(g)]
+    found = [
+        str(p.relative_to(rootfs))
+        for g in SCRUB_GLOBS[:-2]
+        for p in rootfs.glob(g)
+        if not _points_into_run(p, rootfs)
+    ]
     if (rootfs / "etc/machine-id").read_text().strip():
         found.append("etc/machine-id")
     found += [
@@ -205,6 +260,14 @@ def per_instance_leftovers(rootfs: Path) -> list[str]:
         if p.is_file() and not p.is_symlink() and p.stat().st_size
     ]
     return found
+
+
+def _points_into_run(path: Path, rootfs: Path) -> bool:
+    """A symbolic link into /run (resolv.conf to resolved's stub) holds nothing of its own."""
+    if not path.is_symlink():
+        return False
+    inside = os.path.join("/", path.parent.relative_to(rootfs), os.readlink(path))
+    return os.path.normpath(inside).startswith("/run/")
 
 
 def _delete(path: Path) -> None:

@@ -14,12 +14,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from imageforge import runner
+from imageforge import oses, runner
 from imageforge.errors import ImageforgeError
 
-# The exact Python of each suite's python3 package: wheels are chosen for it (a package may
-# require a newer micro version than the suite has, e.g. >=3.11.5 while bookworm has 3.11.2).
-SUITE_PYTHON = {"bookworm": "3.11.2"}
 WHEELS_IN_TREE = "/tmp/imageforge-wheels"
 CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
 
@@ -27,9 +24,12 @@ CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
 def make_wheels(suite: str, requirements: tuple[str, ...], wheels: Path, logfile: Path) -> None:
     """Every wheel the requirements need for the suite's Python, fetched by the host's pip
     (its index, proxy and certificates). Only wheels: nothing is built for the image."""
-    version = SUITE_PYTHON.get(suite)
-    if version is None:
-        raise ImageforgeError(f"no Python version is known for the Debian suite {suite!r}")
+    # The suite's exact python3 version: a package may require a newer micro version than the
+    # suite has (e.g. >=3.11.5 while bookworm has 3.11.2).
+    try:
+        version = oses.by_suite(suite).python
+    except KeyError:
+        raise ImageforgeError(f"no Python version is known for the Debian suite {suite!r}") from None
     wheels.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"]
     argv += ["--only-binary=:all:", "--python-version", version, "--implementation", "cp"]

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imageforge import aptsources, guestfiles, pyenv, qemu, runner
+from imageforge import aptsources, guestfiles, oses, pyenv, qemu, runner
 from imageforge.debcache import DebCache
 from imageforge.errors import ImageforgeError
 
 # Bump when the build changes in a way the hashed recipe, guest files and options do not show.
-BASE_FORMAT = 2
-IMAGE_NAME = "debian-12.qcow2"
+BASE_FORMAT = 3
+IMAGE_NAME = "disk.qcow2"
 INFO = "base.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MMDEBSTRAP_OPTIONS = (
@@ -40,8 +40,6 @@ DEFAULT_PACKAGES = (
     "cloud-guest-utils",
     "fdisk",
     "e2fsprogs",
-    "ifupdown",
-    "isc-dhcp-client",
     "iproute2",
     "netbase",
     "ca-certificates",
@@ -58,9 +56,9 @@ class BaseRecipe:
     `extra_packages` are a flavor's declared packages: with any, the image is that flavor's layer.
     """
 
-    suite: str = "bookworm"
+    suite: str = oses.get(oses.DEFAULT_OS).suite
     architecture: str = "amd64"
-    packages: tuple[str, ...] = DEFAULT_PACKAGES
+    packages: tuple[str, ...] = ()  # default: DEFAULT_PACKAGES and the suite's network stack
     extra_packages: tuple[str, ...] = ()
     python_venv: str = ""  # a virtual environment in the layer, from python_packages
     python_packages: tuple[str, ...] = ()
@@ -72,6 +70,9 @@ class BaseRecipe:
     def __post_init__(self) -> None:
         if self.architecture != "amd64":
             raise ImageforgeError(f"base images are amd64 only, not {self.architecture}")
+        if not self.packages:
+            packages = (*DEFAULT_PACKAGES, *guestfiles.network_packages(self.suite))
+            object.__setattr__(self, "packages", packages)
         for name in (*self.packages, *self.extra_packages):
             if not PACKAGE_NAME.match(name):
                 raise ImageforgeError(f"{name!r} is not a Debian package name")
@@ -149,7 +150,7 @@ def recipe_hash(recipe: BaseRecipe) -> str:
     document = {
         "format": BASE_FORMAT,
         "recipe": asdict(recipe),
-        "guest": guestfiles.fingerprint(recipe.user, recipe.hostname),
+        "guest": guestfiles.fingerprint(recipe.user, recipe.hostname, recipe.suite),
         # How the Python environment is installed (only layers with one).
         "python": pyenv.fingerprint() if recipe.python_packages else "",
         "mmdebstrap_options": MMDEBSTRAP_OPTIONS,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import qemu, state
+from imageforge import oses, qemu, state
 from imageforge.clouds.common import BuildEnv, SourceDefaults, metadata
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class LocalCloud(SourceDefaults):
 
         python = cell.flavor.python
         recipe = base.BaseRecipe(
+            suite=oses.get(cell.os).suite,
             extra_packages=cell.flavor.packages,
             python_venv=python.venv if python else "",
             python_packages=python.packages if python else (),

@@ -64,8 +64,24 @@ def test_suites_match_by_prefix_only(tmp_path: Path) -> None:
     )
 
 
+def test_another_release_is_the_hosts_own_sources_renamed(tmp_path: Path) -> None:
+    root = apt_dir(
+        tmp_path,
+        "deb [signed-by=/k.gpg] http://a.invalid/d bookworm main\n"
+        "deb http://a.invalid/d bookworm-updates main\n"
+        "deb http://b.invalid/s bookworm/updates main\n"
+        "deb http://c.invalid/old bullseye main\n"
+        "deb http://d.invalid/x stable main\n",
+    )
+    assert aptsources.host_sources("trixie", root) == (
+        "deb [signed-by=/k.gpg] http://a.invalid/d trixie main",
+        "deb http://a.invalid/d trixie-updates main",
+        "deb http://b.invalid/s trixie-security main",
+    )
+
+
 def test_no_entry_for_the_suite_is_an_error(tmp_path: Path) -> None:
-    root = apt_dir(tmp_path, "deb http://a.invalid/d trixie main\n")
+    root = apt_dir(tmp_path, "deb http://a.invalid/d stable main\n")
     with pytest.raises(ImageforgeError, match=r"have no 'deb' entry for bookworm") as caught:
         aptsources.host_sources("bookworm", root)
     assert caught.value.hint and "BaseRecipe(sources=" in caught.value.hint

@@ -44,3 +44,31 @@ def test_systemd_time_spans() -> None:
     assert timespan_seconds("1min 2.5s") == 62.5
     assert timespan_seconds("850ms") == 0.85
     assert timespan_seconds("1h 1min 1s") == 3661.0
+
+
+def test_resolved_stub_link_is_not_a_leftover(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    (root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    assert guestfiles.per_instance_leftovers(root) == []
+    (root / "etc/resolv.conf").unlink()
+    (root / "etc/resolv.conf").write_text("nameserver 10.0.2.3\n")  # the build host's
+    assert guestfiles.per_instance_leftovers(root) == ["etc/resolv.conf"]
+
+
+def test_each_release_gets_its_own_network_stack_and_cloud_init_units() -> None:
+    trixie = guestfiles.files("debian", "debian", "trixie")[
+        "etc/cloud/cloud.cfg.d/50-imageforge.cfg"
+    ]
+    bookworm = guestfiles.files("debian", "debian", "bookworm")[
+        "etc/cloud/cloud.cfg.d/50-imageforge.cfg"
+    ]
+    assert "renderers: [networkd]" in trixie and "renderers" not in bookworm
+    assert guestfiles.network_packages("trixie") == ("systemd-resolved",)
+    assert "systemd-networkd.service" in guestfiles.ENABLED_UNITS_BY_SUITE["trixie"]
+    assert guestfiles.network_packages("bookworm") == ("ifupdown", "isc-dhcp-client")
+    # cloud-init's single process needs every stage's unit; Debian 12 masks one interpreter.
+    assert "cloud-config.service" in guestfiles.MASKED_UNITS_BY_SUITE["bookworm"]
+    assert "cloud-config.service" not in guestfiles.MASKED_UNITS_BY_SUITE.get("trixie", ())
+    assert guestfiles.fingerprint("u", "h", "trixie") != guestfiles.fingerprint(
+        "u", "h", "bookworm"
+    )

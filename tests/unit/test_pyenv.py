@@ -47,8 +47,10 @@ def test_wheels_are_chosen_for_the_suites_python(tmp_path: Path, monkeypatch) ->
     [argv] = seen
     assert argv[argv.index("--python-version") + 1] == "3.11.2"  # Debian 12's, not the host's
     assert "--only-binary=:all:" in argv and argv[-1] == "aiida-core~=2.9"
+    pyenv.make_wheels("trixie", ("x",), tmp_path, tmp_path / "log")
+    assert seen[-1][seen[-1].index("--python-version") + 1] == "3.13.5"  # Debian 13's
     with pytest.raises(ImageforgeError, match="no Python version is known"):
-        pyenv.make_wheels("trixie", ("x",), tmp_path, tmp_path / "log")
+        pyenv.make_wheels("sid", ("x",), tmp_path, tmp_path / "log")
 
 
 @pytest.mark.parametrize(
