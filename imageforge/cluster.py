@@ -41,6 +41,8 @@ CONTROLLER_HOST = 10
 BOOT_TIMEOUT = 600.0
 MEMORY_MB = 1024
 MAX_WORKERS = 8
+# How the nodes' first-boot program (provisioners/slurm-node) starts its console lines.
+SETUP_TAG = "imageforge-slurm:"
 
 
 @dataclass
@@ -306,7 +308,19 @@ def _wait(cluster: Cluster, workers: int) -> None:
             _until(past_deadline, wait=3)(enough_idle)
     except _NotYet as exc:
         message = f"the cluster did not come up in {BOOT_TIMEOUT:.0f}s: {exc}"
-        raise ImageforgeError(message) from None
+        raise ImageforgeError(f"{message}\n{_first_boot_reports(cluster)}") from None
+
+
+def _first_boot_reports(cluster: Cluster) -> str:
+    """What each node's first-boot program last said on its console (`down` removes the logs)."""
+    lines = []
+    for node in cluster.nodes:
+        path = Path(cluster.directory) / f"{node.name}-console.log"
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        said = [line for line in text.splitlines() if SETUP_TAG in line]
+        last = said[-1][said[-1].index(SETUP_TAG) :].strip() if said else f"no {SETUP_TAG} line"
+        lines.append(f"  {node.name}: {last}")
+    return "\n".join(lines)
 
 
 def _pids(cluster: Cluster) -> list[int]:

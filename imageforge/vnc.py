@@ -7,6 +7,7 @@ on a command line), and the text on the desktop is read by OCR (tesseract).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import struct
@@ -21,6 +22,9 @@ SECURITY_NONE = 1
 SECURITY_VNC_AUTH = 2
 BACKDROP = (22, 52, 88)  # the training desktop's background colour (imageforge-desktop-setup)
 PANEL = (0, 0, 1280, 20)  # where XFCE's default top panel lies on a 1280x800 screen
+# The server's reason for a wrong password, as vncdotool reports it: TigerVNC 1.12 says
+# "Authentication failure", 1.14+ "Authentication failed".
+AUTHENTICATION_REFUSED = re.compile(r"authentication fail(ure|ed)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class Handshake:
 
 def handshake(port: int, choose: int = SECURITY_NONE, *, timeout: float = 10.0) -> Handshake:
     """Speak RFB 3.8 up to the security result, choosing one type (by default None, the one a
-    client without a password would ask for)."""
+    client without a password would ask for). A server that does not offer the chosen type may
+    answer with a failed result and a reason, or (TigerVNC) just close the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         stream = sock.makefile("rwb")
         version = stream.read(12).decode(errors="replace")
@@ -51,7 +56,10 @@ def handshake(port: int, choose: int = SECURITY_NONE, *, timeout: float = 10.0) 
         stream.flush()
         if choose == SECURITY_VNC_AUTH:
             return Handshake(version.strip(), types, len(stream.read(16)) == 16, "challenge")
-        result = stream.read(4)
+        try:
+            result = stream.read(4)
+        except ConnectionResetError:
+            result = b""
         if len(result) < 4:
             return Handshake(version.strip(), types, False, "connection closed")
         failed = struct.unpack(">I", result)[0] != 0
@@ -83,6 +91,11 @@ def capture(port: int, password: str, path: Path, *, timeout: float = 60.0) -> t
         return False, f"vncdotool did not finish in {timeout:.0f}s"
     ok = result.returncode == 0 and path.is_file()
     return ok, result.stderr.strip()[-500:]
+
+
+def authentication_refused(messages: str) -> bool:
+    """Whether vncdotool's messages say the server refused the password (any TigerVNC)."""
+    return AUTHENTICATION_REFUSED.search(messages) is not None
 
 
 def distinct_colours(path: Path) -> int:

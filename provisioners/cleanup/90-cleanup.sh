@@ -26,7 +26,8 @@ rm -rf /var/lib/dhcp/* /var/lib/NetworkManager/*.lease 2>/dev/null || true
 # Secrets and identity a first boot makes (none should exist yet; a password or key that a
 # provisioner's test run left would be shared by every instance).
 rm -rf /var/lib/imageforge/private/* /etc/passwd-s3fs /etc/imageforge/attendee
-rm -f /var/lib/imageforge/desktop/background.png /home/*/.vnc/passwd /root/.vnc/passwd
+rm -f /var/lib/imageforge/desktop/background.png /home/*/.vnc/passwd /root/.vnc/passwd \
+    /home/*/.config/tigervnc/passwd /root/.config/tigervnc/passwd
 # Secrets that services make when they first start, which the build VM's boot may have done.
 rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
 rm -rf /var/lib/rabbitmq/.erlang.cookie /var/lib/rabbitmq/mnesia

@@ -5,7 +5,8 @@ One program in three roles:
 
 - run by Packer as a provisioner (no argument, as root): installs itself as
   /usr/local/sbin/imageforge-aiida-setup, makes the demo pseudopotential with Quantum ESPRESSO's
-  own ld1.x, keeps RabbitMQ and epmd on loopback, writes the AiiDA kernel and the units;
+  own ld1.x, keeps RabbitMQ and epmd on loopback, writes the AiiDA kernel and the units, and
+  puts the environment on the image user's PATH (verdi, jupyter and python in login shells);
 - `imageforge-aiida-setup boot` (imageforge-aiida.service, as root, every boot): on a new
   instance, makes its secrets (Erlang cookie, Jupyter token, database password) and its AiiDA
   profile; then starts PostgreSQL and RabbitMQ;
@@ -14,6 +15,8 @@ One program in three roles:
 
 The packages (PostgreSQL, RabbitMQ, Quantum ESPRESSO) are declared in images.yml, and the Python
 environment is installed natively into the flavor's layer; nothing here downloads anything.
+Nothing depends on the Debian release's PostgreSQL or RabbitMQ version: PostgreSQL is reached
+through postgresql.service, psql and TCP, never through a versioned path.
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ PSEUDO_DIR = Path("/usr/share/imageforge/pseudo")
 SI_PSEUDO = "Si.pz-tm.UPF"
 COOKIE = Path("/var/lib/rabbitmq/.erlang.cookie")
 SYSTEMD = Path("/etc/systemd/system")
+LOGIN_ENV = Path("/etc/profile.d/imageforge-quantum-mobile.sh")
+BIN = Path("/usr/local/bin")
+# Linked into BIN, for what runs without a login shell (ssh host command, sudo -u, cron).
+COMMANDS = ("verdi", "jupyter")
+# Written by 25-cpu-check.py's unit, at boot, when the CPU cannot run numpy's wheels (not
+# x86-64-v2): the AiiDA units are then skipped instead of crashing on an invalid opcode.
+CPU_UNSUPPORTED = "/run/imageforge/cpu-unsupported"
+# Debian 13's cloud-init (25.1) renamed cloud-init.service to cloud-init-network.service;
+# naming both orders the units after it on either release (a missing unit orders nothing).
+AFTER_CLOUD_INIT = "cloud-init.service cloud-init-network.service"
 PROFILE = "quantum-mobile"
 DATABASE = "aiida_qm"
 # ld1.x input: a norm-conserving Troullier-Martins pseudopotential for Si, LDA (Perdew-Zunger).
@@ -60,7 +73,10 @@ NODE_IP_ADDRESS=127.0.0.1
 ERL_EPMD_ADDRESS=127.0.0.1
 SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 """
-# AiiDA's long-running processes need RabbitMQ's consumer timeout off.
+# AiiDA's long-running processes need RabbitMQ's consumer timeout off. rabbitmq.conf takes only
+# a number of milliseconds; "off" (undefined) is said in advanced.config, which RabbitMQ 3.x and
+# 4.x (Debian 12: 3.10, Debian 13: 4.0) both read. AiiDA still warns about any version from
+# 3.8.15 on, as it cannot see this setting: the profile turns that warning off.
 RABBITMQ_ADVANCED = "[{rabbit, [{consumer_timeout, undefined}]}].\n"
 EPMD_SOCKET = "[Socket]\nListenStream=\nListenStream=127.0.0.1:4369\n"
 
@@ -114,6 +130,7 @@ def build() -> int:
     keep_rabbitmq_on_loopback()
     write_kernel(venv)
     write_units(venv, user, int(settings.get("jupyter_port", 8888)))
+    write_login_environment(venv)
     # Started by imageforge-aiida.service once the instance has its own secrets; stopped now,
     # so that the build VM's RabbitMQ writes no state (its cookie, its database) into the image.
     run(["systemctl", "disable", "--now", "--quiet", "postgresql", "rabbitmq-server"])
@@ -173,14 +190,42 @@ def write_kernel(venv: Path) -> None:
     (kernel / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
 
 
+def login_environment(venv: Path) -> str:
+    """/etc/profile.d text: the environment first on the PATH of login shells (SSH, console,
+    `sudo -iu`), root's excepted, whose python3 stays Debian's. The profile is the default one,
+    so verdi and the kernel use it with nothing more."""
+    return f"""\
+# imageforge quantum-mobile: AiiDA's Python environment (verdi, jupyter, python with aiida) for
+# every login shell but root's.
+if [ "$(id -u)" != 0 ]; then
+    case ":$PATH:" in
+        *:{venv}/bin:*) ;;
+        *) PATH="{venv}/bin:$PATH"; export PATH ;;
+    esac
+fi
+"""
+
+
+def write_login_environment(venv: Path) -> None:
+    LOGIN_ENV.write_text(login_environment(venv))
+    LOGIN_ENV.chmod(0o644)
+    BIN.mkdir(parents=True, exist_ok=True)
+    for command in COMMANDS:
+        link = BIN / command
+        link.unlink(missing_ok=True)
+        link.symlink_to(venv / "bin" / command)
+
+
 def write_units(venv: Path, user: str, port: int) -> None:
     home = pwd.getpwnam(user).pw_dir
     units = {
         "imageforge-aiida.service": f"""\
 [Unit]
 Description=imageforge: this instance's AiiDA secrets and profile; PostgreSQL and RabbitMQ
-After=cloud-init.service network-online.target imageforge-snakeoil.service
+After={AFTER_CLOUD_INIT} network-online.target imageforge-snakeoil.service
+After=imageforge-cpu-check.service
 Wants=network-online.target
+ConditionPathExists=!{CPU_UNSUPPORTED}
 
 [Service]
 Type=oneshot
@@ -196,7 +241,9 @@ WantedBy=multi-user.target
 [Unit]
 Description=The AiiDA daemon of {user}
 After=imageforge-aiida.service postgresql.service rabbitmq-server.service
+After=imageforge-cpu-check.service
 Requires=imageforge-aiida.service
+ConditionPathExists=!{CPU_UNSUPPORTED}
 
 [Service]
 Type=oneshot
@@ -213,8 +260,9 @@ WantedBy=multi-user.target
         "jupyterlab.service": f"""\
 [Unit]
 Description=JupyterLab of {user}, with the AiiDA kernel (token in ~/jupyter-token.txt)
-After=imageforge-aiida.service
+After=imageforge-aiida.service imageforge-cpu-check.service
 Requires=imageforge-aiida.service
+ConditionPathExists=!{CPU_UNSUPPORTED}
 
 [Service]
 User={user}
@@ -325,6 +373,9 @@ def profile() -> int:
         },
     )
     config.set_option("runner.poll.interval", 1, scope=created.name)
+    # RabbitMQ is configured as AiiDA needs (RABBITMQ_ADVANCED); AiiDA, which checks only the
+    # version, would otherwise warn on every verdi command. Global: every profile uses this broker.
+    config.set_option("warnings.rabbitmq_version", False)
     config.set_default_profile(created.name, overwrite=True)
     config.store()
     load_profile(created.name, allow_switch=True)

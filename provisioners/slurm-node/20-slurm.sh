@@ -29,6 +29,8 @@ with a block of ours:
 Configless Slurm: the controller serves slurm.conf (enable_configless) and workers start
 `slurmd -Z --conf-server`, registering themselves with the CPUs and memory they detect.
 Without a role or a key the node stays unconfigured and says why, on the console and in motd.
+The same image works with Debian 12's Slurm 22.05 and Debian 13's 24.11; `--print-conf` prints
+the slurm.conf a controller would serve with the Slurm installed here.
 """
 
 from __future__ import annotations
@@ -47,7 +49,15 @@ USER_DATA = Path("/var/lib/cloud/instance/user-data.txt")
 MOTD = Path("/run/motd.d/50-imageforge-slurm")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+SLURMD_DEFAULTS = Path("/etc/default/slurmd")
+HOSTS = Path("/etc/hosts")
+# StateSaveLocation and SlurmdSpoolDir. Slurm 23.11 and later run slurmctld as SlurmUser from
+# the start (User=slurm in its unit), so its state directory must be the slurm user's.
+STATE_DIRS = (Path("/var/lib/slurm/slurmctld"), Path("/var/lib/slurm/slurmd"))
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Before Slurm 23.11 messages could not fan out through dynamic nodes, which the other nodes
+# do not know: TreeWidth had to be at its maximum (Debian 12 has 22.05). Later ones need nothing.
+FANOUT_WITH_DYNAMIC_NODES = (23, 11)
 SLURM_CONF_TEXT = """\
 # imageforge: written at boot from user-data; workers fetch it (configless Slurm).
 ClusterName={cluster}
@@ -63,11 +73,32 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MaxNodeCount=256
-TreeWidth=65533
 SlurmctldTimeout=60
 SlurmdTimeout=60
 PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
+
+
+def slurm_conf(cluster: str, host: str, address: str, version: tuple[int, int]) -> str:
+    """The controller's slurm.conf for a Slurm of `version` (major, minor)."""
+    text = SLURM_CONF_TEXT.format(cluster=cluster, host=host, address=address)
+    if version < FANOUT_WITH_DYNAMIC_NODES:
+        text += "TreeWidth=65533\n"
+    return text
+
+
+def version_of(text: str) -> tuple[int, int]:
+    """(major, minor) from `slurmctld -V` ("slurm-wlm 24.11.5"); unknown: the newest rules."""
+    found = re.search(r"(\d+)\.(\d+)\.\d+", text)
+    return (int(found[1]), int(found[2])) if found else FANOUT_WITH_DYNAMIC_NODES
+
+
+def slurm_version() -> tuple[int, int]:
+    """The installed Slurm's (major, minor)."""
+    result = subprocess.run(
+        ["/usr/sbin/slurmctld", "-V"], capture_output=True, text=True, check=False
+    )
+    return version_of(result.stdout)
 
 
 def say(message: str) -> None:
@@ -91,7 +122,10 @@ def unconfigured(reason: str) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    if argv == ["--print-conf"]:
+        print(slurm_conf("example", "ctl", "10.0.0.10", slurm_version()), end="")
+        return 0
     config = settings()
     role = config.get("role")
     if role not in ("controller", "worker"):
@@ -116,18 +150,15 @@ def main() -> int:
     MUNGE_KEY.chmod(0o400)
     host = os.uname().nodename
     if role == "controller":
-        SLURM_CONF.write_text(
-            SLURM_CONF_TEXT.format(cluster=cluster, host=host, address=controller or host)
-        )
-        for directory in ("/var/lib/slurm/slurmctld", "/var/lib/slurm/slurmd"):
-            Path(directory).mkdir(parents=True, exist_ok=True)
+        SLURM_CONF.write_text(slurm_conf(cluster, host, controller or host, slurm_version()))
+        SLURM_CONF.chmod(0o644)
+        for directory in STATE_DIRS:
+            directory.mkdir(parents=True, exist_ok=True)
             os.chown(directory, *_ids("slurm"))
         services = ["munge", "slurmctld"]
     else:
         SLURM_CONF.unlink(missing_ok=True)
-        Path("/etc/default/slurmd").write_text(
-            f'SLURMD_OPTIONS="-Z --conf-server {controller}:6817"\n'
-        )
+        SLURMD_DEFAULTS.write_text(f'SLURMD_OPTIONS="-Z --conf-server {controller}:6817"\n')
         services = ["munge", "slurmd"]
     subprocess.run(["systemctl", "enable", *services], check=True, capture_output=True)
     subprocess.run(["systemctl", "start", "--no-block", *services], check=True)
@@ -138,14 +169,13 @@ def main() -> int:
 def _write_hosts(hosts: dict[str, str]) -> None:
     """The cluster's names on its own network, replacing other lines for them (such as the
     127.0.1.1 line cloud-init writes for this node, which other nodes cannot reach)."""
-    path = Path("/etc/hosts")
     kept = [
         line
-        for line in path.read_text().splitlines()
+        for line in HOSTS.read_text().splitlines()
         if not set(line.split("#")[0].split()[1:]) & set(hosts)
     ]
     ours = [f"{address}\t{name}" for name, address in hosts.items()]
-    path.write_text("\n".join([*kept, "# imageforge-slurm", *ours]) + "\n")
+    HOSTS.write_text("\n".join([*kept, "# imageforge-slurm", *ours]) + "\n")
 
 
 def _ids(user: str) -> tuple[int, int]:
@@ -156,14 +186,17 @@ def _ids(user: str) -> tuple[int, int]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
 PY
 chmod 0755 /usr/local/sbin/imageforge-slurm-setup
 
 cat > /etc/systemd/system/imageforge-slurm.service <<'UNIT'
 [Unit]
 Description=imageforge: configure this Slurm node (controller or worker) from its user-data
-After=cloud-init.service network-online.target
+# After cloud-init's network stage, which writes the user-data, the host name and /etc/hosts:
+# cloud-init.service up to cloud-init 24.2 (Debian 12), cloud-init-network.service since 24.3
+# (Debian 13). Ordering after a unit that does not exist is harmless.
+After=cloud-init.service cloud-init-network.service network-online.target
 Wants=network-online.target
 
 [Service]
@@ -177,8 +210,10 @@ WantedBy=multi-user.target
 UNIT
 systemctl enable imageforge-slurm.service > /dev/null 2>&1
 
-# Configless workers have no local slurm.conf, which Debian's slurmd.service requires. A worker
-# that boots before its controller answers cannot fetch the configuration and exits: it retries.
+# Configless workers have no local slurm.conf, which Debian 12's slurmd.service (Slurm 22.05)
+# requires; the empty ConditionPathExists= lifts that (Debian 13's unit has no such condition).
+# A worker that boots before its controller answers cannot fetch the configuration: 22.05 exits,
+# 24.11 retries every 10 s but is restarted if that outlasts its start timeout (Type=notify).
 mkdir -p /etc/systemd/system/slurmd.service.d
 cat > /etc/systemd/system/slurmd.service.d/imageforge-configless.conf <<'UNIT'
 [Unit]

@@ -16,7 +16,11 @@ install -d -m 0700 /var/lib/imageforge/private
 # images.yml's `desktop:` settings, the defaults that user-data may override at boot.
 printf '%s\n' "${IMAGEFORGE_DESKTOP:-$no_settings}" > /etc/imageforge/desktop.json
 
-# TigerVNC: display :1 belongs to the image user; the security settings are written at boot.
+# TigerVNC (Debian's tigervncserver@.service: tigervncsession starts the tigervncserver wrapper
+# as the user of the display in vncserver.users): display :1 belongs to the image user. The
+# security settings and the password file (TigerVNC 1.14+: ~/.config/tigervnc/passwd, no longer
+# ~/.vnc/passwd) are written at boot; tigervncpasswd comes from tigervnc-tools, which the server
+# only recommends (images.yml declares it).
 printf ':1=%s\n' "$user" > /etc/tigervnc/vncserver.users
 mkdir -p /etc/systemd/system/tigervncserver@.service.d
 cat > /etc/systemd/system/tigervncserver@.service.d/imageforge.conf <<'UNIT'
@@ -31,7 +35,9 @@ RestartSec=2
 UNIT
 
 # XFCE defaults for every user: the attendee's background, no icons over it, the default panel
-# without the first-start question, and no blanking or DPMS (which crash TigerVNC).
+# without the first-start question, and no blanking or DPMS (which crash TigerVNC). xfdesktop
+# names a monitor by its RandR output (Xtigervnc's is VNC-0; XFCE 4.20 too) and, in single
+# workspace mode, takes every workspace's backdrop from workspace 0.
 xfconf=/etc/xdg/xfce4/xfconf/xfce-perchannel-xml
 mkdir -p "$xfconf"
 if [ -f /etc/xdg/xfce4/panel/default.xml ]; then
@@ -44,6 +50,8 @@ fi
     echo '    <property name="style" type="int" value="0"/>'
     echo '  </property>'
     echo '  <property name="backdrop" type="empty">'
+    echo '    <property name="single-workspace-mode" type="bool" value="true"/>'
+    echo '    <property name="single-workspace-number" type="int" value="0"/>'
     echo '    <property name="screen0" type="empty">'
     for monitor in monitorVNC-0 monitor0 monitorscreen; do
         echo "      <property name=\"$monitor\" type=\"empty\">"
@@ -125,11 +133,14 @@ defaults (images.yml `desktop:`) are in /etc/imageforge/desktop.json; the instan
 
 The attendee number may come from instance metadata instead: an `attendee` key (NoCloud meta-data,
 OpenStack `meta`), a GCE instance attribute `attendee`, or an EC2 instance tag `Attendee`.
-A generated VNC password is written to the console once, and to a root-only file.
+A generated VNC password is written to the console once, and to a root-only file. The VNC
+server reads it from the user's ~/.config/tigervnc/passwd (TigerVNC 1.14+), which the mandatory
+server configuration names, so that TigerVNC 1.12 (Debian 12, ~/.vnc) reads it there as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -153,10 +164,15 @@ ATTENDEE = Path("/etc/imageforge/attendee")
 BACKGROUND = Path("/var/lib/imageforge/desktop/background.png")
 VNC_USERS = Path("/etc/tigervnc/vncserver.users")
 VNC_CONFIG = Path("/etc/tigervnc/vncserver-config-mandatory")
+VNC_PASSWD = (".config", "tigervnc", "passwd")  # under the user's home, as TigerVNC 1.14+ has it
+VNCPASSWD = "tigervncpasswd"  # tigervnc-tools (vncpasswd is only its alternatives link)
+S3FS_MOUNT = Path("/mnt/s3fs")
+S3FS_TMPDIR = "/var/tmp"  # s3fs stages what it reads in temporary files: /tmp is a tmpfs now
 TIMER = Path("/etc/systemd/system/imageforge-autoshutdown.timer")
 S3FS_PASSWD = Path("/etc/passwd-s3fs")
 MOTD = Path("/run/motd.d/50-imageforge-desktop")
 ATTENDEE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,15}$")
+PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")  # quoted into the Perl of the VNC configuration
 CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 ALPHABET = string.ascii_letters + string.digits
 METADATA_PATHS = (("attendee",), ("meta", "attendee"), ("instance", "attributes", "attendee"),
@@ -224,6 +240,10 @@ def vnc_password(config: dict, instance: str) -> tuple[str, bool]:
     return "".join(secrets.choice(ALPHABET) for _ in range(8)), True
 
 
+def vnc_passwd_file(user: pwd.struct_passwd) -> Path:
+    return Path(user.pw_dir, *VNC_PASSWD)
+
+
 def install_password(password: str, instance: str, user: pwd.struct_passwd) -> None:
     PRIVATE.mkdir(mode=0o700, parents=True, exist_ok=True)
     for path, text in ((PASSWORD, password), (PASSWORD_INSTANCE, instance)):
@@ -231,27 +251,54 @@ def install_password(password: str, instance: str, user: pwd.struct_passwd) -> N
         with os.fdopen(fd, "w") as out:
             out.write(text + "\n")
     obfuscated = subprocess.run(
-        ["vncpasswd", "-f"], input=password.encode(), capture_output=True, check=True
+        [VNCPASSWD, "-f"], input=password.encode(), capture_output=True, check=True
     ).stdout
-    vnc_dir = Path(user.pw_dir) / ".vnc"
-    vnc_dir.mkdir(mode=0o700, exist_ok=True)
-    os.chown(vnc_dir, user.pw_uid, user.pw_gid)
-    target = vnc_dir / "passwd"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(obfuscated)
-    os.chown(target, user.pw_uid, user.pw_gid)
+    if len(obfuscated) != 8:
+        raise RuntimeError(f"{VNCPASSWD} -f gave {len(obfuscated)} bytes, not 8")
+    write_user_file(user, VNC_PASSWD, obfuscated)
 
 
-def write_vnc_config(config: dict) -> None:
+def write_user_file(user: pwd.struct_passwd, parts: tuple[str, ...], data: bytes) -> None:
+    """Write data to the user's file home/parts (mode 600, the user's), making the directories
+    (700) it needs. Root writes in a directory the user owns: no symbolic link on the way is
+    followed, and the file is replaced, never written through a link the user made."""
+    fd = os.open(user.pw_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in parts[:-1]:
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            else:
+                os.chown(name, user.pw_uid, user.pw_gid, dir_fd=fd, follow_symlinks=False)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        name, temporary = parts[-1], f".{parts[-1]}.imageforge"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(temporary, flags, 0o600, dir_fd=fd), "wb") as out:
+            out.write(data)
+            os.fchown(out.fileno(), user.pw_uid, user.pw_gid)
+        os.replace(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def write_vnc_config(config: dict, passwd_file: Path) -> None:
     localhost = "yes" if config.get("vnc_localhost_only") else "no"
     geometry = str(config.get("geometry") or "1280x800")
     if not re.match(r"^[1-9][0-9]{2,3}x[1-9][0-9]{2,3}$", geometry):
         geometry = "1280x800"
+    if not PLAIN_PATH.match(str(passwd_file)):
+        raise ValueError(f"not a plain path for the VNC password file: {str(passwd_file)!r}")
     VNC_CONFIG.write_text(
         "# imageforge: written at boot. VNC authentication only: security type None is never\n"
-        "# offered. The password is per instance (~/.vnc/passwd).\n"
+        "# offered. The password is per instance, in the file named here (TigerVNC 1.14+ looks\n"
+        "# in ~/.config/tigervnc, 1.12 in ~/.vnc: named, both read the same file).\n"
         '$SecurityTypes = "VncAuth";\n'
+        f"$vncPasswdFile = '{passwd_file}';\n"
         f'$localhost = "{localhost}";\n'
         '$session = "xfce";\n'
         f'$geometry = "{geometry}";\n'
@@ -326,10 +373,10 @@ def mount_s3fs(config: dict) -> str:
     s3fs = config.get("s3fs")
     if not isinstance(s3fs, dict) or not s3fs.get("bucket"):
         return ""
-    target = Path("/mnt/s3fs")
+    target = S3FS_MOUNT
     if os.path.ismount(target):
         return f"s3fs: {s3fs['bucket']} at {target}"
-    options = ["allow_other", "umask=0022"]
+    options = ["allow_other", "umask=0022", f"tmpdir={S3FS_TMPDIR}"]
     if s3fs.get("read_only", True):
         options.append("ro")
     if s3fs.get("url"):
@@ -406,7 +453,7 @@ def main() -> int:
     # requires this unit) does not start. The rest is reported when it fails, not fatal.
     password, generated = vnc_password(config, instance)
     install_password(password, instance, user)
-    write_vnc_config(config)
+    write_vnc_config(config, vnc_passwd_file(user))
     number = attendee(config)
     notes = [
         attempt("the attendee number", write_attendee, number),
@@ -437,7 +484,8 @@ chmod 0755 /usr/local/sbin/imageforge-desktop-setup
 cat > /etc/systemd/system/imageforge-desktop.service <<'UNIT'
 [Unit]
 Description=imageforge: set up this training desktop (attendee, VNC password, shared data)
-After=cloud-init.service network-online.target
+# cloud-init 25.1 (Debian 13) renamed cloud-init.service to cloud-init-network.service.
+After=cloud-init.service cloud-init-network.service network-online.target
 Wants=network-online.target
 
 [Service]

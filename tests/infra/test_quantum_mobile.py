@@ -1,6 +1,7 @@
 """quantum-mobile: AiiDA, JupyterLab and Quantum ESPRESSO, used the way a scientist uses them.
 
-A real calculation goes through AiiDA: a small Quantum ESPRESSO SCF of bulk silicon is submitted
+The image user finds verdi, jupyter and pw.x in a login shell (SSH, console, `sudo -iu`), and
+verdi speaks without warnings. A real calculation goes through AiiDA: a small Quantum ESPRESSO SCF of bulk silicon is submitted
 to the daemon and its energy parsed by aiida-quantumespresso. Its result is kept next to the
 artifacts (calculation.json). Secrets are never shown in an assertion; of the instance's
 secrets only their sha256 digests are kept (instance-secrets.json), so that another boot of the
@@ -22,6 +23,8 @@ import pytest
 PORTS = json.loads(os.environ.get("IMAGEFORGE_PORTS") or "{}")
 ARTIFACTS = Path(os.environ.get("IMAGEFORGE_ARTIFACTS") or ".")
 SETTINGS = "/etc/imageforge/aiida.json"
+# Left by imageforge-cpu-check.service when the CPU is not x86-64-v2 (numpy would not run).
+CPU_UNSUPPORTED = "/run/imageforge/cpu-unsupported"
 # Bulk silicon, 2 atoms, LDA norm-conserving, 15 Ry, 2x2x2 k-points: about -213 eV.
 ENERGY_RANGE_EV = (-220.0, -205.0)
 SCF = """
@@ -76,6 +79,11 @@ def as_user(qm: dict, command: str) -> str:
     return f"sudo -n -u {qm['user']} -H {command}"
 
 
+def login_shell(qm: dict, command: str) -> str:
+    """command in the image user's login shell, as `sudo -iu max` (and the console) give it."""
+    return f"sudo -n -iu {qm['user']} {command}"
+
+
 @pytest.fixture(scope="module")
 def secrets(host, qm) -> dict[str, str]:
     """The instance's secrets (read as root in one call); their digests go to the artifacts."""
@@ -89,6 +97,8 @@ def secrets(host, qm) -> dict[str, str]:
         "modes": f"stat -c '%n %U %a' /var/lib/rabbitmq/.erlang.cookie "
         f"{qm['home']}/jupyter-token.txt {qm['home']}/.jupyter/jupyter_server_config.json",
         "listening": "ss -Hltn",
+        # The running broker's value, whatever file set it: undefined is no timeout at all.
+        "consumer_timeout": "rabbitmqctl -q eval 'application:get_env(rabbit, consumer_timeout).'",
     }
     # Each section ends on a line of its own, even when its output has no final newline.
     script = "".join(f"echo '### {k}'; ( {v} ) 2>&1; echo; " for k, v in sections.items())
@@ -109,15 +119,67 @@ def secrets(host, qm) -> dict[str, str]:
     return facts
 
 
-def test_verdi_status_reports_every_component_ok(host, qm):
-    status = host.run(as_user(qm, f"{qm['venv']}/bin/verdi status"))
-    assert status.rc == 0, status.stdout + status.stderr
+def test_cpu_is_x86_64_v2(host):
+    """The boot-time check ran and found every feature numpy needs (else AiiDA stays stopped)."""
+    active = host.run("systemctl is-active imageforge-cpu-check.service").stdout.strip()
+    assert active == "active", host.run("systemctl status imageforge-cpu-check").stdout
+    marker = host.run(f"cat {CPU_UNSUPPORTED}")
+    assert marker.rc != 0, f"this CPU lacks {marker.stdout.strip()}"
+
+
+def test_verdi_status_in_a_login_shell_reports_every_component_ok(host, qm):
+    """`sudo -iu max verdi status`: found on the PATH, the profile loaded, nothing to warn of
+    (RabbitMQ's version warning is off: the broker is configured as AiiDA needs)."""
+    status = host.run(login_shell(qm, "verdi status"))
+    output = status.stdout + status.stderr
+    assert status.rc == 0, output
     for component in ("profile", "storage", "broker", "daemon"):
         assert any(
             line.lstrip().startswith("✔") and component in line
             for line in status.stdout.splitlines()
-        ), f"{component} not OK:\n{status.stdout}"
-    assert "✘" not in status.stdout
+        ), f"{component} not OK:\n{output}"
+    assert any(
+        "profile" in line and "quantum-mobile" in line for line in status.stdout.splitlines()
+    ), output
+    assert "✘" not in output and "⏺" not in output, output
+    assert "warning" not in output.lower() and "not supported" not in output, output
+
+
+def test_rabbitmq_version_warning_is_off_in_the_aiida_config(host, qm):
+    config = json.loads(host.check_output(as_user(qm, f"cat {qm['home']}/.aiida/config.json")))
+    assert config["options"].get("warnings.rabbitmq_version") is False, config["options"]
+    assert config["default_profile"] == "quantum-mobile"
+
+
+def session(qm: dict, how: str, command: str) -> str:
+    """command as the image user would run it. The suite logs in as the cloud's default user,
+    so an SSH session of the image user is what sshd makes of one: its compiled-in PATH and
+    the user's shell, a login shell for a terminal, a plain `bash -c` for `ssh max@vm command`."""
+    if how == "sudo -iu":
+        return login_shell(qm, f"sh -c {shlex.quote(command)}")
+    sshd = (
+        f"env -i HOME={qm['home']} USER={qm['user']} LOGNAME={qm['user']} SHELL=/bin/bash "
+        "PATH=/usr/local/bin:/usr/bin:/bin:/usr/games"
+    )
+    flags = "-lc" if how == "ssh terminal" else "-c"
+    return f"sudo -n -u {qm['user']} {sshd} bash {flags} {shlex.quote(command)}"
+
+
+@pytest.mark.parametrize("how", ["sudo -iu", "ssh terminal", "ssh command"])
+def test_image_user_finds_verdi_jupyter_and_pw(host, qm, how):
+    found = host.run(session(qm, how, "cd && command -v verdi jupyter pw.x"))
+    assert found.rc == 0, f"not all on the PATH:\n{found.stdout}{found.stderr}"
+    paths = found.stdout.split()
+    assert [Path(p).name for p in paths] == ["verdi", "jupyter", "pw.x"], paths
+    if how != "ssh command":  # a login shell has the whole environment first, python too
+        assert paths[0] == f"{qm['venv']}/bin/verdi", paths
+        python = host.run(session(qm, how, "cd && python -c 'import aiida'"))
+        assert python.rc == 0, python.stderr
+
+
+def test_rabbitmq_consumer_timeout_is_off(secrets):
+    """AiiDA's long-running processes must not be cancelled by RabbitMQ (3.8.15 and later)."""
+    assert "{ok,undefined}" in secrets["consumer_timeout"], secrets["consumer_timeout"]
 
 
 def test_secrets_are_generated_and_private(secrets, qm):

@@ -23,6 +23,7 @@ ATTENDEE = str((USER_DATA.get("imageforge_desktop") or {}).get("attendee", ""))
 PORTS = json.loads(os.environ.get("IMAGEFORGE_PORTS") or "{}")
 ARTIFACTS = Path(os.environ.get("IMAGEFORGE_ARTIFACTS") or ".")
 PRIVATE = "/var/lib/imageforge/private"
+VNC_PASSWD = "/home/training/.config/tigervnc/passwd"  # TigerVNC 1.14+ (was ~/.vnc/passwd)
 DESKTOP_SECONDS = 300
 
 
@@ -40,13 +41,15 @@ def desktop(host) -> dict[str, str]:
     sections = {
         "password": f"cat {PRIVATE}/vnc-password",
         "password_mode": f"stat -c '%U %a' {PRIVATE} {PRIVATE}/vnc-password",
-        "vnc_passwd_mode": "stat -c '%U %a %s' /home/*/.vnc/passwd",
+        "vnc_passwd_mode": f"stat -c '%U %a %s' {VNC_PASSWD}",
         "settings": "cat /etc/imageforge/desktop.json",
         "timer": "systemctl show imageforge-autoshutdown.timer -p TimersCalendar -p ActiveState",
         "timezone": "readlink /etc/localtime",
         "listen": "ss -Hltn 'sport = :5901'",
         "setup": "journalctl -b -u imageforge-desktop.service -o cat --no-pager",
         "vnc_config": "cat /etc/tigervnc/vncserver-config-mandatory",
+        # The VNC server as the wrapper started it: its security types and password file.
+        "xvnc": "ps -C Xtigervnc -o args=",
     }
     # Each section ends on a line of its own, even when its output has no final newline.
     script = "".join(f"echo '### {k}'; ( {v} ) 2>&1; echo; " for k, v in sections.items())
@@ -74,9 +77,27 @@ def test_vnc_server_runs_for_the_training_user(host, desktop):
 
 
 def test_only_vnc_authentication_is_offered(vnc_port):
+    """What the server offers a client, exactly: VNC authentication and nothing else (not the
+    TLSVnc that TigerVNC adds by default, which vncdotool cannot speak; never None)."""
     offered = vnc.handshake(vnc_port)
-    assert offered.security_types == (vnc.SECURITY_VNC_AUTH,)
+    assert vnc.SECURITY_NONE not in offered.security_types, "security type None is offered"
+    assert offered.security_types == (vnc.SECURITY_VNC_AUTH,), offered
     assert not offered.accepted, "the server let a client in with security type None"
+
+
+def test_vnc_server_runs_with_vnc_authentication_and_the_instance_password(desktop):
+    """The server's own settings, not only what one client saw: -SecurityTypes VncAuth and the
+    password file in the user's TigerVNC directory (named by the mandatory configuration)."""
+    [server] = desktop["xvnc"].strip().splitlines()
+    args = server.split()
+
+    def value(name: str) -> str:
+        assert f"-{name}" in args, server
+        return args[args.index(f"-{name}") + 1]
+
+    assert value("SecurityTypes").lower() == "vncauth", server
+    assert value("PasswordFile") == VNC_PASSWD, server
+    assert '$SecurityTypes = "VncAuth";' in desktop["vnc_config"]
 
 
 def test_password_is_per_instance_and_root_only(desktop):
@@ -84,14 +105,14 @@ def test_password_is_per_instance_and_root_only(desktop):
     password = desktop["password"].strip()
     assert len(password) == 8 and password.isalnum(), "not an 8-character generated password"
     owner, mode, size = desktop["vnc_passwd_mode"].split()
-    assert (owner, mode, size) == ("training", "600", "8")
+    assert (owner, mode, size) == ("training", "600", "8"), desktop["vnc_passwd_mode"]
     assert "vnc_password=" not in desktop["setup"], "the journal holds the password"
 
 
 def test_wrong_password_is_refused(vnc_port, tmp_path):
     ok, messages = vnc.capture(vnc_port, "wrong-pw", tmp_path / "wrong.png", timeout=30)
     assert not ok
-    assert "Authentication failure" in messages
+    assert vnc.authentication_refused(messages), messages
 
 
 def test_desktop_shows_the_attendee_number(vnc_port, desktop, tmp_path):

@@ -1,10 +1,14 @@
-"""invoke cluster: what each node is told, and refusing a second cluster."""
+"""invoke cluster: what each node is told, what the node's first-boot program makes of it (run
+on a scratch tree, with Debian 12's and Debian 13's Slurm), and refusing a second cluster."""
 
 from __future__ import annotations
 
 import base64
 import os
+import re
+import subprocess
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,10 @@ import yaml
 from imageforge import cluster, config, runner
 from imageforge.errors import ImageforgeError
 
-from .conftest import write
+from .conftest import ROOT, write
+
+PROVISIONER = ROOT / "provisioners" / "slurm-node" / "20-slurm.sh"
+SLURM_VERSIONS = {"debian-12": "slurm-wlm 22.05.8\n", "debian-13": "slurm-wlm 24.11.5\n"}
 
 
 def nodes() -> cluster.Cluster:
@@ -78,8 +85,15 @@ def test_read_pid_gives_up(tmp_path: Path) -> None:
         cluster._read_pid(tmp_path / "missing.pid", timeout=0.3)
 
 
-def test_wait_names_what_did_not_come_up(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wait_names_what_did_not_come_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(cluster, "BOOT_TIMEOUT", 0.2)
+    demo = nodes()
+    demo.directory = str(tmp_path)
+    (tmp_path / "ctl-console.log").write_bytes(
+        b"[  OK  ] Started ssh.service\r\n"
+        b"\x1b[0mimageforge-slurm: controller of cluster demo, controller 10.77.0.10\r\n"
+    )
+    (tmp_path / "worker1-console.log").write_bytes(b"Debian GNU/Linux 13 worker1 ttyS0\n")
     monkeypatch.setattr(cluster.qemu, "wait_for_ssh", lambda port, timeout: "SSH-2.0-x")
     outputs = {"true": 0, "sinfo -h -N -o '%N %t'": 0}
 
@@ -89,9 +103,142 @@ def test_wait_names_what_did_not_come_up(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(cluster.Cluster, "ssh", ssh)
     with pytest.raises(ImageforgeError) as caught:
-        cluster._wait(nodes(), 2)
+        cluster._wait(demo, 2)
     assert str(caught.value).startswith(
         "the cluster did not come up in 0s: only 1 of 2 workers are idle: worker1 idle"
     )
+    # What each node's first-boot program said, read before `down` removes the console logs.
+    assert str(caught.value).endswith(
+        "\n  ctl: imageforge-slurm: controller of cluster demo, controller 10.77.0.10"
+        "\n  worker1: no imageforge-slurm: line"
+    )
     assert outputs["true"] == 2  # both nodes log in at the first attempt
     assert outputs["sinfo -h -N -o '%N %t'"] >= 1
+
+
+# The node's first-boot program (imageforge-slurm-setup), taken from the provisioner.
+
+
+def embedded(marker: str) -> str:
+    """A heredoc of the provisioner: the text between `<<'MARKER'` and the line `MARKER`."""
+    found = re.search(rf"<<'{marker}'\n(.*?)\n{marker}\n", PROVISIONER.read_text(), re.S)
+    assert found, f"the provisioner no longer embeds {marker}"
+    return found.group(1)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """The program with its files in tmp_path, and systemctl and `slurmctld -V` recorded."""
+    module = types.ModuleType("imageforge_slurm_setup")
+    exec(compile(embedded("PY"), "imageforge-slurm-setup", "exec"), module.__dict__)
+    for name in ("USER_DATA", "MOTD", "MUNGE_KEY", "SLURM_CONF", "SLURMD_DEFAULTS", "HOSTS"):
+        monkeypatch.setattr(module, name, tmp_path / name.lower())
+    state = (tmp_path / "slurmctld", tmp_path / "slurmd")
+    monkeypatch.setattr(module, "STATE_DIRS", state)
+    (tmp_path / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tworker1\n")
+    monkeypatch.setattr(module, "_ids", lambda user: (os.getuid(), os.getgid()))
+    calls: list[list[str]] = []
+    module.version = SLURM_VERSIONS["debian-13"]  # type: ignore[attr-defined]
+
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(list(argv))
+        out = module.version if argv[-1] == "-V" else ""  # type: ignore[attr-defined]
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(module.subprocess, "run", run)
+    module.calls = calls  # type: ignore[attr-defined]
+    return module
+
+
+def given(setup: types.ModuleType, node: cluster.Node, key: str) -> None:
+    demo = nodes()
+    hosts = {n.name: n.address for n in demo.nodes}
+    setup.USER_DATA.write_text(cluster._user_data("ssh-ed25519 AAAA t", node, demo, key, hosts))
+
+
+def slurm_settings(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
+    return dict(pairs)
+
+
+@pytest.mark.parametrize("os_name", sorted(SLURM_VERSIONS))
+def test_a_controller_serves_configless_slurm_for_dynamic_nodes(setup, os_name: str) -> None:
+    setup.version = SLURM_VERSIONS[os_name]
+    key = base64.b64encode(b"m" * 1024).decode()
+    given(setup, nodes().controller, key)
+    assert setup.main([]) == 0
+    conf = slurm_settings(setup.SLURM_CONF.read_text())
+    assert conf["ClusterName"] == "demo"
+    assert conf["SlurmctldHost"] == f"{os.uname().nodename}(10.77.0.10)"
+    assert conf["SlurmctldParameters"] == "enable_configless"
+    assert conf["SelectType"] == "select/cons_tres" and int(conf["MaxNodeCount"]) >= 8
+    # 22.05 cannot fan out through dynamic nodes; 24.11 can, and needs no TreeWidth.
+    assert conf.get("TreeWidth") == ("65533" if os_name == "debian-12" else None)
+    assert setup.SLURM_CONF.stat().st_mode & 0o777 == 0o644  # slurmctld reads it as slurm
+    assert all(d.is_dir() for d in setup.STATE_DIRS)
+    assert setup.MUNGE_KEY.read_bytes() == b"m" * 1024
+    assert setup.MUNGE_KEY.stat().st_mode & 0o777 == 0o400
+    assert ["systemctl", "enable", "munge", "slurmctld"] in setup.calls
+    said = setup.MOTD.read_text()  # and the console: what `cluster up` reports on a failure
+    assert said == f"{cluster.SETUP_TAG} controller of cluster demo, controller 10.77.0.10\n"
+
+
+def test_a_worker_fetches_its_configuration_from_the_controller(setup) -> None:
+    key = base64.b64encode(b"w" * 1024).decode()
+    given(setup, nodes().nodes[1], key)
+    setup.SLURM_CONF.write_text("stale\n")
+    assert setup.main([]) == 0
+    assert not setup.SLURM_CONF.exists()
+    options = setup.SLURMD_DEFAULTS.read_text()
+    assert options == 'SLURMD_OPTIONS="-Z --conf-server 10.77.0.10:6817"\n'
+    hosts = setup.HOSTS.read_text()
+    assert "10.77.0.10\tctl\n" in hosts and "10.77.0.11\tworker1\n" in hosts
+    assert "127.0.1.1" not in hosts  # other nodes cannot reach this node there
+    assert setup.MUNGE_KEY.read_bytes() == b"w" * 1024
+    assert ["systemctl", "enable", "munge", "slurmd"] in setup.calls
+
+
+KEY = base64.b64encode(b"k" * 64).decode()
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        None,
+        {"role": "worker", "controller": "10.77.0.10"},  # no key
+        {"role": "worker", "controller": "10.77.0.10", "munge_key": "c2hvcnQ="},  # too short
+        {"role": "worker", "munge_key": KEY},  # no controller
+        {"role": "controller", "munge_key": KEY, "cluster_name": "a b"},
+    ],
+)
+def test_without_role_key_or_controller_nothing_starts(setup, block: dict | None) -> None:
+    setup.USER_DATA.write_text("#cloud-config\n" + yaml.safe_dump({"imageforge_slurm": block}))
+    assert setup.main([]) == 0
+    assert "this node is not configured" in setup.MOTD.read_text()
+    assert not [c for c in setup.calls if c[0] == "systemctl"]
+    assert not setup.MUNGE_KEY.exists() and not setup.SLURM_CONF.exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "version"),
+    [("slurm-wlm 24.11.5\n", (24, 11)), ("slurm 22.05.8\n", (22, 5)), ("", (23, 11))],
+)
+def test_slurm_version_from_the_daemon(setup, output: str, version: tuple[int, int]) -> None:
+    assert setup.version_of(output) == version
+
+
+def test_print_conf_shows_what_a_controller_would_serve(setup, capsys) -> None:
+    setup.version = SLURM_VERSIONS["debian-12"]
+    assert setup.main(["--print-conf"]) == 0
+    assert slurm_settings(capsys.readouterr().out)["TreeWidth"] == "65533"
+    assert not setup.SLURM_CONF.exists() and not setup.MOTD.exists()
+
+
+def test_the_first_boot_unit_follows_cloud_init_on_debian_12_and_13() -> None:
+    unit = embedded("UNIT")  # the first unit of the provisioner: imageforge-slurm.service
+    assert "ExecStart=/usr/local/sbin/imageforge-slurm-setup" in unit
+    after = [u for line in unit.splitlines() if line.startswith("After=") for u in line[6:].split()]
+    # cloud-init's network stage writes the user-data, host name and /etc/hosts: its unit is
+    # cloud-init.service in Debian 12, cloud-init-network.service in Debian 13.
+    assert {"cloud-init.service", "cloud-init-network.service"} <= set(after)
+    assert "network-online.target" in after

@@ -4,8 +4,10 @@ console redaction, the RFB handshake, and the guest's own setup program on a scr
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
 import threading
 import types
 from pathlib import Path
@@ -116,6 +118,28 @@ def test_handshake_notices_a_server_that_lets_anyone_in() -> None:
     assert result.security_types == (1, 2) and result.accepted
 
 
+def test_handshake_takes_a_closed_connection_as_a_refusal() -> None:
+    """TigerVNC sends no security result for a type it does not offer: it closes."""
+    port, thread = rfb_server(b"\x02", b"")
+    result = vnc.handshake(port)
+    thread.join(5)
+    assert result.security_types == (2,) and not result.accepted
+    assert result.reason == "connection closed"
+
+
+@pytest.mark.parametrize(
+    ("messages", "refused"),
+    [
+        ("CRITICAL:root:Authentication failure", True),  # TigerVNC 1.12
+        ("CRITICAL:root:Authentication failed", True),  # TigerVNC 1.14+
+        ("CRITICAL:root:Connection refused: b'Too many security failures'", False),
+        ("vncdotool did not finish in 30s", False),
+    ],
+)
+def test_a_refused_password_is_recognised_in_either_wording(messages: str, refused: bool) -> None:
+    assert vnc.authentication_refused(messages) is refused
+
+
 # The guest's setup program, taken from the provisioner and run against a scratch tree.
 
 
@@ -132,11 +156,30 @@ def setup(tmp_path: Path, monkeypatch) -> types.ModuleType:
     monkeypatch.setattr(module, "PRIVATE", private)
     monkeypatch.setattr(module, "PASSWORD", private / "vnc-password")
     monkeypatch.setattr(module, "PASSWORD_INSTANCE", private / "vnc-password.instance-id")
+    monkeypatch.setattr(module, "VNC_CONFIG", tmp_path / "vncserver-config-mandatory")
+    monkeypatch.setattr(module, "S3FS_MOUNT", tmp_path / "mnt-s3fs")
     calls: list[list[str]] = []
     monkeypatch.setattr(module, "_set_timezone", lambda zone: calls.append(["tz", zone]))
-    monkeypatch.setattr(module.subprocess, "run", lambda argv, **kw: calls.append(list(argv)))
+
+    def run(argv, **kw) -> subprocess.CompletedProcess:
+        calls.append(list(argv))
+        # tigervncpasswd -f: the password's 8 obfuscated bytes; everything else says nothing.
+        out = b"\x8f" * 8 if argv[:2] == [module.VNCPASSWD, "-f"] else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(module.subprocess, "run", run)
     module.calls = calls  # type: ignore[attr-defined]
     return module
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> types.SimpleNamespace:
+    """The display's user, as pwd has it, with an empty home directory in the scratch tree."""
+    home = tmp_path / "home" / "training"
+    home.mkdir(parents=True)
+    return types.SimpleNamespace(
+        pw_name="training", pw_dir=str(home), pw_uid=os.getuid(), pw_gid=os.getgid()
+    )
 
 
 def test_user_data_overrides_the_image_defaults(setup) -> None:
@@ -191,14 +234,90 @@ def test_shutdown_timer_is_written_from_the_settings(setup) -> None:
     assert not setup.TIMER.exists()
 
 
-def test_vnc_config_never_offers_none_and_honours_localhost_only(setup, tmp_path) -> None:
-    setup.VNC_CONFIG = tmp_path / "vncserver-config-mandatory"
-    setup.write_vnc_config({"vnc_localhost_only": True})
+def test_vnc_config_never_offers_none_and_honours_localhost_only(setup, user) -> None:
+    passwd = setup.vnc_passwd_file(user)
+    setup.write_vnc_config({"vnc_localhost_only": True}, passwd)
     text = setup.VNC_CONFIG.read_text()
     assert '$SecurityTypes = "VncAuth";' in text and '$localhost = "yes";' in text
-    setup.write_vnc_config({"geometry": "1x1; system('reboot')"})
+    assert re.findall(r"^\$SecurityTypes = (.*);$", text, re.M) == ['"VncAuth"']
+    assert not [line for line in text.splitlines() if "None" in line and line[0] != "#"]
+    setup.write_vnc_config({"geometry": "1x1; system('reboot')"}, passwd)
     text = setup.VNC_CONFIG.read_text()
     assert '$localhost = "no";' in text and '$geometry = "1280x800";' in text
+
+
+def test_vnc_config_names_the_password_file_for_every_tigervnc(setup, user) -> None:
+    """TigerVNC 1.14+ keeps it in ~/.config/tigervnc, 1.12 looked in ~/.vnc: named, both read
+    the same file. The path is quoted into Perl, so only a plain one is written."""
+    passwd = setup.vnc_passwd_file(user)
+    assert passwd == Path(user.pw_dir) / ".config" / "tigervnc" / "passwd"
+    setup.write_vnc_config({}, passwd)
+    assert f"$vncPasswdFile = '{passwd}';\n" in setup.VNC_CONFIG.read_text()
+    with pytest.raises(ValueError):
+        setup.write_vnc_config({}, Path("/home/x'; system('reboot'); '/passwd"))
+
+
+def test_the_vnc_password_goes_to_the_users_tigervnc_directory(setup, user) -> None:
+    setup.install_password("s3cret12", "i-1", user)
+    assert [setup.VNCPASSWD, "-f"] in setup.calls
+    passwd = Path(user.pw_dir, ".config", "tigervnc", "passwd")
+    assert passwd.read_bytes() == b"\x8f" * 8
+    assert oct(passwd.stat().st_mode & 0o777) == oct(0o600)
+    for directory in (passwd.parent, passwd.parent.parent):
+        assert oct(directory.stat().st_mode & 0o777) == oct(0o700)
+        assert (directory.stat().st_uid, directory.stat().st_gid) == (user.pw_uid, user.pw_gid)
+    assert not Path(user.pw_dir, ".vnc").exists()  # TigerVNC 1.14+ warns about (or moves) it
+    assert sorted(p.name for p in passwd.parent.iterdir()) == ["passwd"]
+    assert setup.PASSWORD.read_text() == "s3cret12\n"
+    setup.install_password("an0ther1", "i-1", user)  # a given password replaces the file
+    assert sorted(p.name for p in passwd.parent.iterdir()) == ["passwd"]
+
+
+def test_the_password_is_never_written_through_a_link_the_user_made(setup, user, tmp_path):
+    """Root writes into the user's home: a link there must not send it to another file."""
+    victim = tmp_path / "shadow"
+    victim.write_text("root:*:\n")
+    config = Path(user.pw_dir, ".config", "tigervnc")
+    config.mkdir(parents=True)
+    (config / "passwd").symlink_to(victim)
+    setup.install_password("s3cret12", "i-1", user)
+    assert victim.read_text() == "root:*:\n"
+    assert not (config / "passwd").is_symlink() and (config / "passwd").stat().st_size == 8
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (config / "passwd").unlink()
+    config.rmdir()
+    config.symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        setup.install_password("s3cret12", "i-1", user)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_s3fs_stages_its_temporary_files_on_disk_not_in_tmpfs(setup) -> None:
+    """Debian 13 mounts /tmp as a tmpfs: s3fs's temporary files (what it reads of a big
+    squashfs) go to /var/tmp, on disk."""
+    note = setup.mount_s3fs({"s3fs": {"bucket": "course-data", "path_style": True}})
+    assert note == f"s3fs: course-data at {setup.S3FS_MOUNT}"
+    [argv] = [c for c in setup.calls if c[0] == "s3fs"]
+    options = argv[argv.index("-o") + 1].split(",")
+    assert "tmpdir=/var/tmp" in options and "ro" in options and "iam_role=auto" in options
+
+
+def test_setup_runs_after_cloud_init_by_either_name() -> None:
+    """cloud-init 25.1 (Debian 13) renamed cloud-init.service to cloud-init-network.service;
+    ordering after both is harmless where one is missing (Debian 12)."""
+    text = PROVISIONER.read_text()
+    unit = re.search(r"imageforge-desktop.service <<'UNIT'\n(.*?)\nUNIT\n", text, re.S)
+    assert unit, "the provisioner no longer writes imageforge-desktop.service"
+    [after] = [line for line in unit.group(1).splitlines() if line.startswith("After=")]
+    assert {"cloud-init.service", "cloud-init-network.service"} <= set(after[6:].split())
+
+
+def test_the_image_declares_the_vnc_password_tool() -> None:
+    """tigervnc-tools (tigervncpasswd) is only a Recommends of the server: declared, or the
+    image has no way to write the password file."""
+    flavor = config.load(ROOT / "images.yml").images.flavors["training-desktop"]
+    assert {"tigervnc-standalone-server", "tigervnc-tools"} <= set(flavor.packages)
 
 
 def test_an_optional_step_that_fails_is_reported_not_fatal(setup) -> None:
