@@ -1,17 +1,17 @@
-"""Benchmark of the local loop, measured in one run on one machine, with ratios.
+"""Benchmark of the local loop, Debian 12 and Debian 13 side by side, measured in one run.
 
-    python3 bench/local_build.py [--warm slurm-node,training-desktop] [--out FILE]
+    python3 bench/local_build.py [--os debian-12,debian-13] [--warm quantum-mobile] [--out FILE]
 
-In fresh caches (a temporary IMAGEFORGE_CACHE_DIR, nothing shared with the user's cache):
+For each OS, in a fresh cache of its own (a temporary IMAGEFORGE_CACHE_DIR, nothing shared with
+the user's cache or with the other OS):
 1. cold slurm-node: `invoke build` from an empty cache (layer, packer build, verification);
 2. no-op rebuild: the same command again;
 3. warm slurm-node build + verify: `invoke build --force` (layer cached);
-4. raw `packer build` of the same rendered template, with the same variables (the baseline);
-5. cold base image, in a cache of its own (every package downloaded);
-6. cold layer of every flavor, and a second cold slurm-node layer (as --refresh does);
-7. warm build + verify of the other flavors named in --warm.
-Prints a table and the ratios, and writes them as JSON (default bench/results/local_build.json).
-This machine is noisy: compare the ratios of one run, not absolute times across runs.
+4. raw `packer build` of the same rendered template, with the same variables (the baseline).
+Then, on the newest OS, a first and a warm build + verify of each flavor named in --warm.
+Prints a table and the ratios (each OS's own, and the newest over the oldest), and writes them
+as JSON (default bench/results/local_build.json). This machine is noisy: compare the ratios of
+one run, not absolute times across runs.
 """
 
 from __future__ import annotations
@@ -70,26 +70,6 @@ def build(project: Path, env: dict[str, str], flavor: str, *extra: str) -> dict[
     }
 
 
-def layer(env: dict[str, str], flavor: str | None, *, force: bool = False) -> dict[str, Any]:
-    """Time base.ensure_base in a fresh interpreter: a flavor's layer, or the base (None)."""
-    packages = f"config.load('images.yml').images.flavors[{flavor!r}].packages" if flavor else "()"
-    code = (
-        "import json, time\n"
-        "from imageforge import base, config\n"
-        f"recipe = base.BaseRecipe(extra_packages={packages})\n"
-        "start = time.monotonic()\n"
-        f"image = base.ensure_base(recipe, force={force})\n"
-        "print(json.dumps({'seconds': round(time.monotonic() - start, 1), "
-        "'downloaded': image.downloaded, 'packages': len(image.packages)}))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        sys.exit(f"layer {flavor or 'base'} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def raw_packer(project: Path, env: dict[str, str], build_id: str, tmp: Path) -> float:
     """`packer build` of the rendered slurm-node template, with the variables imageforge sets."""
     record = json.loads((project / "artifacts/slurm-node" / build_id / "build.json").read_text())
@@ -138,102 +118,140 @@ def machine() -> dict[str, Any]:
     }
 
 
+def with_os(images_yml: str, os_name: str) -> str:
+    """images.yml with every flavor built locally on os_name."""
+    lines = []
+    for line in images_yml.splitlines(keepends=True):
+        lines.append(line)
+        if line.rstrip() in {f"  {flavor}:" for flavor in FLAVORS}:
+            lines.append(f"    os: {{local: {os_name}}}\n")
+    return "".join(lines)
+
+
+def one_os(tmp: Path, os_name: str) -> dict[str, Any]:
+    """Cold, no-op, warm and raw-Packer slurm-node builds on os_name, in caches of its own."""
+    env = {**os.environ, "IMAGEFORGE_CACHE_DIR": str(tmp / os_name / "cache")}
+    project = copy_project(tmp / os_name / "project")
+    images = project / "images.yml"
+    images.write_text(with_os(images.read_text(), os_name))
+    result: dict[str, Any] = {}
+    print(f"[{os_name}] cold slurm-node build + verify (empty cache) ...", flush=True)
+    result["cold_slurm_node"] = build(project, env, "slurm-node")
+    print(f"[{os_name}] no-op rebuild ...", flush=True)
+    argv = [sys.executable, "-m", "invoke", "build", "--image", "slurm-node"]
+    result["noop_rebuild_seconds"] = timed(argv, project, env)
+    print(f"[{os_name}] warm slurm-node build + verify ...", flush=True)
+    result["warm_slurm_node"] = build(project, env, "slurm-node", "--force")
+    print(f"[{os_name}] raw packer build of the same template ...", flush=True)
+    build_id = result["warm_slurm_node"]["build_id"]
+    result["raw_packer_build_seconds"] = raw_packer(project, env, build_id, tmp / os_name / "raw")
+    result["ratios"] = {
+        "warm_build_verify_over_raw_packer_build": round(
+            result["warm_slurm_node"]["seconds"] / result["raw_packer_build_seconds"], 2
+        ),
+        "cold_over_warm_slurm_node": round(
+            result["cold_slurm_node"]["seconds"] / result["warm_slurm_node"]["seconds"], 2
+        ),
+    }
+    result["project"], result["env"] = project, env
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--warm", default="slurm-node,training-desktop")
+    parser.add_argument("--os", default="debian-12,debian-13")
+    parser.add_argument("--warm", default="quantum-mobile")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/local_build.json")
     args = parser.parse_args()
-    warm_flavors = [f for f in args.warm.split(",") if f]
+    systems = [o for o in args.os.split(",") if o]
+    warm_flavors = [f for f in args.warm.split(",") if f and f != "slurm-node"]
     tmp = Path(tempfile.mkdtemp(prefix="imageforge-bench-"))
-    env = {**os.environ, "IMAGEFORGE_CACHE_DIR": str(tmp / "cache")}
-    project = copy_project(tmp / "project")
     results: dict[str, Any] = {"machine": machine(), "started": dt.datetime.now(dt.UTC).isoformat()}
     try:
-        print("cold slurm-node build + verify (empty cache) ...", flush=True)
-        results["cold_slurm_node"] = build(project, env, "slurm-node")
-        print("no-op rebuild ...", flush=True)
-        argv = [sys.executable, "-m", "invoke", "build", "--image", "slurm-node"]
-        results["noop_rebuild_seconds"] = timed(argv, project, env)
-        print("warm slurm-node build + verify ...", flush=True)
-        results["warm"] = {"slurm-node": build(project, env, "slurm-node", "--force")}
-        print("raw packer build of the same template ...", flush=True)
-        build_id = results["warm"]["slurm-node"]["build_id"]
-        results["raw_packer_build_seconds"] = raw_packer(project, env, build_id, tmp / "raw")
-        print("cold base (a cache of its own) ...", flush=True)
-        results["cold_base"] = layer({**env, "IMAGEFORGE_CACHE_DIR": str(tmp / "cache2")}, None)
-        cold = results["cold_slurm_node"]
-        results["cold_layer"] = {"slurm-node": cold.pop("layer")}
-        for flavor in FLAVORS[1:]:
-            print(f"cold layer {flavor} ...", flush=True)
-            results["cold_layer"][flavor] = layer(env, flavor)
-        results["second_cold_layer_slurm_node"] = layer(env, "slurm-node", force=True)
+        runs = {os_name: one_os(tmp, os_name) for os_name in systems}
+        newest = runs[systems[-1]]
+        newest["warm"] = {}
         for flavor in warm_flavors:
-            if flavor != "slurm-node":
-                print(f"first {flavor} build + verify (its layer is cached above) ...", flush=True)
-                build(project, env, flavor)
-                print(f"warm {flavor} build + verify ...", flush=True)
-                results["warm"][flavor] = build(project, env, flavor, "--force")
+            print(f"[{systems[-1]}] first {flavor} build + verify (cold layer) ...", flush=True)
+            newest[f"first_{flavor}"] = build(newest["project"], newest["env"], flavor)
+            print(f"[{systems[-1]}] warm {flavor} build + verify ...", flush=True)
+            newest["warm"][flavor] = build(newest["project"], newest["env"], flavor, "--force")
+        for run in runs.values():
+            del run["project"], run["env"]
+        results["os"] = runs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    results["ratios"] = ratios(results)
+    results["ratios"] = ratios(results, systems)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    print(table(results, systems))
     print(f"written to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 
-def ratios(r: dict[str, Any]) -> dict[str, float]:
-    warm = r["warm"]["slurm-node"]["seconds"]
-    first, second = r["cold_layer"]["slurm-node"], r["second_cold_layer_slurm_node"]
+def ratios(r: dict[str, Any], systems: list[str]) -> dict[str, float]:
+    """The newest OS over the oldest, for what both measured."""
+    if len(systems) < 2:
+        return {}
+    old, new = r["os"][systems[0]], r["os"][systems[-1]]
+
+    def over(pick: Any) -> float:
+        return round(pick(new) / pick(old), 2)
+
+    boot = lambda run: run["warm_slurm_node"]["verify_boot"].get("to_running_seconds") or 0  # noqa: E731
     return {
-        "warm_build_verify_over_raw_packer_build": round(warm / r["raw_packer_build_seconds"], 2),
-        "noop_over_warm_build_verify": round(r["noop_rebuild_seconds"] / warm, 4),
-        "cold_over_warm_slurm_node": round(r["cold_slurm_node"]["seconds"] / warm, 2),
-        "second_over_first_cold_layer": round(second["seconds"] / first["seconds"], 2),
+        "cold_slurm_node_new_over_old": over(lambda run: run["cold_slurm_node"]["seconds"]),
+        "warm_slurm_node_new_over_old": over(lambda run: run["warm_slurm_node"]["seconds"]),
+        "raw_packer_new_over_old": over(lambda run: run["raw_packer_build_seconds"]),
+        "boot_to_running_new_over_old": over(boot) if boot(old) else 0.0,
     }
 
 
-def table(r: dict[str, Any]) -> str:
-    warm = r["warm"]["slurm-node"]
-    boot = warm["verify_boot"]
-    rows = [
-        ("cold slurm-node build + verify (empty cache)", f"{r['cold_slurm_node']['seconds']} s"),
-        ("warm slurm-node build + verify", f"{warm['seconds']} s  {warm['stages']}"),
-        ("raw packer build, same template", f"{r['raw_packer_build_seconds']} s"),
-        ("no-op rebuild", f"{r['noop_rebuild_seconds']} s"),
-        (
-            "cold base (own cache)",
-            f"{r['cold_base']['seconds']} s, {r['cold_base']['downloaded']} downloaded",
-        ),
-        *(
+def table(r: dict[str, Any], systems: list[str]) -> str:
+    rows: list[tuple[str, str]] = []
+    for os_name in systems:
+        run = r["os"][os_name]
+        warm, cold = run["warm_slurm_node"], run["cold_slurm_node"]
+        boot = warm["verify_boot"]
+        rows += [
             (
-                f"cold layer {f}",
-                f"{v['seconds']} s, {v['packages']} packages, {v['downloaded']} downloaded",
+                f"[{os_name}] cold slurm-node build + verify",
+                f"{cold['seconds']} s  {cold['stages']}",
+            ),
+            (f"[{os_name}] no-op rebuild", f"{run['noop_rebuild_seconds']} s"),
+            (
+                f"[{os_name}] warm slurm-node build + verify",
+                f"{warm['seconds']} s  {warm['stages']}",
+            ),
+            (
+                f"[{os_name}] raw packer build, same template",
+                f"{run['raw_packer_build_seconds']} s",
+            ),
+            (
+                f"[{os_name}] boot (verification)",
+                f"kernel {boot.get('kernel_seconds')} s + userspace "
+                f"{boot.get('userspace_seconds')} s; to login {boot.get('to_login_seconds')} s; "
+                f"running {boot.get('to_running_seconds')} s",
+            ),
+            (f"[{os_name}] packer build VM to SSH", f"{warm['packer_boot_to_ssh']} s"),
+            (
+                f"[{os_name}] layer (cold)",
+                f"{cold['layer']['seconds']} s, "
+                f"{cold['layer']['packages']} packages, {cold['layer']['downloaded']} downloaded",
+            ),
+            *((f"[{os_name}] ratio {k}", str(v)) for k, v in run["ratios"].items()),
+        ]
+        for flavor, v in run.get("warm", {}).items():
+            first = run[f"first_{flavor}"]
+            rows.append(
+                (
+                    f"[{os_name}] first {flavor} build + verify",
+                    f"{first['seconds']} s  {first['stages']}",
+                )
             )
-            for f, v in r["cold_layer"].items()
-        ),
-        (
-            "second cold slurm-node layer",
-            f"{r['second_cold_layer_slurm_node']['seconds']} s, "
-            f"{r['second_cold_layer_slurm_node']['downloaded']} downloaded",
-        ),
-        (
-            "boot (verification, slurm-node)",
-            f"kernel {boot.get('kernel_seconds')} s + userspace {boot.get('userspace_seconds')} s; "
-            f"to login {boot.get('to_login_seconds')} s",
-        ),
-        (
-            "testinfra checks once running",
-            f"{warm['checks']} checks in {boot.get('checks_seconds')} s",
-        ),
-        ("packer build VM to SSH", f"{warm['packer_boot_to_ssh']} s"),
-        *(
-            (f"warm {f} build + verify", f"{v['seconds']} s  {v['stages']}")
-            for f, v in r["warm"].items()
-            if f != "slurm-node"
-        ),
-        *((f"ratio {k}", str(v)) for k, v in r["ratios"].items()),
-    ]
+            rows.append(
+                (f"[{os_name}] warm {flavor} build + verify", f"{v['seconds']} s  {v['stages']}")
+            )
+    rows += [(f"ratio {k}", str(v)) for k, v in r["ratios"].items()]
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 

@@ -113,6 +113,7 @@ def _build(
         id=build_id,
         flavor=cell.flavor_name,
         cloud=cell.cloud,
+        os=cell.os,
         git_commit=buildinfo.git_commit(project.root),
         template_hash=rendered.template_hash,
         content_hash=chash,

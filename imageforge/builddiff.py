@@ -37,7 +37,7 @@ class BuildDiff:
     new: str
     packages: Changes
     python_packages: Changes
-    fields: dict[str, tuple[str, str]]  # record field, flavor.x, cloud.x, base_image.x: old → new
+    fields: dict[str, tuple[str, str]]  # os, record field, flavor.x, cloud.x, base_image.x
     files: dict[str, str]  # rendered file: unified diff
     notes: tuple[str, ...] = ()
 
@@ -65,16 +65,28 @@ def changes(old: dict[str, str], new: dict[str, str]) -> Changes:
     )
 
 
+def base_os(record: BuildRecord) -> str:
+    """The OS a build started from: recorded, or (a record from before it was) what the
+    recorded images.yml settings chose for its cloud; "" when neither says."""
+    if record.os:
+        return record.os
+    chosen = record.settings.get("flavor", {}).get("os")
+    return chosen.get(record.cloud, "") if isinstance(chosen, dict) else ""
+
+
 def field_changes(old: BuildRecord, new: BuildRecord) -> dict[str, tuple[str, str]]:
-    """The configuration facts that differ: record fields, images.yml's settings of the cell
-    (flavor.<key>, cloud.<key>) and the layer's (base_image.<key>)."""
+    """The configuration facts that differ: the base OS, record fields, images.yml's settings
+    of the cell (flavor.<key>, cloud.<key>) and the layer's (base_image.<key>)."""
     both = bool(old.settings and new.settings)  # older records have none: not compared
+    known = bool(base_os(old) and base_os(new))  # unknown: a note, not a change
     before = {
+        **({"os": base_os(old)} if known else {}),
         **{f: getattr(old, f) for f in CONFIG_FIELDS},
         **(_flat(old.settings) if both else {}),
         **_flat(old.base_image, "base_image"),
     }
     after = {
+        **({"os": base_os(new)} if known else {}),
         **{f: getattr(new, f) for f in CONFIG_FIELDS},
         **(_flat(new.settings) if both else {}),
         **_flat(new.base_image, "base_image"),
@@ -144,6 +156,9 @@ def diff(old: BuildRecord, new: BuildRecord) -> BuildDiff:
     unrecorded = [r.id for r in (old, new) if not r.settings]
     if unrecorded:
         notes.append(f"images.yml settings not recorded for {', '.join(unrecorded)}: not compared")
+    unknown = [r.id for r in (old, new) if not base_os(r)]
+    if unknown:
+        notes.append(f"base OS not recorded for {', '.join(unknown)}: not compared")
     return BuildDiff(
         old=old.id,
         new=new.id,

@@ -3,7 +3,8 @@
 A cell is rebuilt when any of its inputs differs between REF (its merge base with HEAD, so a
 pull request is compared with where it branched off) and the working tree:
 
-- files every cell reads: the build block template, `packer/`, the hygiene suite, rendering;
+- files every cell reads: the build block template, `packer/`, the hygiene suite, rendering,
+  the OS table;
 - its cloud's source template and source module;
 - for local cells, the base recipe (the layer's code);
 - the flavor's provisioner and cleanup scripts, its `provisioners/<flavor>/` directory and its
@@ -35,6 +36,7 @@ EVERY_CELL = (
     "tests/infra/conftest.py",
     "imageforge/render.py",
     "imageforge/hcl.py",
+    "imageforge/oses.py",  # each OS's release, login user and Python
 )
 BASE_RECIPE = (
     "imageforge/recipe.py",

@@ -26,6 +26,7 @@ class AwsCloud(Model):
             owners=("099720109477",),
             name="ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
         ),
+        "debian-13": AwsSourceAmi(owners=("136693071363",), name="debian-13-amd64-*"),
         "debian-12": AwsSourceAmi(owners=("136693071363",), name="debian-12-amd64-*"),
     }
     ami_name: NamePattern = "{prefix}-{flavor}-{build_id}"
@@ -54,6 +55,7 @@ class GcpCloud(Model):
     source_image: dict[OsName, GcpSourceImage] = {
         "ubuntu-24.04": GcpSourceImage(family="ubuntu-2404-lts-amd64", project="ubuntu-os-cloud"),
         "ubuntu-22.04": GcpSourceImage(family="ubuntu-2204-lts", project="ubuntu-os-cloud"),
+        "debian-13": GcpSourceImage(family="debian-13", project="debian-cloud"),
         "debian-12": GcpSourceImage(family="debian-12", project="debian-cloud"),
     }
     image_name: NamePattern = "{prefix}-{flavor}-{build_id}"
@@ -77,6 +79,7 @@ class OpenstackCloud(Model):
     source_image: dict[OsName, OpenstackSourceImage] = {
         "ubuntu-24.04": OpenstackSourceImage(name="Ubuntu 24.04"),
         "ubuntu-22.04": OpenstackSourceImage(name="Ubuntu 22.04"),
+        "debian-13": OpenstackSourceImage(name="Debian 13"),
         "debian-12": OpenstackSourceImage(name="Debian 12"),
     }
     networks: tuple[Text, ...] = ()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BeforeValidator,
@@ -40,6 +40,7 @@ from imageforge.configtypes import (
     Text,
 )
 from imageforge.errors import ConfigError
+from imageforge.oses import DEFAULT_OS, LocalOsName
 from imageforge.prices import Prices
 from imageforge.publishpolicy import PublishPolicy
 from imageforge.yamlsource import Mark
@@ -64,10 +65,10 @@ Step = Annotated[
 class OsPerCloud(Model):
     """The base operating system a flavor starts from, on each cloud."""
 
-    local: Literal["debian-12"] = "debian-12"
-    aws: OsName = "ubuntu-24.04"
-    gcp: OsName = "ubuntu-24.04"
-    openstack: OsName = "ubuntu-24.04"
+    local: LocalOsName = Field(DEFAULT_OS, description="Debian only: built here from packages")
+    aws: OsName = DEFAULT_OS
+    gcp: OsName = DEFAULT_OS
+    openstack: OsName = DEFAULT_OS
 
 
 class Flavor(Model):

@@ -23,10 +23,10 @@ from pydantic import (
 )
 
 from imageforge.configerrors import suggest
+from imageforge.oses import OsName  # noqa: F401 (part of the model's vocabulary)
 
 CloudName = Literal["local", "aws", "gcp", "openstack"]
 CLOUDS: tuple[str, ...] = typing.get_args(CloudName)
-OsName = Literal["debian-12", "ubuntu-22.04", "ubuntu-24.04"]
 FlavorName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]

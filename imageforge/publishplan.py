@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imageforge import clouds, log, matrix, publishpolicy, state
+from imageforge import clouds, log, matrix, oses, publishpolicy, state
 from imageforge import publish as publishing
 from imageforge.clouds import Sharer, Sharing
 from imageforge.config import Project
@@ -68,6 +68,8 @@ def run(
         entries = [one(project, cell, build, accounts, organizations, revoke=revoke)]
     else:
         entries = plan(project, matrix.selected(project, image, cloud))
+    if not revoke:
+        oses.warn_unverified(e.cell for e in entries if e.record and e.sharing and not e.problem)
     show(entries, revoke=revoke)
     if dry_run:
         log.info("dry run: nothing was changed")

@@ -29,7 +29,9 @@ def make_wheels(suite: str, requirements: tuple[str, ...], wheels: Path, logfile
     try:
         version = oses.by_suite(suite).python
     except KeyError:
-        raise ImageforgeError(f"no Python version is known for the Debian suite {suite!r}") from None
+        raise ImageforgeError(
+            f"no Python version is known for the Debian suite {suite!r}"
+        ) from None
     wheels.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"]
     argv += ["--only-binary=:all:", "--python-version", version, "--implementation", "cp"]

@@ -58,6 +58,8 @@ class BuildRecord(_Strict):
     id: str = Field(pattern=r"^[0-9]{8}-[0-9]{6}-[0-9a-z-]+$")
     flavor: str
     cloud: str
+    # the base OS (oses.OsName); "" in records from before it was kept
+    os: str = ""
     status: Status = "building"
     git_commit: str = ""
     template_hash: str = ""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from imageforge import clouds, hcl, packer, runner
+from imageforge import clouds, hcl, oses, packer, runner
 from imageforge.config import Project, Provisioner
 from imageforge.hcl import Raw
 from imageforge.matrix import Cell
@@ -37,6 +37,9 @@ DATASOURCES = {
     "openstack": "OpenStack, ConfigDrive",
     "local": "NoCloud",
 }
+# Where a cloud build pins it: after 90_dpkg.cfg (cloud-init's package writes its debconf
+# choice there), since of cloud.cfg.d's files the last one in sort order wins.
+DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/99-imageforge-datasource.cfg"
 
 
 @dataclass(frozen=True)
@@ -138,22 +141,38 @@ def write_vars(rendered: Rendered, values: dict[str, Any]) -> Path:
     return path
 
 
+def cloud_init_packages(cell: Cell) -> tuple[str, ...]:
+    """What a cloud build installs so that its instances run cloud-init, which the first-boot
+    programs and verification read user-data through. Debian's GCE images have none (they
+    carry google-guest-agent and OS Login instead); every other cloud image has it."""
+    if cell.cloud == "gcp" and oses.get(cell.os).distro == "debian":
+        return ("cloud-init",)
+    return ()
+
+
+def cloud_init_config(cell: Cell) -> str:
+    """The cloud-init settings a cloud build pins: the cloud's own datasource, so that
+    instances do not probe for others at boot. Where imageforge installs cloud-init, the
+    network stays as the image configured it (cloud-init only reads the metadata)."""
+    text = f"datasource_list: [{DATASOURCES[cell.cloud]}, None]\n"
+    if cloud_init_packages(cell):
+        text += "network: {config: disabled}\n"
+    return text
+
+
 def package_commands(cell: Cell) -> list[str]:
-    """The generated first provisioner of a cloud build: the flavor's packages, installed in the
-    build VM (local builds get them natively, in the layer), and cloud-init pinned to the
-    cloud's own datasource so that instances do not probe for others at boot."""
-    datasource = DATASOURCES[cell.cloud]
-    commands = [
-        "set -eu",
-        "export DEBIAN_FRONTEND=noninteractive",
-        f"printf 'datasource_list: [{datasource}, None]\\n' "
-        "> /etc/cloud/cloud.cfg.d/90-imageforge-datasource.cfg",
-    ]
-    if cell.flavor.packages:
+    """The generated first provisioner of a cloud build: cloud-init where the image lacks it
+    and the flavor's packages, installed in the build VM (local builds get them natively, in
+    the layer), then cloud-init pinned to the cloud's own datasource."""
+    commands = ["set -eu", "export DEBIAN_FRONTEND=noninteractive"]
+    packages = list(dict.fromkeys((*cloud_init_packages(cell), *cell.flavor.packages)))
+    if packages:
         commands += [
             "apt-get update -q",
-            "apt-get install -y -q --no-install-recommends " + " ".join(cell.flavor.packages),
+            "apt-get install -y -q --no-install-recommends " + " ".join(packages),
         ]
+    config = cloud_init_config(cell).replace("\n", "\\n")
+    commands.append(f"printf '{config}' > {DATASOURCE_CFG}")
     python = cell.flavor.python
     if python is not None:
         requirements = " ".join(shlex.quote(r) for r in python.packages)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 # Tag prefixes images.yml `tags:` may not use (checked in config): ours and the clouds' own.
+from imageforge import oses
 from imageforge.configtypes import RESERVED_TAG_PREFIXES  # noqa: F401
 from imageforge.errors import ImageforgeError
 from imageforge.hcl import Raw
@@ -31,8 +32,6 @@ BUILD_KEY = "imageforge-build-id"
 COMMIT_KEY = "imageforge-git-commit"
 TEMPLATE_KEY = "imageforge-template-hash"
 VERSION_KEY = "imageforge-version"
-# Default login user of each base OS, the way the OS vendors' cloud images ship it.
-OS_USERS = {"debian-12": "debian", "ubuntu-22.04": "ubuntu", "ubuntu-24.04": "ubuntu"}
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,11 @@ class Published:
 class SourceDefaults:
     """The parts of a Packer source most clouds leave as they are."""
 
+    name: str
+
     def ssh_username(self, os_name: str) -> str:
-        return OS_USERS[os_name]
+        """The default login user of os_name's official images on this cloud."""
+        return oses.get(os_name).ssh_user(self.name)
 
     @contextlib.contextmanager
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:

@@ -11,6 +11,7 @@ from rich.table import Table
 from imageforge import buildinfo, changed, clouds, log, matrix, packer, render, schema
 from imageforge import validate as validation
 from imageforge.errors import ConfigError
+from imageforge.oses import warn_unverified
 from imageforge.tasks.common import friendly, project
 
 HELP = {
@@ -54,7 +55,9 @@ def render_(c, image=None, cloud=None, config=None, packer_version=None):
     proj = project(config)
     version = packer.version(packer_version)
     build_id = buildinfo.new_build_id(proj.root)
-    for cell in matrix.selected(proj, image, cloud):
+    chosen = matrix.selected(proj, image, cloud)
+    warn_unverified(chosen)
+    for cell in chosen:
         rendered = render.render(proj, cell, version)
         render.write_vars(
             rendered, buildinfo.packer_vars(proj.root, build_id, rendered.template_hash)
@@ -70,6 +73,7 @@ def validate(c, image=None, cloud=None, config=None, packer_version=None):
     proj = project(config)
     version = packer.version(packer_version)
     chosen = matrix.selected(proj, image, cloud)
+    warn_unverified(chosen)
     with log.step(f"validate {len(chosen)} cells with Packer {version}"):
         for cell in chosen:
             with log.step(cell.name):
@@ -94,7 +98,8 @@ def matrix_(c, format="github", config=None, image=None, cloud=None, changed_sin
     if format == "github":
         print(matrix.github(chosen))
     elif format == "json":
-        print(json.dumps([{"image": x.flavor_name, "cloud": x.cloud} for x in chosen], indent=2))
+        cells = [{"image": x.flavor_name, "cloud": x.cloud, "os": x.os} for x in chosen]
+        print(json.dumps(cells, indent=2))
     elif format == "table":
         for cell in chosen:
             print(f"{cell.flavor_name}\t{cell.cloud}")

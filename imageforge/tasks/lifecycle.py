@@ -8,6 +8,7 @@ from imageforge import build as builder
 from imageforge import cost, matrix, state
 from imageforge import verify as verification
 from imageforge.errors import ConfigError
+from imageforge.oses import warn_unverified
 from imageforge.tasks.common import friendly, project
 
 HELP = {
@@ -45,6 +46,7 @@ def build(
     if image is None:
         raise ConfigError("--image is required (only --dry-run plans every cell of a cloud)")
     cell = matrix.find(proj, image, cloud)
+    warn_unverified([cell])
     builder.build(
         proj,
         cell,

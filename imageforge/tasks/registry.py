@@ -70,6 +70,7 @@ def show(c, build, config=None):
     lines = [
         ("flavor", record.flavor),
         ("cloud", record.cloud),
+        ("os", builddiff.base_os(record)),
         ("status", record.status),
         ("started", record.started_at),
         ("finished", record.finished_at or "—"),

@@ -26,8 +26,8 @@ clouds:
     region: eu-west-1
     copy_regions: [eu-central-1]
     communicator: none
-    source_ami:
-      ubuntu-24.04:
+    source_ami:   # moto has no Debian AMI: the default OS (debian-13) maps to moto's own
+      debian-13:
         owners: ["099720109477"]
         name: "ubuntu/images/hvm-ssd/ubuntu-*-amd64-server-*"
 flavors:

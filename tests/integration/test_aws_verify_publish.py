@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import pytest
 import requests
+import yaml
 
 from imageforge import qemu
 
@@ -35,20 +36,34 @@ clouds:
     region: eu-west-1
     copy_regions: [eu-central-1]
     communicator: none
-    source_ami:
-      debian-12:
+    source_ami:   # moto has no Debian AMI: the default OS (debian-13) maps to moto's own
+      debian-13:
         owners: ["099720109477"]
         name: "ubuntu/images/hvm-ssd/ubuntu-*-amd64-server-*"
 publish:
   aws: {public: true}
 flavors:
   slurm-node:
-    os: {aws: debian-12}
     user: slurm-admin
     tests: tests/infra/test_slurm_node.py   # the flavor's own suite, as in the shipped file
 matrix:
   clouds: [aws]
 """
+
+
+def as_debian_ami(user_data: str) -> str:
+    """The instance's user-data for the stand-in, which is the local build: its default user is
+    `debian`, where Debian's AMIs log in as `admin`. The same key logs in as admin too, which
+    has the default user's sudo."""
+    keys = yaml.safe_load(user_data)["ssh_authorized_keys"]
+    admin = {
+        "name": "admin",
+        "groups": ["sudo"],
+        "sudo": "ALL=(ALL) NOPASSWD:ALL",
+        "shell": "/bin/bash",
+        "ssh_authorized_keys": keys,
+    }
+    return user_data + yaml.safe_dump({"users": ["default", admin]}, sort_keys=False)
 
 
 class StandIn:
@@ -78,7 +93,7 @@ class StandIn:
             self.instance_id, self.user_data = found
             seed = qemu.make_seed(
                 self.scratch / "seed.iso",
-                user_data=self.user_data,
+                user_data=as_debian_ami(self.user_data),
                 meta_data=f"instance-id: {self.instance_id}\nlocal-hostname: stand-in\n",
             )
             vm = qemu.VirtualMachine(

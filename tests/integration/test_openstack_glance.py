@@ -435,12 +435,12 @@ def test_doctor_gets_a_real_token_and_names_what_is_missing(env: Services, tmp_p
     # This cloud has Keystone and Glance only: Nova is missing, and so is the source image.
     assert str(caught.value) == (
         "openstack cloud 'builder': no compute service (Nova) in the service catalog; "
-        "source image for ubuntu-24.04 (name 'Ubuntu 24.04') not found"
+        "source image for debian-13 (name 'Debian 13') not found"
     )
     admin = connect("admin")
     qcow2 = local_build(tmp_path, "20250101-000020-abcdef0").directory / "image"
     admin.image.create_image(
-        "Ubuntu 24.04",
+        "Debian 13",
         filename=str(qcow2 / f"{FLAVOR}.qcow2"),
         disk_format="qcow2",
         container_format="bare",

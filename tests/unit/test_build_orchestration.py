@@ -86,6 +86,7 @@ def test_a_build_renders_into_its_own_directory_and_records_its_artifacts(
     ]
     assert (record.directory / "packer" / "source.pkr.hcl").is_file()
     assert record.status == "built" and record.accelerator == "tcg"
+    assert record.os == "debian-13"  # the cell's base OS (the default)
     assert [a.path for a in record.artifacts] == ["image/a.qcow2", "manifest.json"]
     assert state.load(record.directory) == record
     assert record.build_public_key.startswith("ssh-ed25519 ")

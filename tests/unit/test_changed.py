@@ -138,6 +138,17 @@ def test_the_build_template_or_rendering_rebuilds_every_cell(repo: Path) -> None
     assert changed(repo) == ALL
 
 
+def test_the_os_table_rebuilds_every_cell(repo: Path) -> None:
+    touch(repo / "imageforge/oses.py")
+    assert changed(repo) == ALL
+
+
+def test_a_flavors_os_rebuilds_that_flavor_only(repo: Path) -> None:
+    # `os:` is part of the flavor's settings, which each of its cells records whole
+    edit(repo / "images.yml", "  slurm-node:\n", "  slurm-node:\n    os: {gcp: debian-12}\n")
+    assert changed(repo) == {f"slurm-node-{c}" for c in ("local", "aws", "gcp", "openstack")}
+
+
 def test_a_cell_new_in_the_matrix_is_built(repo: Path) -> None:
     edit(
         repo / "images.yml",

@@ -272,7 +272,12 @@ def test_every_setting_has_a_default(scratch: Path) -> None:
     images = config.load("images.yml").images
     assert images.clouds.local.accelerator == "auto"
     assert images.clouds.aws.source_ami["ubuntu-24.04"].owners == ("099720109477",)
-    assert images.flavors["a"].os.local == "debian-12"
+    assert images.clouds.aws.source_ami["debian-13"].owners == ("136693071363",)
+    assert images.clouds.gcp.source_image["debian-13"].project == "debian-cloud"
+    assert images.clouds.openstack.source_image["debian-13"].name == "Debian 13"
+    assert images.flavors["a"].os.model_dump() == dict.fromkeys(
+        ("local", "aws", "gcp", "openstack"), "debian-13"
+    )
     assert images.flavors["a"].cleanup[0].script == "provisioners/cleanup/90-cleanup.sh"
 
 

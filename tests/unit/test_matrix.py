@@ -61,7 +61,7 @@ def test_github_format_is_an_include_list() -> None:
         "image": "slurm-node",
         "cloud": "aws",
         "name": "slurm-node-aws",
-        "os": "ubuntu-24.04",
+        "os": "debian-13",
     } in data["include"]
 
 

@@ -90,10 +90,11 @@ def test_history_filters_and_lists_newest_first(project: Path) -> None:
 
 
 def test_show_prints_one_build_and_names_the_nearest_id(project: Path) -> None:
-    make_record(project / "artifacts", build_id=OLD)
+    make_record(project / "artifacts", build_id=OLD, os="debian-13")
     done = invoke(project, "show", OLD)
     assert done.returncode == 0, done.stderr
     assert f"build {OLD}" in done.stdout and "verified" in done.stdout
+    assert "\nos             debian-13\n" in done.stdout
     assert "3 passed, 0 failed" in done.stdout
     missing = invoke(project, "show", OLD[:-1] + "9")
     assert missing.returncode == 2 and f"did you mean '{OLD}'" in missing.stderr
@@ -163,3 +164,57 @@ def test_settings_missing_from_an_older_record_are_a_note_not_a_change(project: 
     assert result.fields == {}
     assert f"images.yml settings not recorded for {OLD}: not compared" in result.notes
     assert not [note for note in result.notes if NEW in note and "settings" in note]
+
+
+def test_diff_reports_a_change_of_base_os(project: Path) -> None:
+    artifacts = project / "artifacts"
+    make_record(artifacts, build_id=OLD, os="debian-12")
+    make_record(artifacts, build_id=NEW, os="debian-13")
+    done = invoke(project, "diff", OLD, NEW, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["fields"] == {"os": {"old": "debian-12", "new": "debian-13"}}
+    assert data["notes"] == [f"rendered Packer files not kept for {OLD}, {NEW}: not compared",
+                             f"images.yml settings not recorded for {OLD}, {NEW}: not compared"]  # fmt: skip
+    assert "  os: debian-12 → debian-13" in invoke(project, "diff", OLD, NEW).stdout
+
+
+def test_diff_of_builds_on_the_same_os_reports_no_os_change(project: Path) -> None:
+    artifacts = project / "artifacts"
+    old = make_record(artifacts, build_id=OLD, os="debian-13")
+    new = make_record(artifacts, build_id=NEW, os="debian-13")
+    result = builddiff.diff(old, new)
+    assert "os" not in result.fields and not [n for n in result.notes if "OS" in n]
+
+
+def test_the_os_of_a_record_from_before_it_was_kept_comes_from_its_settings(
+    project: Path,
+) -> None:
+    artifacts = project / "artifacts"
+    chosen = {"local": "debian-12", "aws": "ubuntu-24.04", "gcp": "ubuntu-24.04"}
+    old = make_record(
+        artifacts, "slurm-node", "aws", OLD, settings={"flavor": {"os": chosen}, "cloud": {}}
+    )
+    new = make_record(
+        artifacts,
+        "slurm-node",
+        "aws",
+        NEW,
+        os="debian-13",
+        settings={"flavor": {"os": {**chosen, "aws": "debian-13"}}, "cloud": {}},
+    )
+    assert old.os == "" and builddiff.base_os(old) == "ubuntu-24.04"
+    fields = builddiff.diff(old, new).fields
+    assert fields == {
+        "os": ("ubuntu-24.04", "debian-13"),
+        "flavor.os.aws": ("ubuntu-24.04", "debian-13"),
+    }
+
+
+def test_a_record_that_says_nothing_of_its_os_is_a_note_not_a_change(project: Path) -> None:
+    artifacts = project / "artifacts"
+    old = make_record(artifacts, build_id=OLD)
+    new = make_record(artifacts, build_id=NEW, os="debian-13")
+    result = builddiff.diff(old, new)
+    assert "os" not in result.fields
+    assert f"base OS not recorded for {OLD}: not compared" in result.notes

@@ -109,6 +109,76 @@ def test_cloud_builds_install_the_declared_packages_first(
     ]
 
 
+def packages_step(project: config.Project, cell: matrix.Cell, tmp_path: Path) -> list[str]:
+    """The inline commands of a cloud build's generated first provisioner."""
+    build = parsed(render.render(project, cell, OLD, tmp_path), "build.pkr.hcl")["build"][0]
+    return [p["shell"] for p in build["provisioner"] if "shell" in p][1]["inline"]
+
+
+def test_a_debian_gcp_build_installs_cloud_init_and_pins_gce(
+    shipped: config.Project, tmp_path: Path
+) -> None:
+    cell = matrix.find(shipped, "slurm-node", "gcp")
+    assert cell.os == "debian-13"  # Debian's GCE images: google-guest-agent, no cloud-init
+    inline = packages_step(shipped, cell, tmp_path)
+    install = next(i for i, line in enumerate(inline) if line.startswith("apt-get install"))
+    assert inline[install - 1] == "apt-get update -q"
+    assert inline[install].split()[5:] == ["cloud-init", *cell.flavor.packages]
+    pin = next(i for i, line in enumerate(inline) if render.DATASOURCE_CFG in line)
+    assert pin > install  # cloud-init's directory exists by then
+    assert inline[pin] == (
+        "printf 'datasource_list: [GCE, None]\\nnetwork: {config: disabled}\\n' > "
+        "/etc/cloud/cloud.cfg.d/99-imageforge-datasource.cfg"
+    )
+
+
+def test_the_pin_is_the_yaml_cloud_init_reads_and_wins_over_the_packages_own(
+    shipped: config.Project, tmp_path: Path
+) -> None:
+    cell = matrix.find(shipped, "slurm-node", "gcp")
+    pin = next(line for line in packages_step(shipped, cell, tmp_path) if "printf" in line)
+    written = tmp_path / "pin.cfg"
+    runner.run(["sh", "-c", pin.replace(render.DATASOURCE_CFG, str(written))], stream=False)
+    assert yaml.safe_load(written.read_text()) == {
+        "datasource_list": ["GCE", "None"],
+        "network": {"config": "disabled"},
+    }
+    # cloud.cfg.d: the last file in sort order wins; cloud-init's package writes 90_dpkg.cfg
+    name = Path(render.DATASOURCE_CFG).name
+    assert sorted([name, "90_dpkg.cfg", "05_logging.cfg"])[-1] == name
+
+
+@pytest.mark.parametrize(
+    ("os_", "cloud", "datasource"),
+    [
+        ("ubuntu-24.04", "gcp", "GCE"),  # Ubuntu's GCE images have cloud-init
+        ("debian-13", "aws", "Ec2"),  # Debian's AMIs and OpenStack images have it too
+        ("debian-12", "openstack", "OpenStack, ConfigDrive"),
+    ],
+)
+def test_images_that_have_cloud_init_get_only_the_pin(
+    scratch: Path, tmp_path: Path, os_: str, cloud: str, datasource: str
+) -> None:
+    (scratch / "images.yml").write_text(f"flavors:\n  a:\n    os: {{{cloud}: {os_}}}\n")
+    project = config.load(scratch / "images.yml")
+    cell = matrix.find(project, "a", cloud)
+    assert cell.os == os_ and render.cloud_init_packages(cell) == ()
+    inline = packages_step(project, cell, tmp_path)
+    assert not [line for line in inline if line.startswith("apt-get")]  # a flavor without any
+    assert inline[-1] == f"printf 'datasource_list: [{datasource}, None]\\n' > " + (
+        render.DATASOURCE_CFG
+    )
+
+
+def test_a_debian_gcp_flavor_without_packages_still_gets_cloud_init(
+    scratch: Path, tmp_path: Path
+) -> None:
+    (scratch / "images.yml").write_text("flavors:\n  a:\n    os: {gcp: debian-12}\n")
+    project = config.load(scratch / "images.yml")
+    inline = packages_step(project, matrix.find(project, "a", "gcp"), tmp_path)
+    assert "apt-get install -y -q --no-install-recommends cloud-init" in inline
+
+
 def test_local_builds_install_no_packages_in_the_vm(shipped: config.Project, tmp_path: Path):
     cell = matrix.find(shipped, "slurm-node", "local")
     text = (render.render(shipped, cell, OLD, tmp_path).directory / "build.pkr.hcl").read_text()

@@ -44,6 +44,20 @@ def test_a_corrupt_record_is_reported_and_never_half_used(
     assert state.find(tmp_path, "slurm-node", "local", None) == good
 
 
+def test_the_base_os_is_recorded_and_a_record_from_before_it_still_loads(tmp_path: Path) -> None:
+    record = make_record(tmp_path, cloud="aws", artifact_ids={"eu-west-1": "ami-1"}, os="debian-13")
+    assert state.load(record.directory).os == "debian-13"
+    path = record.directory / state.RECORD
+    data = json.loads(path.read_text())
+    for key in ("os", "settings", "python_packages", "derived", "copies"):  # added over time
+        del data[key]
+    path.write_text(json.dumps(data))
+    older = state.load(record.directory)
+    assert older.os == "" and older.verified
+    published = state.published(older, "aws", "public", [], {})  # transitions still work
+    assert state.load(published.directory).os == ""
+
+
 def test_the_record_is_frozen_and_changes_only_through_transitions(tmp_path: Path) -> None:
     record = make_record(tmp_path, status="building")
     with pytest.raises(ValueError):

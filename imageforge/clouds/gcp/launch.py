@@ -15,10 +15,9 @@ import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from imageforge import log
+from imageforge import log, oses
 from imageforge.clouds.common import (
     BUILD_KEY,
-    OS_USERS,
     Instance,
     build_tags,
     described_build,
@@ -81,7 +80,7 @@ class Verification:
         self.rule = gce_name(f"{verify_prefix(project)}{record.id}")
         self.tag = self.rule
         self.name = gce_name(f"{verify_prefix(project)}{cell.flavor_name}-{record.id}")
-        self.user = OS_USERS[cell.os]
+        self.user = oses.get(cell.os).ssh_user("gcp")
         tags = build_tags(project, cell, record, self.settings.labels)
         self.labels = {label(k): label(v) for k, v in tags.items()}
 

@@ -29,7 +29,7 @@ FLAVOR = "slurm-node"
 FAMILY = "imageforge-slurm-node"
 IMAGE_USER = "roles/compute.imageUser"
 SET = "compute.images.setIamPolicy"
-SOURCE = "projects/ubuntu-os-cloud/global/images/ubuntu-2404-noble-amd64-v20240701"
+SOURCE = "projects/debian-cloud/global/images/debian-13-trixie-amd64-v20250815"
 
 
 @pytest.fixture(scope="session")
@@ -460,29 +460,39 @@ def cell(project: config.Project) -> matrix.Cell:
 
 
 def test_doctor_finds_credentials_project_and_source_image(project, gce) -> None:
-    make_image(gce, "ubuntu-2404-noble-amd64-v1", family="ubuntu-2404-lts-amd64", labels={},
-               project="ubuntu-os-cloud")  # fmt: skip
+    make_image(gce, "debian-13-trixie-v1", family="debian-13", labels={}, project="debian-cloud")
     found = gcp.CLOUD.doctor(project, cell(project))
     assert found == [
         f"credentials: anonymous, for the endpoint {gce.url}",
         f"project {PROJECT}: Compute Engine answers",
-        "source image ubuntu-2404-noble-amd64-v1 (family ubuntu-2404-lts-amd64 in ubuntu-os-cloud)",
+        "source image debian-13-trixie-v1 (family debian-13 in debian-cloud)",
     ]
 
 
+def test_doctor_finds_the_source_family_of_the_cells_os(scratch, gce) -> None:
+    write(scratch, "flavors:\n  slurm-node:\n    os: {gcp: ubuntu-24.04}\n")
+    make_image(gce, "debian-13-trixie-v1", family="debian-13", labels={}, project="debian-cloud")
+    make_image(gce, "ubuntu-2404-noble-amd64-v1", family="ubuntu-2404-lts-amd64", labels={},
+               project="ubuntu-os-cloud")  # fmt: skip
+    ubuntu = config.load("images.yml")
+    found = gcp.CLOUD.doctor(ubuntu, cell(ubuntu))
+    assert found[-1] == (
+        "source image ubuntu-2404-noble-amd64-v1 (family ubuntu-2404-lts-amd64 in ubuntu-os-cloud)"
+    )
+
+
 def test_doctor_names_a_missing_source_family(project, gce) -> None:
-    make_image(gce, "old", family="ubuntu-2404-lts-amd64", labels={}, project="ubuntu-os-cloud")
+    make_image(gce, "old", family="debian-13", labels={}, project="debian-cloud")
     client(gce).deprecate_unary(
-        project="ubuntu-os-cloud",
+        project="debian-cloud",
         image="old",
         deprecation_status_resource={"state": "DEPRECATED"},
     )
     with pytest.raises(ImageforgeError) as caught:
         gcp.CLOUD.doctor(project, cell(project))
-    assert caught.value.message == (
-        "source image family 'ubuntu-2404-lts-amd64' not found in project 'ubuntu-os-cloud'"
-    )
-    assert "clouds.gcp.source_image.ubuntu-24.04" in (caught.value.hint or "")
+    message = "source image family 'debian-13' not found in project 'debian-cloud'"
+    assert caught.value.message == message
+    assert "clouds.gcp.source_image.debian-13" in (caught.value.hint or "")
 
 
 def test_doctor_names_a_missing_project(project, gce, monkeypatch) -> None:

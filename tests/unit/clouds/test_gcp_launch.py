@@ -79,7 +79,8 @@ def test_launch_makes_one_instance_and_one_ssh_rule_then_removes_both(project, b
         assert rule["targetTags"] == made["tags"]["items"] == [RULE]
         assert rule["network"] == nic["network"]
         assert BUILD in rule["description"]
-        # The build's image, cloud-init's user-data, the key for the image's login user.
+        # The build's image, cloud-init's user-data (the GCE datasource of the cloud-init the
+        # build installed reads it), the key for the login user of Debian's GCE images.
         disk = made["disks"][0]
         assert disk["boot"] and disk["autoDelete"]
         assert gce.disks[(PROJECT, ZONE, INSTANCE)]["sourceImage"] == (
@@ -87,7 +88,7 @@ def test_launch_makes_one_instance_and_one_ssh_rule_then_removes_both(project, b
         )
         assert {i["key"]: i["value"] for i in made["metadata"]["items"]} == {
             "user-data": USER_DATA,
-            "ssh-keys": f"ubuntu:{KEY}",
+            "ssh-keys": f"debian:{KEY}",
         }
         assert made["labels"]["imageforge-build-id"] == BUILD
         assert made["labels"]["imageforge-flavor"] == FLAVOR
@@ -109,6 +110,19 @@ def test_instance_goes_in_the_configured_network_and_the_rule_with_it(scratch, g
         assert rule["network"] == net
         (instance,) = gce.instances.values()
         assert instance["networkInterfaces"][0]["network"] == net
+
+
+@pytest.mark.parametrize(("os_", "user"), [("debian-12", "debian"), ("ubuntu-24.04", "ubuntu")])
+def test_the_key_is_for_the_login_user_of_the_cells_os(scratch, gce, os_, user) -> None:
+    from tests.unit.conftest import write
+
+    write(scratch, f"flavors:\n  slurm-node:\n    os: {{gcp: {os_}}}\n")
+    project = config.load("images.yml")
+    make_image(gce, IMAGE)
+    with launched(project, record(scratch)):
+        (instance,) = gce.instances.values()
+        items = {i["key"]: i["value"] for i in instance["metadata"]["items"]}
+        assert items == {"user-data": USER_DATA, "ssh-keys": f"{user}:{KEY}"}
 
 
 class Boom(Exception):

@@ -608,13 +608,13 @@ def test_rendered_source_gives_the_build_server_the_metadata(project) -> None:
 
 
 def test_doctor_reports_what_it_found(project, glance: FakeGlance) -> None:
-    glance.add_image(name="Ubuntu 24.04", visibility="public", owner="admin-project")
+    glance.add_image(name="Debian 13", visibility="public", owner="admin-project")
     found = CLOUD.doctor(project, find(project, FLAVOR, "openstack"))
     assert found[0].startswith("clouds.yaml entry 'openstack' in ")
     assert found[1:] == [
         f"token for project {glance.project_id}",
         "flavor m1.medium (2 vCPU, 4096 MB)",
-        f"source image Ubuntu 24.04 ({next(iter(glance.images))}) for ubuntu-24.04",
+        f"source image Debian 13 ({next(iter(glance.images))}) for debian-13",
     ]
 
 
@@ -624,7 +624,7 @@ def test_doctor_names_everything_missing(project, fake: FakeCloud) -> None:
         CLOUD.doctor(project, find(project, FLAVOR, "openstack"))
     assert str(caught.value) == (
         "openstack cloud 'openstack': flavor 'm1.medium' not found (available: m1.tiny); "
-        "source image for ubuntu-24.04 (name 'Ubuntu 24.04') not found"
+        "source image for debian-13 (name 'Debian 13') not found"
     )
 
 
