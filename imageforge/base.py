@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from imageforge import disk, guestfiles, log, pyenv, runner
+from imageforge import disk, guestfiles, log, pyenv, runner, wheelbuild
 from imageforge.debcache import Harvest
 from imageforge.errors import ImageforgeError
 from imageforge.recipe import (  # noqa: F401 (the recipe, re-exported for callers)
@@ -103,8 +103,9 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
         wheels = work / "wheels"
         if recipe.python_packages:
             with log.step("pip download: wheels of the layer's Python packages") as timing:
+                built = _source_wheels(recipe, logs / "wheel-build.log")
                 pyenv.make_wheels(
-                    recipe.suite, recipe.python_packages, wheels, logs / "pip-download.log"
+                    recipe.suite, recipe.python_packages, wheels, logs / "pip-download.log", built
                 )
             steps["wheels"] = timing["seconds"]
         with log.step("mmdebstrap: install the packages into a directory") as timing:
@@ -139,6 +140,21 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
         return info
     finally:
         _remove_tree(work)
+
+
+def _source_wheels(recipe: BaseRecipe, logfile: Path) -> list[Path]:
+    """The wheels of recipe.python_build, built for the suite's Python (cached)."""
+    if not recipe.python_build:
+        return []
+    directory = wheelbuild.ensure_wheels(
+        recipe.suite,
+        recipe.python_build,
+        cache_dir() / "wheels",
+        deb_cache(),
+        recipe.sources,
+        logfile,
+    )
+    return wheelbuild.wheels_for(directory)
 
 
 def _bootstrap(

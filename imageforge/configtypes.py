@@ -167,6 +167,11 @@ class PythonEnv(Model):
 
     venv: GuestPath = "/opt/venv"
     packages: tuple[PipRequirement, ...] = Field(min_length=1)
+    build: tuple[PipRequirement, ...] = Field(
+        (),
+        description="requirements PyPI has no wheel of for the image's Python: built once from "
+        "source, natively in a throwaway root of the image's Debian release, and cached",
+    )
 
 
 class AiidaCode(Model):

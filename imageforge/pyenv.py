@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +22,13 @@ WHEELS_IN_TREE = "/tmp/imageforge-wheels"
 CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
 
 
-def make_wheels(suite: str, requirements: tuple[str, ...], wheels: Path, logfile: Path) -> None:
+def make_wheels(
+    suite: str,
+    requirements: tuple[str, ...],
+    wheels: Path,
+    logfile: Path,
+    built: tuple[Path, ...] | list[Path] = (),
+) -> None:
     """Every wheel the requirements need for the suite's Python, fetched by the host's pip
     (its index, proxy and certificates). Only wheels: nothing is built for the image."""
     # The suite's exact python3 version: a package may require a newer micro version than the
@@ -35,6 +42,10 @@ def make_wheels(suite: str, requirements: tuple[str, ...], wheels: Path, logfile
     wheels.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"]
     argv += ["--only-binary=:all:", "--python-version", version, "--implementation", "cp"]
+    for wheel in built:  # wheels built from source for this suite (wheelbuild.py)
+        shutil.copy(wheel, wheels / wheel.name)
+    if built:
+        argv += ["--find-links", str(wheels)]
     argv += ["--dest", str(wheels), *requirements]
     runner.run(
         argv,

@@ -62,6 +62,7 @@ class BaseRecipe:
     extra_packages: tuple[str, ...] = ()
     python_venv: str = ""  # a virtual environment in the layer, from python_packages
     python_packages: tuple[str, ...] = ()
+    python_build: tuple[str, ...] = ()  # of those, what is built from source for the suite
     disk_size_mib: int = 4096
     user: str = "debian"
     hostname: str = "debian"

@@ -45,6 +45,7 @@ class LocalCloud(SourceDefaults):
             extra_packages=cell.flavor.packages,
             python_venv=python.venv if python else "",
             python_packages=python.packages if python else (),
+            python_build=python.build if python else (),
         )
         layer = base.ensure_base(recipe, force=refresh).record()
         self._layers[cell.name] = layer
