@@ -31,6 +31,13 @@ MASKED_UNITS = (
     "modprobe@dm_mod.service",
     "modprobe@loop.service",
     "modprobe@fuse.service",
+    # Early units a VM image has no use for, each a process start on an emulated CPU: GRUB's
+    # boot-success record (the menu never waits), foreign binary formats, kernel debugging.
+    "grub-common.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
 )
 # Debian 12's cloud-init starts Python once per stage: the config stage's few modules run in
 # cloud-final (CLOUD_INIT_LEAN) and cloud-config.service is masked, one interpreter start fewer.
@@ -150,6 +157,12 @@ def mmdebstrap_options() -> list[str]:
 NETWORK_PACKAGES = {"bookworm": ("ifupdown", "isc-dhcp-client"), "trixie": ("systemd-resolved",)}
 ENABLED_UNITS_BY_SUITE = {"trixie": ("systemd-networkd.service", "systemd-resolved.service")}
 NETWORK_CLOUD_CONFIG = {"trixie": "  network:\n    renderers: [networkd]\n"}
+# resolved answers LLMNR and mDNS on every interface by default: a server image neither
+# announces itself nor listens for name queries from its neighbours (no multicast at all).
+RESOLVED_CONF = (
+    "# imageforge: no multicast name resolution.\n[Resolve]\nLLMNR=no\nMulticastDNS=no\n"
+)
+FILES_BY_SUITE = {"trixie": {"etc/systemd/resolved.conf.d/50-imageforge.conf": RESOLVED_CONF}}
 SYMLINKS_BY_SUITE = {"trixie": {"etc/resolv.conf": "../run/systemd/resolve/stub-resolv.conf"}}
 
 
@@ -190,7 +203,8 @@ def fingerprint(user: str, hostname: str, suite: str) -> str:
 
 def apply(rootfs: Path, user: str, hostname: str, suite: str) -> None:
     """Write the files, mask the units, set debconf answers and scrub the tree."""
-    for relative, text in files(user, hostname, suite).items():
+    written = {**files(user, hostname, suite), **FILES_BY_SUITE.get(suite, {})}
+    for relative, text in written.items():
         target = rootfs / relative
         _delete(target)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,9 @@ def mmdebstrap_options(venv: str, requirements: tuple[str, ...], wheels: Path) -
 
 def fingerprint() -> str:
     """Changes whenever the way this module installs an environment changes."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(Path(__file__).with_name("wheelbuild.py").read_bytes())
+    return digest.hexdigest()
 
 
 def installed(rootfs: Path, venv: str) -> dict[str, str]:

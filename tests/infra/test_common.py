@@ -99,3 +99,11 @@ def test_sshd_refuses_password_login_for_root(root_facts):
     settings = dict(line.split(" ", 1) for line in lines if " " in line)
     assert settings["permitrootlogin"] in ("no", "prohibit-password", "without-password")
     assert settings["passwordauthentication"] == "no"
+
+
+def test_no_multicast_name_service_listens(host):
+    """No LLMNR (5355) or mDNS (5353) responder: an image neither announces itself nor answers
+    its neighbours' name queries (systemd-resolved does both by default)."""
+    listening = host.check_output("ss -Hlnu; ss -Hlnt")
+    ports = {line.split()[3].rpartition(":")[2] for line in listening.splitlines() if line.strip()}
+    assert not ports & {"5353", "5355"}, listening

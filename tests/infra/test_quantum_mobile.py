@@ -167,7 +167,9 @@ def session(qm: dict, how: str, command: str) -> str:
 
 @pytest.mark.parametrize("how", ["sudo -iu", "ssh terminal", "ssh command"])
 def test_image_user_finds_verdi_jupyter_and_pw(host, qm, how):
-    found = host.run(session(qm, how, "cd && command -v verdi jupyter pw.x"))
+    found = host.run(
+        session(qm, how, "cd && command -v verdi && command -v jupyter && command -v pw.x")
+    )
     assert found.rc == 0, f"not all on the PATH:\n{found.stdout}{found.stderr}"
     paths = found.stdout.split()
     assert [Path(p).name for p in paths] == ["verdi", "jupyter", "pw.x"], paths
@@ -195,6 +197,8 @@ def test_services_listen_on_loopback_only(secrets, qm):
     """PostgreSQL, RabbitMQ (AMQP and Erlang distribution) and epmd: loopback only."""
     listening: dict[int, set[str]] = {}
     for line in secrets["listening"].splitlines():
+        if not line.strip():
+            continue
         local = line.split()[3]
         address, _, port = local.rpartition(":")
         listening.setdefault(int(port), set()).add(address)
