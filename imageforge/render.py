@@ -40,6 +40,8 @@ DATASOURCES = {
 # Where a cloud build pins it: after 90_dpkg.cfg (cloud-init's package writes its debconf
 # choice there), since of cloud.cfg.d's files the last one in sort order wins.
 DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/99-imageforge-datasource.cfg"
+# Installed for the build of python.build's sources in a cloud build VM, and removed after.
+SOURCE_BUILD_PACKAGES = ("python3-dev", "gcc", "libc6-dev")
 
 
 @dataclass(frozen=True)
@@ -175,11 +177,20 @@ def package_commands(cell: Cell) -> list[str]:
     commands.append(f"printf '{config}' > {DATASOURCE_CFG}")
     python = cell.flavor.python
     if python is not None:
+        # What has no wheel for the image's Python is compiled here; the compiler goes after.
+        compilers = [p for p in SOURCE_BUILD_PACKAGES if p not in packages] if python.build else []
         requirements = " ".join(shlex.quote(r) for r in python.packages)
+        if compilers:
+            commands.append("apt-get install -y -q --no-install-recommends " + " ".join(compilers))
         commands += [
             f"python3 -m venv {shlex.quote(python.venv)}",
             f"{shlex.quote(python.venv)}/bin/pip install --no-cache-dir -q {requirements}",
         ]
+        if compilers:
+            commands += [
+                "apt-mark auto -q " + " ".join(compilers),
+                "apt-get autoremove -y -q",
+            ]
     return commands
 
 

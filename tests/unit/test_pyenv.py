@@ -94,3 +94,24 @@ def test_cloud_builds_make_the_venv_in_the_vm() -> None:
     env = render._env(cell, cell.flavor.provisioners[1])
     assert "IMAGEFORGE_VENV=/opt/quantum-mobile/venv" in env
     assert any(str(e).startswith("IMAGEFORGE_AIIDA=") for e in env)
+
+
+def test_cloud_builds_compile_python_build_and_remove_the_compiler() -> None:
+    project = config.load(ROOT / "images.yml")
+    cell = matrix.find(project, "quantum-mobile", "gcp")
+    assert cell.flavor.python is not None and cell.flavor.python.build
+    commands = render.package_commands(cell)
+    compilers = "apt-get install -y -q --no-install-recommends python3-dev gcc libc6-dev"
+    pip = next(i for i, c in enumerate(commands) if "/bin/pip install" in c)
+    assert commands.index(compilers) < pip
+    # Marked as automatically installed and removed: the image keeps no compiler.
+    assert commands[pip + 1 :] == [
+        "apt-mark auto -q python3-dev gcc libc6-dev",
+        "apt-get autoremove -y -q",
+    ]
+
+
+def test_no_compiler_without_python_build(scratch: Path) -> None:
+    write(scratch, "flavors:\n  a:\n    python: {packages: [x]}\n")
+    cell = matrix.find(config.load("images.yml"), "a", "aws")
+    assert not [c for c in render.package_commands(cell) if "gcc" in c or "autoremove" in c]
