@@ -147,7 +147,7 @@ def test_image_contents(guest: Guest) -> None:
 
 @pytest.mark.integration
 def test_recipe_hash_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    sources = ("deb http://mirror.invalid/debian bookworm main",)
+    sources = ("deb http://mirror.invalid/debian trixie main",)
     recipe = base.BaseRecipe(sources=sources)
     assert base.recipe_hash(recipe) == base.recipe_hash(base.BaseRecipe(sources=sources))
     more = replace(recipe, packages=(*recipe.packages, "vim-tiny"))
@@ -159,7 +159,7 @@ def test_recipe_hash_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None
     assert layer.kind == "layers" and recipe.kind == "base"
     assert base.recipe_hash(layer) != base.recipe_hash(recipe)
     before = base.recipe_hash(recipe)
-    monkeypatch.setattr(guestfiles, "fingerprint", lambda user, host: "changed")
+    monkeypatch.setattr(guestfiles, "fingerprint", lambda user, host, suite: "changed")
     assert base.recipe_hash(recipe) != before  # what the build writes into the tree changed
 
 
