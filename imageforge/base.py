@@ -150,7 +150,7 @@ def _source_wheels(recipe: BaseRecipe, logfile: Path) -> list[Path]:
         recipe.suite,
         recipe.python_build,
         cache_dir() / "wheels",
-        deb_cache(),
+        deb_cache(recipe.suite),
         recipe.sources,
         logfile,
     )
@@ -165,7 +165,7 @@ def _bootstrap(
             "building the base image needs root (mmdebstrap --mode=root, mke2fs -d)",
             hint="run the build as root, e.g. in the CI container",
         )
-    cache = deb_cache()
+    cache = deb_cache(recipe.suite)
     python = (
         pyenv.mmdebstrap_options(recipe.python_venv, recipe.python_packages, wheels)
         if recipe.python_packages

@@ -126,9 +126,10 @@ def cache_dir() -> Path:
     return path
 
 
-def deb_cache() -> DebCache:
-    """The .deb files every build has downloaded, shared by all of them."""
-    return DebCache(cache_dir() / "debs")
+def deb_cache(suite: str) -> DebCache:
+    """The .deb files every build of suite has downloaded, shared by all of them. One cache per
+    release: a file name (name_version_arch.deb) is not unique across releases."""
+    return DebCache(cache_dir() / "debs" / suite)
 
 
 @functools.cache
