@@ -51,8 +51,8 @@ def test_harvest_counts_only_what_the_cache_did_not_have(tmp_path: Path) -> None
 
 
 def test_each_release_has_a_cache_of_its_own(tmp_path, monkeypatch) -> None:
-    """bookworm and trixie both have e.g. an arch-all netbase_6.4_all.deb that differ: a shared
-    cache would swap them at every build of the other release and download them again."""
+    """Two releases can carry files of the same name that differ: a shared cache would swap
+    them at every build of the other release and download them again."""
     from imageforge import recipe
 
     monkeypatch.setenv("IMAGEFORGE_CACHE_DIR", str(tmp_path / "cache"))
