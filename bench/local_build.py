@@ -44,7 +44,7 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
     start = time.monotonic()
     result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(argv)}\n{result.stderr[-3000:]}")
+        sys.exit(f"failed: {' '.join(argv)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return round(time.monotonic() - start, 1)
 
 
@@ -92,7 +92,7 @@ def raw_packer(project: Path, env: dict[str, str], build_id: str, tmp: Path) -> 
     }
     packer_env = {**env, "CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(tmp / "pc")}
     packer_env.update({f"PKR_VAR_{k}": str(v) for k, v in variables.items()})
-    rendered = project / "build" / "slurm-node-local"
+    rendered = project / "artifacts/slurm-node" / build_id / "packer"  # each build's own render
     return timed([packer.binary(), "build", "-color=false", str(rendered)], project, packer_env)
 
 
@@ -128,7 +128,7 @@ def with_os(images_yml: str, os_name: str) -> str:
     return "".join(lines)
 
 
-def one_os(tmp: Path, os_name: str) -> dict[str, Any]:
+def one_os(tmp: Path, os_name: str, cold_only: bool = False) -> dict[str, Any]:
     """Cold, no-op, warm and raw-Packer slurm-node builds on os_name, in caches of its own."""
     env = {**os.environ, "IMAGEFORGE_CACHE_DIR": str(tmp / os_name / "cache")}
     project = copy_project(tmp / os_name / "project")
@@ -137,6 +137,9 @@ def one_os(tmp: Path, os_name: str) -> dict[str, Any]:
     result: dict[str, Any] = {}
     print(f"[{os_name}] cold slurm-node build + verify (empty cache) ...", flush=True)
     result["cold_slurm_node"] = build(project, env, "slurm-node")
+    if cold_only:
+        result["project"], result["env"], result["ratios"] = project, env, {}
+        return result
     print(f"[{os_name}] no-op rebuild ...", flush=True)
     argv = [sys.executable, "-m", "invoke", "build", "--image", "slurm-node"]
     result["noop_rebuild_seconds"] = timed(argv, project, env)
@@ -162,13 +165,14 @@ def main() -> None:
     parser.add_argument("--os", default="debian-12,debian-13")
     parser.add_argument("--warm", default="quantum-mobile")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/local_build.json")
+    parser.add_argument("--cold-only", action="store_true", help="only the cold build per OS")
     args = parser.parse_args()
     systems = [o for o in args.os.split(",") if o]
     warm_flavors = [f for f in args.warm.split(",") if f and f != "slurm-node"]
     tmp = Path(tempfile.mkdtemp(prefix="imageforge-bench-"))
     results: dict[str, Any] = {"machine": machine(), "started": dt.datetime.now(dt.UTC).isoformat()}
     try:
-        runs = {os_name: one_os(tmp, os_name) for os_name in systems}
+        runs = {os_name: one_os(tmp, os_name, args.cold_only) for os_name in systems}
         newest = runs[systems[-1]]
         newest["warm"] = {}
         for flavor in warm_flavors:
@@ -193,64 +197,56 @@ def ratios(r: dict[str, Any], systems: list[str]) -> dict[str, float]:
     if len(systems) < 2:
         return {}
     old, new = r["os"][systems[0]], r["os"][systems[-1]]
-
-    def over(pick: Any) -> float:
-        return round(pick(new) / pick(old), 2)
-
-    boot = lambda run: run["warm_slurm_node"]["verify_boot"].get("to_running_seconds") or 0  # noqa: E731
-    return {
-        "cold_slurm_node_new_over_old": over(lambda run: run["cold_slurm_node"]["seconds"]),
-        "warm_slurm_node_new_over_old": over(lambda run: run["warm_slurm_node"]["seconds"]),
-        "raw_packer_new_over_old": over(lambda run: run["raw_packer_build_seconds"]),
-        "boot_to_running_new_over_old": over(boot) if boot(old) else 0.0,
+    picks = {
+        "cold_slurm_node_new_over_old": ("cold_slurm_node", "seconds"),
+        "warm_slurm_node_new_over_old": ("warm_slurm_node", "seconds"),
+        "raw_packer_new_over_old": ("raw_packer_build_seconds",),
+        "boot_to_running_new_over_old": ("cold_slurm_node", "verify_boot", "to_running_seconds"),
+        "boot_userspace_new_over_old": ("cold_slurm_node", "verify_boot", "userspace_seconds"),
+        "boot_kernel_new_over_old": ("cold_slurm_node", "verify_boot", "kernel_seconds"),
     }
+    found = {}
+    for name, path in picks.items():
+        a, b = _dig(old, path), _dig(new, path)
+        if a and b:
+            found[name] = round(b / a, 2)
+    return found
+
+
+def _dig(run: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = run
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) else None
 
 
 def table(r: dict[str, Any], systems: list[str]) -> str:
     rows: list[tuple[str, str]] = []
     for os_name in systems:
         run = r["os"][os_name]
-        warm, cold = run["warm_slurm_node"], run["cold_slurm_node"]
-        boot = warm["verify_boot"]
-        rows += [
-            (
-                f"[{os_name}] cold slurm-node build + verify",
-                f"{cold['seconds']} s  {cold['stages']}",
-            ),
-            (f"[{os_name}] no-op rebuild", f"{run['noop_rebuild_seconds']} s"),
-            (
-                f"[{os_name}] warm slurm-node build + verify",
-                f"{warm['seconds']} s  {warm['stages']}",
-            ),
-            (
-                f"[{os_name}] raw packer build, same template",
-                f"{run['raw_packer_build_seconds']} s",
-            ),
-            (
-                f"[{os_name}] boot (verification)",
-                f"kernel {boot.get('kernel_seconds')} s + userspace "
-                f"{boot.get('userspace_seconds')} s; to login {boot.get('to_login_seconds')} s; "
-                f"running {boot.get('to_running_seconds')} s",
-            ),
-            (f"[{os_name}] packer build VM to SSH", f"{warm['packer_boot_to_ssh']} s"),
-            (
-                f"[{os_name}] layer (cold)",
-                f"{cold['layer']['seconds']} s, "
-                f"{cold['layer']['packages']} packages, {cold['layer']['downloaded']} downloaded",
-            ),
-            *((f"[{os_name}] ratio {k}", str(v)) for k, v in run["ratios"].items()),
-        ]
-        for flavor, v in run.get("warm", {}).items():
-            first = run[f"first_{flavor}"]
-            rows.append(
-                (
-                    f"[{os_name}] first {flavor} build + verify",
-                    f"{first['seconds']} s  {first['stages']}",
+        for key in ("cold_slurm_node", "warm_slurm_node"):
+            if key in run:
+                one = run[key]
+                boot = one["verify_boot"]
+                rows.append(
+                    (f"[{os_name}] {key} build + verify", f"{one['seconds']} s  {one['stages']}")
                 )
-            )
-            rows.append(
-                (f"[{os_name}] warm {flavor} build + verify", f"{v['seconds']} s  {v['stages']}")
-            )
+                rows.append(
+                    (
+                        f"[{os_name}] {key} boot",
+                        f"kernel {boot.get('kernel_seconds')} s + userspace "
+                        f"{boot.get('userspace_seconds')} s; "
+                        f"to login {boot.get('to_login_seconds')} s; "
+                        f"running {boot.get('to_running_seconds')} s; packer VM to SSH "
+                        f"{one['packer_boot_to_ssh']} s",
+                    )
+                )
+        for key in ("noop_rebuild_seconds", "raw_packer_build_seconds"):
+            if key in run:
+                rows.append((f"[{os_name}] {key}", f"{run[key]} s"))
+        rows += [(f"[{os_name}] ratio {k}", str(v)) for k, v in run.get("ratios", {}).items()]
+        for flavor, v in run.get("warm", {}).items():
+            rows.append((f"[{os_name}] warm {flavor} build + verify", f"{v['seconds']} s"))
     rows += [(f"ratio {k}", str(v)) for k, v in r["ratios"].items()]
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
