@@ -22,6 +22,11 @@ WHEELS_IN_TREE = "/tmp/imageforge-wheels"
 CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
 
 
+def pip_download() -> list[str]:
+    """The host's pip download, quiet (its index, proxy and certificates)."""
+    return [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"]
+
+
 def make_wheels(
     suite: str,
     requirements: tuple[str, ...],
@@ -40,7 +45,7 @@ def make_wheels(
             f"no Python version is known for the Debian suite {suite!r}"
         ) from None
     wheels.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"]
+    argv = pip_download()
     argv += ["--only-binary=:all:", "--python-version", version, "--implementation", "cp"]
     for wheel in built:  # wheels built from source for this suite (wheelbuild.py)
         shutil.copy(wheel, wheels / wheel.name)

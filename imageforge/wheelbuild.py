@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from imageforge import runner
+from imageforge import pyenv, runner
 from imageforge.debcache import DebCache
 from imageforge.errors import ImageforgeError
 
@@ -45,7 +44,7 @@ def ensure_wheels(
     work = Path(tempfile.mkdtemp(prefix=".wheelbuild-", dir=cache))
     try:
         sdists = work / "sdists"
-        argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"]
+        argv = pyenv.pip_download()
         argv += ["--no-deps", "--no-binary=:all:", "--dest", str(sdists), *requirements]
         runner.run(argv, logfile=logfile, prefix="pip download", what="pip download (sources)")
         missing = [s for s in sorted(sdists.iterdir()) if not _built_from(built, s).is_dir()]
@@ -116,7 +115,6 @@ def _build(
 def _pip_wheel() -> str:
     """pip wheel with a clean environment, no index and the root's own setuptools."""
     return (
-        "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "
-        "python3 -m pip wheel --no-deps --no-index --no-build-isolation --no-cache-dir "
-        "--disable-pip-version-check"
+        f"{pyenv.CLEAN_ENV} python3 -m pip wheel --no-deps --no-index --no-build-isolation "
+        "--no-cache-dir --disable-pip-version-check"
     )

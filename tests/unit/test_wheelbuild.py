@@ -37,7 +37,7 @@ def fake(tmp_path: Path, *, make_wheel: bool = True) -> FakeRunner:
 
 def build(tmp_path: Path, runner: FakeRunner, monkeypatch) -> Path:
     monkeypatch.setattr(wheelbuild.runner, "run", runner)
-    monkeypatch.setattr(wheelbuild.sys, "executable", "python3")
+    monkeypatch.setattr(pyenv.sys, "executable", "python3")
     return wheelbuild.ensure_wheels(
         "trixie",
         ("PyCifRW~=4.4",),
