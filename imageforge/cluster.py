@@ -228,7 +228,7 @@ def slurm_user_data(
     public_key: str | None = None,
 ) -> str:
     """The cloud-config that makes a slurm-node instance a controller or a worker."""
-    document: dict[str, object] = {"ssh_pwauth": False, "disable_root": True}
+    document: dict[str, object] = {"disable_root": True}  # no ssh_pwauth: see seed_user_data
     if public_key:
         document["ssh_authorized_keys"] = [public_key]
     document["imageforge_slurm"] = {

@@ -110,7 +110,8 @@ def _kvm_works() -> tuple[bool, str]:
     if failure:
         return False, failure.strip()
     if not alive:
-        return False, f"a KVM test VM exited early: {output.strip()[-300:] or 'no output'}"
+        first = output.strip().splitlines()[0][:200] if output.strip() else "no output"
+        return False, f"a KVM test VM exited early: {first}"
     if FIRMWARE_DONE not in firmware:
         return False, f"a KVM test VM did not get through its firmware in {seconds:.1f}s (too slow)"
     return True, f"firmware ran in {seconds:.2f}s"

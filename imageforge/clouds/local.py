@@ -90,14 +90,11 @@ class LocalCloud(SourceDefaults):
 
 def seed_user_data(public_key: str, extra: dict[str, Any] | None = None) -> str:
     """cloud-init user-data that lets exactly one key log in as the image's default user,
-    with any further cloud-config keys (such as a flavor's own block) after it."""
-    text = (
-        "#cloud-config\n"
-        "ssh_pwauth: false\n"
-        "disable_root: true\n"
-        "ssh_authorized_keys:\n"
-        f"  - {public_key}\n"
-    )
+    with any further cloud-config keys (such as a flavor's own block) after it.
+
+    No ssh_pwauth: the image's sshd already refuses passwords, and setting it makes cloud-init
+    restart sshd in its final stage, dropping the connections of whoever logged in first."""
+    text = f"#cloud-config\ndisable_root: true\nssh_authorized_keys:\n  - {public_key}\n"
     if extra:
         import json
 

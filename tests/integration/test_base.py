@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from imageforge import aptsources, base, guestfiles, qemu, runner
+from imageforge.clouds.local import seed_user_data
 from imageforge.errors import ImageforgeError
 from imageforge.runner import CommandResult
 
@@ -61,9 +62,7 @@ def guest(base_image: base.BaseImage, tmp_path_factory: pytest.TempPathFactory) 
     instance_id = f"imageforge-test-{int(time.time())}"
     seed = qemu.make_seed(
         tmp / "seed.iso",
-        user_data="#cloud-config\nssh_authorized_keys:\n  - "
-        + (tmp / "id_ed25519.pub").read_text().strip()
-        + "\n",
+        user_data=seed_user_data((tmp / "id_ed25519.pub").read_text().strip()),
         meta_data=f"instance-id: {instance_id}\nlocal-hostname: imageforge-test\n",
     )
     # No network beyond the SSH forward, as in verification (apt timers must not reach out).
@@ -143,6 +142,23 @@ def test_image_contents(guest: Guest) -> None:
     assert guest.output("ls /var/lib/apt/lists | grep -v -e lock -e partial || true") == ""
     size_kib = int(guest.output("df --output=size -k / | tail -1"))
     assert size_kib > (RESIZED_GIB - 1) * 1024 * 1024  # cloud-init grew the root partition
+    # A small initramfs: the virtual disk's driver, no udev hardware database.
+    initramfs = guest.output("sudo lsinitramfs /boot/initrd.img-$(uname -r)")
+    assert "virtio_blk.ko" in initramfs and "hwdb.bin" not in initramfs
+    # Generators a VM image has no use for are masked, the rest still run.
+    masked = guest.output("readlink /etc/systemd/system-generators/*").split()
+    assert masked == ["/dev/null"] * 6, masked
+    assert guest.output("systemctl is-active serial-getty@ttyS0.service").strip() == "active"
+
+
+@pytest.mark.integration
+def test_no_sshd_restart_after_the_first_login(guest: Guest) -> None:
+    """With the local seed's user-data, cloud-init leaves sshd alone: one start, so whoever
+    logged in first is never cut off by a restart in cloud-init's final stage."""
+    guest.output("cloud-init status --wait")
+    log = "sudo journalctl -b -u ssh.service -o cat"
+    starts = guest.output(f"{log} | grep -c '^Server listening on 0.0.0.0'")
+    assert starts.strip() == "1", starts
 
 
 @pytest.mark.integration

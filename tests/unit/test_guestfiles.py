@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from imageforge import guestfiles
@@ -72,3 +73,28 @@ def test_each_release_gets_its_own_network_stack_and_cloud_init_units() -> None:
     assert guestfiles.fingerprint("u", "h", "trixie") != guestfiles.fingerprint(
         "u", "h", "bookworm"
     )
+
+
+def test_initramfs_hook_runs_after_udev_and_drops_its_hardware_database(tmp_path: Path) -> None:
+    """The hook names udev as its prerequisite (so it runs after udev's own hook copied
+    hwdb.bin), then removes the database; the drivers are added by hook-functions."""
+    hook = tmp_path / "hook"
+    hook.write_text(guestfiles.INITRAMFS_FILES["etc/initramfs-tools/hooks/imageforge-disk-drivers"])
+    prereqs = subprocess.run(["sh", hook, "prereqs"], capture_output=True, text=True, check=True)
+    assert prereqs.stdout.split() == ["udev"]
+    destdir = tmp_path / "initramfs"
+    (destdir / "usr/lib/udev").mkdir(parents=True)
+    (destdir / "usr/lib/udev/hwdb.bin").write_bytes(b"hwdb")
+    functions = tmp_path / "hook-functions"
+    functions.write_text('manual_add_modules() { echo "$1" >> "$DESTDIR/modules"; }\n')
+    text = hook.read_text().replace("/usr/share/initramfs-tools/hook-functions", str(functions))
+    hook.write_text(text)
+    subprocess.run(["sh", hook], env={"DESTDIR": str(destdir), "PATH": "/usr/bin:/bin"}, check=True)
+    assert not (destdir / "usr/lib/udev/hwdb.bin").exists()
+    assert (destdir / "modules").read_text().split() == list(guestfiles.INITRAMFS_DRIVERS)
+
+
+def test_masked_generators_spare_the_ones_a_vm_needs() -> None:
+    needed = {"systemd-fstab-generator", "systemd-getty-generator", "cloud-init-generator"}
+    assert needed.isdisjoint(guestfiles.MASKED_GENERATORS)
+    assert "systemd-ssh-generator" in guestfiles.MASKED_GENERATORS
