@@ -300,7 +300,10 @@ def boot() -> int:
         os.chown(home / ".jupyter", user.pw_uid, user.pw_gid)
         write_private(home / ".jupyter" / "jupyter_server_config.json", json.dumps(config), user)
         write_private(home / "jupyter-token.txt", token + "\n", user)
-    run(["systemctl", "start", "postgresql", "rabbitmq-server"])
+    # RabbitMQ (an Erlang VM, the slowest start here) comes up while the profile is made, which
+    # needs only PostgreSQL: its start job is queued now, and aiida-daemon (After= it) waits.
+    run(["systemctl", "start", "--no-block", "rabbitmq-server"])
+    run(["systemctl", "start", "postgresql"])
     if new:
         make_profile(settings, user)
         write_private(INSTANCE_MARK, instance + "\n")
