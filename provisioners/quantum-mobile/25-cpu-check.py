@@ -104,7 +104,7 @@ def build() -> int:
     shutil.copyfile(__file__, SETUP)
     SETUP.chmod(0o755)
     UNIT.write_text(UNIT_TEXT)
-    subprocess.run(["systemctl", "enable", "--quiet", UNIT.name], check=True)
+    subprocess.run(["systemctl", "enable", "--no-reload", "--quiet", UNIT.name], check=True)
     try:
         missing = missing_features(CPUINFO.read_text(errors="replace"))
     except OSError:

@@ -497,4 +497,5 @@ StandardOutput=journal+console
 [Install]
 WantedBy=multi-user.target
 UNIT
-systemctl enable imageforge-desktop.service tigervncserver@:1.service > /dev/null 2>&1
+# --no-reload: enabled for the next boot; a daemon-reload here costs seconds and changes nothing.
+systemctl enable --no-reload imageforge-desktop.service tigervncserver@:1.service > /dev/null 2>&1

@@ -119,7 +119,9 @@ def test_provisioner_installs_and_enables_the_check(tmp_path, monkeypatch, capsy
     assert (tmp_path / "imageforge-cpu-check").read_text() == (QM / "25-cpu-check.py").read_text()
     assert (tmp_path / "imageforge-cpu-check").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "imageforge-cpu-check.service").read_text() == cpu.UNIT_TEXT
-    assert calls == [["systemctl", "enable", "--quiet", "imageforge-cpu-check.service"]]
+    assert calls == [
+        ["systemctl", "enable", "--no-reload", "--quiet", "imageforge-cpu-check.service"]
+    ]
     # the build VM's CPU is only reported: nothing is written for the image's instances
     assert "lacks popcnt sse4_1 sse4_2 ssse3" in capsys.readouterr().out
 
