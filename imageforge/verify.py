@@ -137,8 +137,8 @@ def _run_checks(
                 secrets=forbidden,
             )
         outcome.update(sbom.capture(ssh, cell, record))  # passed or not; {} and a warning if not
-        if m.vm:
-            _poweroff(ssh, m.vm)
+        # A local verification VM is stopped, not shut down: its overlay is thrown away, and a
+        # guest's shutdown proves nothing checked here (RabbitMQ's stop alone took 60 s on TCG).
     outcome["boot"] = {
         "to_login_seconds": boot["seconds"],
         "to_running_seconds": round(boot["seconds"] + settle["seconds"], 2),
@@ -239,14 +239,6 @@ def _host_port(text: str) -> tuple[str, int]:
     if not host or not number.isdigit() or not 0 < int(number) < 65536:
         raise ValueError(text)
     return host, int(number)
-
-
-def _poweroff(ssh: sshchecks.Session, vm: qemu.VirtualMachine) -> None:
-    ssh.run("sudo systemctl poweroff")
-    try:
-        vm.wait_shutdown(60)
-    except ImageforgeError:
-        log.warn("the verification VM did not power off in 60s; stopping it")
 
 
 def _summary_text(record: BuildRecord) -> str:
