@@ -328,15 +328,6 @@ class VirtualMachine:
         except ImageforgeError as exc:
             raise ImageforgeError(f"{exc.message}\n{self.console_tail()}") from None
 
-    def wait_shutdown(self, timeout: float) -> int:
-        """Wait for the guest to power off by itself; return QEMU's exit code."""
-        try:
-            return self._running().wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ImageforgeError(
-                f"the VM did not power off within {timeout:.0f}s\n{self.console_tail()}"
-            ) from None
-
     def console(self) -> str:
         """Everything the guest wrote to its serial console so far."""
         return _read(self.serial_log)
