@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,10 +123,18 @@ def selected(project: Project, image: str | None, cloud: str | None) -> list[Cel
     return chosen
 
 
-def github(cells_: list[Cell]) -> str:
-    """A GitHub Actions strategy.matrix: {"include": [{image, cloud, name, os}, ...]}."""
+def github(cells_: list[Cell], shared: Collection[str] = ()) -> str:
+    """A GitHub Actions strategy.matrix: {"include": [{image, cloud, name, os, publish}, ...]};
+    publish is true for the cells named in shared (images.yml's policy shares them)."""
     include = [
-        {"image": c.flavor_name, "cloud": c.cloud, "name": c.name, "os": c.os} for c in cells_
+        {
+            "image": c.flavor_name,
+            "cloud": c.cloud,
+            "name": c.name,
+            "os": c.os,
+            "publish": c.name in shared,
+        }
+        for c in cells_
     ]
     return json.dumps({"include": include}, separators=(",", ":"))
 

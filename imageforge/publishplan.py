@@ -5,9 +5,10 @@ policy to the newest verified build of each selected cell on a cloud that shares
 cell whose policy shares with nobody (or that has none) is skipped; a cell with no verified
 build, or whose verification no longer binds, is reported and fails the run at the end.
 
-With --image and --cloud (and --build, --account, --organization, --revoke, which need them),
-one build is published as before: the newest of the cell unless --build names one, with the
-accounts given, else the cell's policy, else publicly (a cell with no policy).
+With --image and --cloud (and --build, --account, --organization, --public, --visibility,
+--revoke, which need them), one build is published: the newest of the cell unless --build
+names one, shared as the options say, else as the cell's policy says. A cell with no policy
+and options that name nobody is refused: nothing is shared that nobody asked for.
 """
 
 from __future__ import annotations
@@ -52,20 +53,23 @@ def run(
     build: str | None = None,
     accounts: tuple[str, ...] = (),
     organizations: tuple[str, ...] = (),
+    public: bool = False,
+    visibility: str | None = None,
     revoke: bool = False,
     dry_run: bool = False,
 ) -> list[Entry]:
     """Plan, show the plan, and unless dry_run apply it; Unpublished if any cell failed."""
-    single = build or accounts or organizations or revoke
+    single = build or accounts or organizations or public or visibility or revoke
     if single and (image is None or cloud is None):
         raise ConfigError(
-            "--build, --account, --organization and --revoke act on one cell: "
-            "give --image and --cloud too"
+            "--build, --account, --organization, --public, --visibility and --revoke act on "
+            "one cell: give --image and --cloud too"
         )
     one_cell = image is not None and cloud is not None
     if one_cell:
         cell = matrix.find(project, image, cloud)
-        entries = [one(project, cell, build, accounts, organizations, revoke=revoke)]
+        asked = Asked(accounts, organizations, public, visibility)
+        entries = [one(project, cell, build, asked, revoke=revoke)]
     else:
         entries = plan(project, matrix.selected(project, image, cloud))
     if not revoke:
@@ -120,31 +124,52 @@ def _planned(project: Project, cell: Cell) -> Entry:
     return Entry(cell, record, sharing)
 
 
-def one(
-    project: Project,
-    cell: Cell,
-    build: str | None,
-    accounts: tuple[str, ...],
-    organizations: tuple[str, ...],
-    *,
-    revoke: bool,
-) -> Entry:
-    """The entry of `--image F --cloud C`: the build asked for, with the accounts asked for,
-    else the cell's policy, else public; refused as before when it is not verified."""
-    record = publishing.find_publishable(project, cell.flavor_name, cell.cloud, build)
-    named = Sharing(not (accounts or organizations), accounts, organizations)
+@dataclass(frozen=True)
+class Asked:
+    """Whom the command line of `invoke publish --image F --cloud C` names."""
+
+    accounts: tuple[str, ...] = ()
+    organizations: tuple[str, ...] = ()
+    public: bool = False
+    visibility: str | None = None
+
+    def policy(self, cloud: str) -> publishpolicy.CloudPolicy | None:
+        return publishpolicy.from_command_line(
+            cloud, self.accounts, self.organizations, self.public, self.visibility
+        )
+
+
+def one(project: Project, cell: Cell, build: str | None, asked: Asked, *, revoke: bool) -> Entry:
+    """The entry of `--image F --cloud C`: the build asked for, shared as the command line
+    says, else as the cell's policy says; refused when neither names anyone, or when the
+    build is not verified."""
     if revoke:
-        return Entry(cell, record, named)  # what publish added (for these accounts only)
-    state.require_bound(record)
-    if accounts or organizations:
-        return Entry(cell, record, named)
-    policy = publishpolicy.policy_for(project.images, cell.flavor_name, cell.cloud)
+        record = publishing.find_publishable(project, cell.flavor_name, cell.cloud, build)
+        named = asked.accounts or asked.organizations
+        # public here means all that publish added; else only these accounts' part of it
+        return Entry(cell, record, Sharing(not named, asked.accounts, asked.organizations))
+    policy = asked.policy(cell.cloud) or publishpolicy.policy_for(
+        project.images, cell.flavor_name, cell.cloud
+    )
     if policy is None:
-        return Entry(cell, record, Sharing())
+        raise ConfigError(
+            f"not published: images.yml has no publish policy for {cell.name} and the "
+            "command names nobody; add `publish: {"
+            f"{cell.cloud}: ...}}` to images.yml, or give {OPTIONS[cell.cloud]}"
+        )
+    record = publishing.find_publishable(project, cell.flavor_name, cell.cloud, build)
+    state.require_bound(record)
     sharing = publishpolicy.sharing(policy)
     if sharing is None:
         return Entry(cell, record, skipped="the publish policy shares with nobody")
     return Entry(cell, record, sharing)
+
+
+OPTIONS = {
+    "aws": "--account ID, --organization ARN or --public",
+    "gcp": "--account MEMBER (user:, group:, serviceAccount:, domain:) or --public",
+    "openstack": "--account PROJECT_ID (shared), --visibility or --public",
+}
 
 
 def image_ids(record: BuildRecord, cloud: str) -> dict[str, str]:

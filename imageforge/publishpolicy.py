@@ -1,13 +1,18 @@
 """The `publish:` section of images.yml: who each cell's images are shared with.
 
     publish:
-      aws: {public: true}                       # or accounts: [...], organizations: [ARN, ...]
+      aws: {public: true}                       # or accounts: [...], organizations: [ARN, ...];
+                                                # snapshots: true to let them copy the disks
       gcp: {members: [allAuthenticatedUsers]}   # or user:, group:, serviceAccount:, domain:
       openstack: {visibility: community}        # private | shared | community | public, members
 
 The section stands at the top level and in a flavor; a flavor's entry for a cloud replaces the
 top-level one for that cloud. With no entry for a cloud nothing is shared there by bare
-`invoke publish`; an entry that names nobody (`aws: {}`) says "do not share" explicitly.
+`invoke publish`, and `invoke publish --image F --cloud C` refuses unless its command line
+names whom to share with (the same rules apply to --account, --public and --visibility); an
+entry that names nobody (`aws: {}`) says "do not share" explicitly. Nothing is public unless
+`public: true`, an `allUsers`/`allAuthenticatedUsers` member or a public/community
+visibility says so.
 """
 
 from __future__ import annotations
@@ -15,10 +20,18 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, Field, StrictBool, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from imageforge.configerrors import suggest
 from imageforge.configtypes import Model
+from imageforge.errors import ConfigError
 
 if TYPE_CHECKING:
     from imageforge.clouds.common import Sharing
@@ -78,11 +91,16 @@ ProjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class AwsPublish(Model):
-    """Launch permission on every AMI (and volume permission on its snapshots)."""
+    """Launch permission on every AMI; volume permission on its snapshots only if asked."""
 
     public: StrictBool = Field(False, description="every AWS account")
     accounts: tuple[AwsAccount, ...] = Field((), description="12-digit account ids")
     organizations: tuple[AwsOrganization, ...] = Field((), description="organization/OU ARNs")
+    snapshots: StrictBool = Field(
+        False,
+        description="also createVolumePermission on the snapshots (copying the disk); "
+        "launching an AMI does not need it",
+    )
 
     @model_validator(mode="after")
     def _public_or_named(self) -> AwsPublish:
@@ -99,6 +117,9 @@ class GcpPublish(Model):
     members: tuple[GcpMember, ...] = Field(
         (), description="allAuthenticatedUsers, allUsers, user:, group:, serviceAccount:, domain:"
     )
+
+
+OPENSTACK_VISIBILITIES = ("private", "shared", "community", "public")
 
 
 class OpenstackPublish(Model):
@@ -146,10 +167,13 @@ def sharing(policy: CloudPolicy) -> Sharing | None:
 
     if isinstance(policy, AwsPublish):
         if policy.public:
-            return Sharing(public=True)
+            return Sharing(public=True, snapshots=policy.snapshots)
         if policy.accounts or policy.organizations:
             return Sharing(
-                public=False, accounts=policy.accounts, organizations=policy.organizations
+                public=False,
+                accounts=policy.accounts,
+                organizations=policy.organizations,
+                snapshots=policy.snapshots,
             )
         return None
     if isinstance(policy, GcpPublish):
@@ -161,3 +185,53 @@ def sharing(policy: CloudPolicy) -> Sharing | None:
     if visibility == "shared":
         return Sharing(public=False, accounts=policy.members, visibility="shared")
     return Sharing(public=True, visibility=visibility)
+
+
+def shares(images: ImagesFile, flavor: str, cloud: str) -> bool:
+    """Whether images.yml's policy for a cell shares its images with anyone."""
+    policy = policy_for(images, flavor, cloud)
+    return policy is not None and sharing(policy) is not None
+
+
+def from_command_line(
+    cloud: str,
+    accounts: tuple[str, ...] = (),
+    organizations: tuple[str, ...] = (),
+    public: bool = False,
+    visibility: str | None = None,
+) -> CloudPolicy | None:
+    """The policy that `invoke publish` options ask for, checked by the rules images.yml's
+    `publish:` follows; None when they ask for nothing."""
+    if not (accounts or organizations or public or visibility):
+        return None
+    if organizations and cloud != "aws":
+        raise ConfigError(f"--organization is for aws only, not {cloud}")
+    if visibility and cloud != "openstack":
+        raise ConfigError(
+            f"--visibility is for openstack only; on {cloud} use --account or --public"
+        )
+    try:
+        if cloud == "aws":
+            return AwsPublish(public=public, accounts=accounts, organizations=organizations)
+        if cloud == "gcp":
+            everyone = ("allAuthenticatedUsers",) if public else ()
+            return GcpPublish(members=(*everyone, *accounts))
+        if public and visibility not in (None, "public", "community"):
+            raise ConfigError(f"--public contradicts --visibility {visibility}")
+        return OpenstackPublish(
+            visibility=visibility or ("public" if public else None), members=accounts
+        )
+    except ValidationError as exc:
+        raise ConfigError("publish options: " + _first_problem(exc)) from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """One line for the first problem pydantic found: the option and what is allowed."""
+    error = exc.errors()[0]
+    options = {"accounts": "--account", "members": "--account", "organizations": "--organization"}
+    where = error["loc"][0] if error["loc"] else ""
+    option = options.get(str(where), f"--{where}" if where else "")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        message = f"allowed: {', '.join(OPENSTACK_VISIBILITIES)}"
+    return f"{option}: {message}" if option else message

@@ -37,12 +37,15 @@ VERSION_KEY = "imageforge-version"
 @dataclass(frozen=True)
 class Sharing:
     """Who may use a published image: everyone, or named accounts/projects/members; on
-    OpenStack, visibility names the Glance visibility to set (public, community, shared)."""
+    OpenStack, visibility names the Glance visibility to set (public, community, shared); on
+    AWS, snapshots also lets them create volumes from the AMI's snapshots. Nobody unless
+    named: public is never the default."""
 
-    public: bool = True
+    public: bool = False
     accounts: tuple[str, ...] = ()
     organizations: tuple[str, ...] = ()
     visibility: str | None = None
+    snapshots: bool = False
 
     def describe(self) -> str:
         """Who it is shared with, as the record keeps it: 'public', 'visibility community',
@@ -206,6 +209,10 @@ def recorded_ids(record: BuildRecord) -> dict[str, str]:
     return {**record.artifact_ids, **getattr(record, "imported", {})}
 
 
+# Where verification (and AWS build) instances admit SSH from, when not this machine's address.
+SSH_FROM = "IMAGEFORGE_VERIFY_SSH_FROM"
+
+
 def ssh_source(ssh_from: str, endpoint: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """The network a verification instance admits SSH from: ssh_from if given (an address or
     CIDR, never everyone), else this machine's own address on the route to the cloud's API
@@ -221,9 +228,21 @@ def ssh_source(ssh_from: str, endpoint: str) -> ipaddress.IPv4Network | ipaddres
         raise ImageforgeError(
             f"ssh_from: {ssh_from!r} is not an IP address or CIDR (like 203.0.113.7/32)"
         ) from None
+    widest = WIDEST_SSH_SOURCE[network.version]
     if network.prefixlen == 0:
         raise ImageforgeError(f"ssh_from: {ssh_from} would admit SSH from everyone")
+    if network.prefixlen < widest:
+        raise ImageforgeError(
+            f"ssh_from: {ssh_from} would admit SSH from {network.num_addresses:,} addresses; "
+            f"the widest allowed is /{widest} (IPv{network.version}): name your own address "
+            "or network"
+        )
     return network
+
+
+# The widest network a verification instance admits SSH from, by IP version: a site, not the
+# internet (0.0.0.0/1 is half of it).
+WIDEST_SSH_SOURCE = {4: 16, 6: 48}
 
 
 # Verification resources that cannot carry tags (firewall rules, security groups, floating

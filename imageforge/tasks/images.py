@@ -8,7 +8,17 @@ from pathlib import Path
 from invoke import task
 from rich.table import Table
 
-from imageforge import buildinfo, changed, clouds, log, matrix, packer, render, schema
+from imageforge import (
+    buildinfo,
+    changed,
+    clouds,
+    log,
+    matrix,
+    packer,
+    publishpolicy,
+    render,
+    schema,
+)
 from imageforge import validate as validation
 from imageforge.errors import ConfigError
 from imageforge.oses import warn_unverified
@@ -95,10 +105,14 @@ def matrix_(c, format="github", config=None, image=None, cloud=None, changed_sin
         for entry in found:
             log.info(f"  {entry.cell.name}: {'; '.join(entry.reasons[:3])}")
         chosen = [entry.cell for entry in found]
+    shared = {x.name for x in chosen if publishpolicy.shares(proj.images, x.flavor_name, x.cloud)}
     if format == "github":
-        print(matrix.github(chosen))
+        print(matrix.github(chosen, shared))
     elif format == "json":
-        cells = [{"image": x.flavor_name, "cloud": x.cloud, "os": x.os} for x in chosen]
+        cells = [
+            {"image": x.flavor_name, "cloud": x.cloud, "os": x.os, "publish": x.name in shared}
+            for x in chosen
+        ]
         print(json.dumps(cells, indent=2))
     elif format == "table":
         for cell in chosen:

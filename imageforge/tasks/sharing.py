@@ -45,6 +45,9 @@ PUBLISH_HELP = {
     "cloud": "aws, gcp or openstack (default: all three)",
     "account": "share with this account/project/member instead of what the policy says "
     "(repeatable)",
+    "public": "share with everyone on the cloud (AWS: every account; GCP: "
+    "allAuthenticatedUsers; OpenStack: visibility public)",
+    "visibility": "OpenStack: private, shared (with --account), community or public",
     "dry_run": "print the plan only; change nothing",
 }
 
@@ -58,6 +61,8 @@ def publish(
     build=None,
     account=None,
     organization=None,
+    public=False,
+    visibility=None,
     revoke=False,
     dry_run=False,
     config=None,
@@ -67,8 +72,9 @@ def publish(
     Bare (or with only --image or --cloud): the newest verified build of each cell, shared per
     its policy; cells with no policy are skipped; a cell without a verified build fails the run
     (exit 2) after the others. With --image and --cloud: the newest build of that cell (or
-    --build), shared with --account/--organization if given, else per the cell's policy, else
-    publicly when images.yml has no policy for it; --revoke removes exactly what publish added.
+    --build), shared as --account/--organization/--public/--visibility say, else per the
+    cell's policy; with neither, nothing is shared (exit 2). --revoke removes exactly what
+    publish added.
     """
     publishplan.run(
         project(config),
@@ -77,6 +83,8 @@ def publish(
         build=build,
         accounts=tuple(account or ()),
         organizations=tuple(organization or ()),
+        public=public,
+        visibility=visibility,
         revoke=revoke,
         dry_run=dry_run,
     )

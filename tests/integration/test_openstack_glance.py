@@ -237,7 +237,7 @@ def test_public_needs_admin_under_glance_policy_community_does_not(
 ) -> None:
     project = load_project(tmp_path)
     record, image_id = imported(project, tmp_path, "20250101-000004-abcdef0")
-    refused = CLOUD.publish(project, record, Sharing())
+    refused = CLOUD.publish(project, record, Sharing(public=True))
     assert [(o.where, o.changes) for o in refused] == [("builder", [])]
     error = refused[0].error or ""
     assert error.startswith("visibility public refused: 403")
@@ -245,13 +245,13 @@ def test_public_needs_admin_under_glance_policy_community_does_not(
     assert connect("builder").image.get_image(image_id).visibility == "private"
 
     community = load_project(tmp_path, visibility="community")
-    outcomes = CLOUD.publish(community, record, Sharing())
+    outcomes = CLOUD.publish(community, record, Sharing(public=True))
     assert outcomes[0].changes == ["visibility private → community"]
     assert connect("builder").image.get_image(image_id).visibility == "community"
     assert visible("outsider", image_id)
-    assert all(not o.changes for o in CLOUD.publish(community, record, Sharing()))
+    assert all(not o.changes for o in CLOUD.publish(community, record, Sharing(public=True)))
 
-    undone = CLOUD.unpublish(community, record, Sharing())
+    undone = CLOUD.unpublish(community, record, Sharing(public=True))
     assert undone[0].changes == ["visibility community → private"]
     assert not visible("outsider", image_id)
 
@@ -262,13 +262,13 @@ def test_admin_publishes_public_and_unpublishes_back_to_private(
     project = load_project(tmp_path, cloud="admin")
     record, image_id = imported(project, tmp_path, "20250101-000005-abcdef0")
     assert not visible("outsider", image_id)
-    outcomes = CLOUD.publish(project, record, Sharing())
+    outcomes = CLOUD.publish(project, record, Sharing(public=True))
     assert [(o.where, o.changes) for o in outcomes] == [("admin", ["visibility private → public"])]
     assert image_id in [i.id for i in connect("outsider").image.images()]
-    again = CLOUD.publish(project, record, Sharing())
+    again = CLOUD.publish(project, record, Sharing(public=True))
     assert [(o.changes, o.error) for o in again] == [([], None)]
 
-    CLOUD.unpublish(project, record, Sharing())
+    CLOUD.unpublish(project, record, Sharing(public=True))
     assert connect("admin").image.get_image(image_id).visibility == "private"
     assert not visible("outsider", image_id)
 
@@ -313,10 +313,10 @@ def test_unpublish_of_shared_then_community_image_removes_members(
     record, image_id = imported(project, tmp_path, "20250101-000009-abcdef0")
     consumer_id = env.projects["consumer"]
     CLOUD.publish(project, record, Sharing(public=False, accounts=(consumer_id,)))
-    CLOUD.publish(project, record, Sharing())
+    CLOUD.publish(project, record, Sharing(public=True))
     builder = connect("builder")
     assert builder.image.get_image(image_id).visibility == "community"
-    undone = CLOUD.unpublish(project, record, Sharing())
+    undone = CLOUD.unpublish(project, record, Sharing(public=True))
     assert [o.changes for o in undone] == [
         ["visibility community → shared", "visibility shared → private"],
         ["removed image member"],
@@ -362,7 +362,7 @@ def test_non_owner_cannot_publish(
 
     as_user(env, tmp_path, monkeypatch, "consumer")
     with pytest.raises(ImageforgeError) as caught:
-        CLOUD.publish(project, record, Sharing())
+        CLOUD.publish(project, record, Sharing(public=True))
     assert str(caught.value).startswith(
         f"Glance image {image_id} in cloud 'builder' belongs to project "
         f"{env.projects['builder']}, not to project {consumer_id}"
@@ -375,7 +375,7 @@ def test_non_owner_cannot_publish(
 
     as_user(env, tmp_path, monkeypatch, "outsider")
     with pytest.raises(ImageforgeError, match=f"{image_id} not found in cloud 'builder'"):
-        CLOUD.publish(project, record, Sharing())
+        CLOUD.publish(project, record, Sharing(public=True))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(env.clouds_yaml))
     assert connect("builder").image.get_image(image_id).visibility == "shared"
 
@@ -391,7 +391,9 @@ def test_prune_against_real_glance(env: Services, tmp_path: Path) -> None:
         record, ids[build] = imported(project, tmp_path, build)
     # builds[0]: published; builds[1]: the newest verified one once the newer ones are unverified
     CLOUD.publish(
-        project, state.load(state.artifacts_root(tmp_path) / FLAVOR / builds[0]), Sharing()
+        project,
+        state.load(state.artifacts_root(tmp_path) / FLAVOR / builds[0]),
+        Sharing(public=True),
     )
     for build in builds[2:]:
         record = state.load(state.artifacts_root(tmp_path) / FLAVOR / build)

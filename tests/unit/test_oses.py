@@ -140,8 +140,8 @@ def test_list_shows_the_os_of_every_cell_and_the_matrix_json_has_it(
     image_tasks.matrix_(Context(), format="json", config="images.yml")
     listed: Any = json.loads(capsys.readouterr().out)
     assert listed == [
-        {"image": "a", "cloud": "local", "os": "debian-13"},
-        {"image": "a", "cloud": "aws", "os": "ubuntu-24.04"},
+        {"image": "a", "cloud": "local", "os": "debian-13", "publish": False},
+        {"image": "a", "cloud": "aws", "os": "ubuntu-24.04", "publish": False},
     ]
     image_tasks.matrix_(Context(), format="github", config="images.yml")
     include = json.loads(capsys.readouterr().out)["include"]

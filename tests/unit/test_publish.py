@@ -46,13 +46,13 @@ def test_publish_records_what_the_cloud_added(
     record = make_record(project.root / "artifacts", "a", "aws", artifact_ids=IDS)
     sharer = FakeSharer([Outcome("eu-west-1", "ami", ["launch: all"])], {"eu-west-1": ["all"]})
     use(monkeypatch, sharer)
-    publish.publish(project, record, Sharing())
+    publish.publish(project, record, Sharing(public=True))
     saved = state.load(record.directory)
     assert saved.published["aws"].status == "published"
     assert saved.published["aws"].sharing == "public"
     assert saved.added("aws") == {"eu-west-1": ["all"]}
     sharer.result = Published([Outcome("eu-west-1", "ami", ["launch: -all"])], {})
-    publish.publish(project, saved, Sharing(), revoke=True)
+    publish.publish(project, saved, Sharing(public=True), revoke=True)
     assert sharer.seen == [{}, {"eu-west-1": ["all"]}]  # revoke saw what publish added
     revoked = state.load(record.directory).published["aws"]
     assert revoked.status == "revoked" and revoked.added == {}
@@ -66,7 +66,7 @@ def test_publish_refuses_a_build_whose_image_ids_are_not_the_verified_ones(
     path.write_text(path.read_text().replace("ami-0123456789abcdef0", "ami-0fffffffffffffff0", 1))
     use(monkeypatch, FakeSharer([], {}))
     with pytest.raises(ImageforgeError, match="image ids differ from the ones that were verified"):
-        publish.publish(project, state.load(record.directory), Sharing())
+        publish.publish(project, state.load(record.directory), Sharing(public=True))
 
 
 def test_a_failed_place_is_reported_and_what_was_added_is_still_recorded(
@@ -79,7 +79,7 @@ def test_a_failed_place_is_reported_and_what_was_added_is_still_recorded(
     ]
     use(monkeypatch, FakeSharer(outcomes, {"eu-west-1": ["all"]}))
     with pytest.raises(ImageforgeError, match="publish incomplete in us-east-1"):
-        publish.publish(project, record, Sharing())
+        publish.publish(project, record, Sharing(public=True))
     assert state.load(record.directory).added("aws") == {"eu-west-1": ["all"]}
 
 

@@ -4,6 +4,7 @@ for a cell without a verified build, and idempotence with the real AWS sharer ag
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def test_a_flavor_entry_replaces_the_top_level_one_for_that_cloud_only(scratch: 
         (
             "  aws: {publc: true}\n",
             "images.yml:4:9: publish.aws: unknown key 'publc'; allowed: public, accounts, "
-            "organizations; did you mean 'public'?",
+            "organizations, snapshots; did you mean 'public'?",
         ),
         (
             "  aws: {public: true, accounts: ['123456789012']}\n",
@@ -190,7 +191,7 @@ def test_the_sharers_take_what_the_policy_maps_to(scratch: Path) -> None:
 
 
 def test_the_description_names_who_it_is_shared_with() -> None:
-    assert Sharing().describe() == "public"
+    assert Sharing(public=True).describe() == "public"
     assert Sharing(True, visibility="community").describe() == "visibility community"
     assert Sharing(False, ("p1", "p2"), visibility="shared").describe() == (
         "visibility shared; shared with p1, p2"
@@ -315,16 +316,104 @@ def test_dry_run_still_fails_for_a_cell_without_a_verified_build(
     assert sharer.calls == []
 
 
-# --- --image and --cloud: as before, with the cell's policy ----------------------------------
+# --- --image and --cloud: the command line, else the cell's policy, else nothing ------------
 
 
-def test_one_cell_without_a_policy_is_published_publicly_as_before(
-    scratch: Path, sharer: FakeSharer
+@pytest.mark.parametrize(
+    ("cloud", "named"),
+    [
+        ("aws", "--account ID, --organization ARN or --public"),
+        ("gcp", "--account MEMBER (user:, group:, serviceAccount:, domain:) or --public"),
+        ("openstack", "--account PROJECT_ID (shared), --visibility or --public"),
+    ],
+)
+def test_one_cell_without_a_policy_or_named_members_is_refused(
+    scratch: Path, sharer: FakeSharer, cloud: str, named: str
+) -> None:
+    project = load(scratch, "flavors:\n  a: {}\nmatrix:\n  clouds: [aws, gcp, openstack]\n")
+    make_record(project.root / "artifacts", "a", cloud, artifact_ids={"eu-west-1": AMI})
+    with pytest.raises(ConfigError) as refused:
+        publishplan.run(project, "a", cloud)
+    assert refused.value.exit_code == 2
+    message = str(refused.value)
+    assert "\n" not in message and f"no publish policy for a-{cloud}" in message
+    assert message.endswith(named)
+    assert sharer.calls == []
+
+
+def test_the_publish_task_refuses_with_one_line_and_exit_2(
+    scratch: Path, sharer: FakeSharer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = load(scratch, "flavors:\n  a: {}\n")
     aws_record(project.root, "a")
-    publishplan.run(project, "a", "aws")
-    assert sharer.calls == [("a", Sharing())]
+    with pytest.raises(Exit) as done:
+        sharing_tasks.publish(Context(), image="a", cloud="aws", config=str(scratch / "images.yml"))
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names nobody" in err[0]
+    assert sharer.calls == []
+
+
+@pytest.mark.parametrize(
+    ("cloud", "options", "expected"),
+    [
+        ("aws", {"public": True}, Sharing(public=True)),
+        ("aws", {"accounts": ("210987654321",)}, Sharing(accounts=("210987654321",))),
+        ("gcp", {"public": True}, Sharing(accounts=("allAuthenticatedUsers",))),
+        (
+            "gcp",
+            {"accounts": ("user:ada@example.com",)},
+            Sharing(accounts=("user:ada@example.com",)),
+        ),
+        ("openstack", {"visibility": "community"}, Sharing(public=True, visibility="community")),
+        ("openstack", {"public": True}, Sharing(public=True, visibility="public")),
+        (
+            "openstack",
+            {"accounts": ("0123abcd",)},
+            Sharing(accounts=("0123abcd",), visibility="shared"),
+        ),
+    ],
+)
+def test_one_cell_without_a_policy_is_shared_as_the_command_line_says(
+    scratch: Path, sharer: FakeSharer, cloud: str, options: dict[str, Any], expected: Sharing
+) -> None:
+    project = load(scratch, "flavors:\n  a: {}\nmatrix:\n  clouds: [aws, gcp, openstack]\n")
+    make_record(project.root / "artifacts", "a", cloud, artifact_ids={"eu-west-1": AMI})
+    publishplan.run(project, "a", cloud, **options)
+    assert sharer.calls == [("a", expected)]
+
+
+@pytest.mark.parametrize(
+    ("cloud", "options", "message"),
+    [
+        ("aws", {"accounts": ("1234",)}, "--account: an AWS account id is 12 digits"),
+        ("aws", {"public": True, "accounts": ("210987654321",)}, "public: true already shares"),
+        ("aws", {"visibility": "public"}, "--visibility is for openstack only"),
+        ("gcp", {"accounts": ("ada@example.com",)}, "--account: not an IAM member; allowed: "),
+        ("gcp", {"organizations": ("arn:x",)}, "--organization is for aws only"),
+        ("openstack", {"visibility": "everyone"}, "--visibility: allowed: private, shared, "),
+        ("openstack", {"visibility": "shared"}, "visibility shared needs members"),
+        ("openstack", {"public": True, "visibility": "private"}, "--public contradicts"),
+    ],
+)
+def test_publish_options_follow_the_rules_of_images_yml(
+    scratch: Path, sharer: FakeSharer, cloud: str, options: dict[str, Any], message: str
+) -> None:
+    project = load(scratch, "flavors:\n  a: {}\nmatrix:\n  clouds: [aws, gcp, openstack]\n")
+    make_record(project.root / "artifacts", "a", cloud, artifact_ids={"eu-west-1": AMI})
+    with pytest.raises(ConfigError) as refused:
+        publishplan.run(project, "a", cloud, **options)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert sharer.calls == []
+
+
+def test_the_matrix_marks_only_the_cells_a_policy_shares(scratch: Path) -> None:
+    project = load(scratch)
+    include = json.loads(matrix.github(matrix.cells(project), {"a-aws"}))["include"]
+    assert {c["name"]: c["publish"] for c in include}["a-aws"] is True
+    cells = matrix.cells(project)
+    shared = {c.name for c in cells if publishpolicy.shares(project.images, c.flavor_name, c.cloud)}
+    assert shared == {"a-aws", "a-openstack", "b-aws", "b-openstack", "c-openstack"}
 
 
 def test_one_cell_uses_its_policy_unless_accounts_are_named(

@@ -1,10 +1,13 @@
-"""AWS sharing: a LaunchPermission on each AMI plus createVolumePermission on its snapshots.
+"""AWS sharing: a LaunchPermission on each AMI, and createVolumePermission on its snapshots
+only when the policy asks for it (`snapshots: true`): launching an AMI does not need it, and
+it lets whoever holds it copy the whole disk.
 
 Publish covers every AMI of a build: the one(s) it recorded at build time and the region copies
 made after verification (record.copies), each with its snapshots.
 
-What publish added is kept per region as the permissions it added ({region: [permission]}),
-so unpublish removes exactly those and leaves what someone else granted.
+What publish added is kept per region as the permissions it added ({region: [permission]});
+a snapshot's permission carries its "Snapshot" id. Unpublish removes exactly those and leaves
+what someone else granted.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ class AwsSharing:
             with errors_into(outcome):
                 image = AmiSharing(region, ami)
                 before = image.launch_permissions()
-                outcome.changes = image.share(wanted, sharing.public)
-                new[region] = [p for p in wanted if p not in before]
+                outcome.changes, volumes = image.share(wanted, sharing.public, sharing.snapshots)
+                new[region] = [p for p in wanted if p not in before] + volumes
         return Published(outcomes, merge_added(added_before(record, PLACE), new))
 
     def unpublish(self, project: Project, record: BuildRecord, sharing: Sharing) -> Published:
@@ -77,8 +80,8 @@ def snapshot_args(permission: Permission) -> dict[str, list[str]] | None:
 
 
 def describe(permission: Permission) -> str:
-    key, value = next(iter(permission.items()))
-    return "everyone" if permission == {"Group": "all"} else f"{key} {value}"
+    key, value = next((k, v) for k, v in permission.items() if k != "Snapshot")
+    return "everyone" if value == "all" and key == "Group" else f"{key} {value}"
 
 
 class AmiSharing:
@@ -129,7 +132,11 @@ class AmiSharing:
                 hint="aws ec2 disable-image-block-public-access, or share with accounts",
             )
 
-    def share(self, wanted: list[Permission], public: bool) -> list[str]:
+    def share(
+        self, wanted: list[Permission], public: bool, volumes: bool
+    ) -> tuple[list[str], list[Permission]]:
+        """(what changed, the snapshot permissions added): launch permission for wanted, and
+        with volumes the same on every snapshot."""
         snapshots = self.snapshots()
         if public:
             self.check_public(snapshots)
@@ -138,36 +145,41 @@ class AmiSharing:
         if missing:
             self.client.modify_image_attribute(ImageId=self.ami, LaunchPermission={"Add": missing})
             changes.append("launch permission " + ", ".join(describe(p) for p in missing))
-        return changes + self.change_volumes(snapshots, wanted, "add")
+        if not volumes:
+            return changes, []
+        asked = [{"Snapshot": s["SnapshotId"], **p} for s in snapshots for p in wanted]
+        added = self.change_volumes(asked, "add")
+        return changes + [_volume_change(p, "add") for p in added], added
 
     def unshare(self, added: list[Permission]) -> list[str]:
         changes = []
-        present = [p for p in added if p in self.launch_permissions()]
+        launch = [p for p in added if "Snapshot" not in p]
+        present = [p for p in launch if p in self.launch_permissions()]
         if present:
             self.client.modify_image_attribute(
                 ImageId=self.ami, LaunchPermission={"Remove": present}
             )
             changes.append("removed launch permission " + ", ".join(describe(p) for p in present))
-        return changes + self.change_volumes(self.snapshots(), added, "remove")
+        removed = self.change_volumes([p for p in added if "Snapshot" in p], "remove")
+        return changes + [_volume_change(p, "remove") for p in removed]
 
-    def change_volumes(
-        self, snapshots: list[dict[str, Any]], permissions: list[Permission], operation: str
-    ) -> list[str]:
-        """Add (or remove) createVolumePermission where it is missing (or present)."""
-        changes = []
-        for snapshot in snapshots:
-            sid = snapshot["SnapshotId"]
-            have = self.volume_permissions(sid)
-            for permission in permissions:
-                args = snapshot_args(permission)
-                if args is None or (permission in have) == (operation == "add"):
-                    continue
-                self.client.modify_snapshot_attribute(
-                    SnapshotId=sid,
-                    Attribute="createVolumePermission",
-                    OperationType=operation,
-                    **args,
-                )
-                done = "" if operation == "add" else "removed "
-                changes.append(f"{done}createVolumePermission on {sid} for {describe(permission)}")
-        return changes
+    def change_volumes(self, permissions: list[Permission], operation: str) -> list[Permission]:
+        """Add (or remove) each snapshot's createVolumePermission where it is missing (or
+        present); those changed."""
+        changed = []
+        for permission in permissions:
+            sid = permission["Snapshot"]
+            bare = {k: v for k, v in permission.items() if k != "Snapshot"}
+            args = snapshot_args(bare)
+            if args is None or (bare in self.volume_permissions(sid)) == (operation == "add"):
+                continue
+            self.client.modify_snapshot_attribute(
+                SnapshotId=sid, Attribute="createVolumePermission", OperationType=operation, **args
+            )
+            changed.append(permission)
+        return changed
+
+
+def _volume_change(permission: Permission, operation: str) -> str:
+    done = "" if operation == "add" else "removed "
+    return f"{done}createVolumePermission on {permission['Snapshot']} for {describe(permission)}"

@@ -94,18 +94,43 @@ def fresh(record: BuildRecord) -> BuildRecord:
     return state.load(record.directory)
 
 
-def test_publish_public_sets_launch_and_volume_permissions(project, scratch: Path) -> None:
+def test_publish_public_sets_launch_permission_only(project, scratch: Path) -> None:
     made = {r: make_ami(r) for r in REGIONS}
     record = make_record(scratch, {r: a for r, (a, _) in made.items()})
-    outcomes = publish.publish(project, record, Sharing())
+    outcomes = publish.publish(project, record, Sharing(public=True))
     assert [o.where for o in outcomes] == sorted(REGIONS)
     assert all(o.changed and not o.error for o in outcomes)
     for region, (ami, snapshot) in made.items():
         assert launch(region, ami) == [ALL]
-        assert volume_perms(region, snapshot) == [ALL]
+        assert volume_perms(region, snapshot) == []  # a public AMI does not need them
     assert fresh(record).added("aws") == {r: [ALL] for r in REGIONS}
-    again = publish.publish(project, fresh(record), Sharing())
+    again = publish.publish(project, fresh(record), Sharing(public=True))
     assert [o.changes for o in again] == [[], []]
+
+
+def test_snapshot_permissions_only_when_asked_and_revoked_exactly(project, scratch: Path) -> None:
+    ami, snapshot = make_ami("eu-west-1")
+    client = boto3.client("ec2", region_name="eu-west-1")
+    # someone else's grant on the snapshot, which revoke must leave alone
+    client.modify_snapshot_attribute(
+        SnapshotId=snapshot,
+        Attribute="createVolumePermission",
+        OperationType="add",
+        UserIds=["111122223333"],
+    )
+    record = make_record(scratch, {"eu-west-1": ami})
+    asked = Sharing(accounts=("444455556666", "111122223333"), snapshots=True)
+    publish.publish(project, record, asked)
+    assert sorted(p["UserId"] for p in volume_perms("eu-west-1", snapshot)) == [
+        "111122223333",
+        "444455556666",
+    ]
+    added = fresh(record).added("aws")["eu-west-1"]
+    assert {"Snapshot": snapshot, "UserId": "444455556666"} in added
+    assert {"Snapshot": snapshot, "UserId": "111122223333"} not in added
+    publish.publish(project, fresh(record), asked, revoke=True)
+    assert volume_perms("eu-west-1", snapshot) == [{"UserId": "111122223333"}]
+    assert launch("eu-west-1", ami) == []
 
 
 def test_revoke_removes_exactly_what_publish_added(project, scratch: Path) -> None:
@@ -115,9 +140,9 @@ def test_revoke_removes_exactly_what_publish_added(project, scratch: Path) -> No
         ImageId=ami, LaunchPermission={"Add": [{"UserId": "111122223333"}]}
     )
     record = make_record(scratch, {"eu-west-1": ami})
-    publish.publish(project, record, Sharing())
+    publish.publish(project, record, Sharing(public=True))
     assert {"Group": "all"} in launch("eu-west-1", ami)
-    publish.publish(project, fresh(record), Sharing(), revoke=True)
+    publish.publish(project, fresh(record), Sharing(public=True), revoke=True)
     assert launch("eu-west-1", ami) == [{"UserId": "111122223333"}]
     assert volume_perms("eu-west-1", snapshot) == []
     assert fresh(record).added("aws") == {}
@@ -140,7 +165,7 @@ def test_share_with_named_accounts(project, scratch: Path) -> None:
     record = make_record(scratch, {"eu-west-1": ami})
     publish.publish(project, record, Sharing(public=False, accounts=("444455556666",)))
     assert launch("eu-west-1", ami) == [{"UserId": "444455556666"}]
-    assert volume_perms("eu-west-1", snapshot) == [{"UserId": "444455556666"}]
+    assert volume_perms("eu-west-1", snapshot) == []
 
 
 def encrypt(region: str, snapshot: str, encrypted: bool = True) -> None:
@@ -155,7 +180,7 @@ def test_encrypted_snapshot_is_refused_for_public_sharing(project, scratch: Path
     ami, _ = make_ami("eu-west-1", encrypted=True)
     record = make_record(scratch, {"eu-west-1": ami})
     with pytest.raises(ImageforgeError, match="publish incomplete in eu-west-1"):
-        publish.publish(project, record, Sharing())
+        publish.publish(project, record, Sharing(public=True))
     saved = fresh(record).published["aws"].outcomes[0]
     assert "is encrypted" in saved["error"]
     assert launch("eu-west-1", ami) == []
@@ -167,7 +192,7 @@ def test_unverified_build_is_refused_with_failing_checks(project, scratch: Path)
     with pytest.raises(
         ImageforgeError, match=r"not verified: these checks failed: test_common.py::test_no_apt"
     ):
-        publish.publish(project, record, Sharing())
+        publish.publish(project, record, Sharing(public=True))
     assert launch("eu-west-1", ami) == []
 
 
@@ -176,11 +201,11 @@ def test_partial_failure_is_per_region_and_rerun_completes_it(project, scratch: 
     late, snapshot = make_ami("eu-central-1", encrypted=True)
     record = make_record(scratch, {"eu-west-1": good, "eu-central-1": late})
     with pytest.raises(ImageforgeError, match="publish incomplete in eu-central-1"):
-        publish.publish(project, record, Sharing())
+        publish.publish(project, record, Sharing(public=True))
     assert launch("eu-west-1", good) == [ALL] and launch("eu-central-1", late) == []
     assert fresh(record).added("aws") == {"eu-west-1": [ALL]}
     encrypt("eu-central-1", snapshot, False)  # the cause is fixed; rerun
-    outcomes = publish.publish(project, fresh(record), Sharing())
+    outcomes = publish.publish(project, fresh(record), Sharing(public=True))
     by_region = {o.where: o for o in outcomes}
     assert by_region["eu-west-1"].changes == []
     assert by_region["eu-central-1"].changed

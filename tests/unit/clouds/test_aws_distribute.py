@@ -104,7 +104,8 @@ def test_no_copy_regions_means_no_copies(scratch, aws) -> None:
 def test_publish_and_revoke_cover_the_copies_and_their_snapshots(project, scratch) -> None:
     record = record_of(scratch)
     record = state.distributed(record, aws_cloud.CLOUD.distribute(project, record))
-    outcomes = publish.publish(project, record, Sharing())
+    asked = Sharing(public=True, snapshots=True)
+    outcomes = publish.publish(project, record, asked)
     assert sorted(o.where for o in outcomes) == sorted([REGION, *COPIES])
     every = {REGION: record.artifact_ids[REGION], **record.copies}
     for region, ami in every.items():
@@ -117,11 +118,17 @@ def test_publish_and_revoke_cover_the_copies_and_their_snapshots(project, scratc
             SnapshotId=snapshot, Attribute="createVolumePermission"
         )
         assert volume["CreateVolumePermissions"] == [ALL]
-    publish.publish(project, state.load(record.directory), Sharing(), revoke=True)
+    publish.publish(project, state.load(record.directory), asked, revoke=True)
     for region, ami in every.items():
         client = boto3.client("ec2", region_name=region)
         launch = client.describe_image_attribute(ImageId=ami, Attribute="launchPermission")
         assert launch["LaunchPermissions"] == []
+        [image] = client.describe_images(ImageIds=[ami])["Images"]
+        snapshot = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        volume = client.describe_snapshot_attribute(
+            SnapshotId=snapshot, Attribute="createVolumePermission"
+        )
+        assert volume["CreateVolumePermissions"] == []
 
 
 # --- sweep of a killed verification ------------------------------------------------------------

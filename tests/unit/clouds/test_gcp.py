@@ -133,7 +133,7 @@ def deprecation(fake: FakeGce, image: str) -> dict[str, Any]:
 def test_publish_public_adds_exactly_the_gcloud_binding(project, scratch, gce) -> None:
     make_image(gce, "imageforge-img-1")
     record = make_record(scratch, "imageforge-img-1")
-    outcomes = publish.publish(project, record, Sharing())
+    outcomes = publish.publish(project, record, Sharing(public=True))
     assert [(o.where, o.subject, o.error) for o in outcomes] == [
         (PROJECT, "imageforge-img-1", None)
     ]
@@ -150,9 +150,9 @@ def test_publish_public_adds_exactly_the_gcloud_binding(project, scratch, gce) -
 def test_publish_twice_changes_nothing_the_second_time(project, scratch, gce) -> None:
     make_image(gce, "imageforge-img-1")
     record = make_record(scratch, "imageforge-img-1")
-    publish.publish(project, record, Sharing())
+    publish.publish(project, record, Sharing(public=True))
     etag = gce.policy(PROJECT, "imageforge-img-1")["etag"]
-    again = publish.publish(project, state.load(record.directory), Sharing())
+    again = publish.publish(project, state.load(record.directory), Sharing(public=True))
     assert [o.changes for o in again] == [[]]
     assert len(gce.calls(SET)) == 1
     assert gce.policy(PROJECT, "imageforge-img-1")["etag"] == etag
@@ -196,17 +196,21 @@ def test_unpublish_removes_exactly_what_publish_added(project, scratch, gce) -> 
     ]
     set_bindings(gce, "imageforge-img-1", before)
     record = make_record(scratch, "imageforge-img-1")
-    publish.publish(project, record, Sharing())
+    publish.publish(project, record, Sharing(public=True))
     assert bindings(gce, "imageforge-img-1")[0]["members"] == [
         "user:keep@example.com",
         "allAuthenticatedUsers",
     ]
-    outcomes = publish.publish(project, state.load(record.directory), Sharing(), revoke=True)
+    outcomes = publish.publish(
+        project, state.load(record.directory), Sharing(public=True), revoke=True
+    )
     assert outcomes[0].changes == [f"revoked {IMAGE_USER} from allAuthenticatedUsers"]
     assert state.load(record.directory).added("gcp") == {}
     assert bindings(gce, "imageforge-img-1") == before
     sets = len(gce.calls(SET))
-    again = publish.publish(project, state.load(record.directory), Sharing(), revoke=True)
+    again = publish.publish(
+        project, state.load(record.directory), Sharing(public=True), revoke=True
+    )
     assert [o.changes for o in again] == [[]]
     assert len(gce.calls(SET)) == sets
 
@@ -217,8 +221,8 @@ def test_unpublish_leaves_a_binding_publish_found_in_place(project, scratch, gce
         gce, "imageforge-img-1", [{"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}]
     )
     record = make_record(scratch, "imageforge-img-1")
-    assert publish.publish(project, record, Sharing())[0].changes == []
-    publish.publish(project, state.load(record.directory), Sharing(), revoke=True)
+    assert publish.publish(project, record, Sharing(public=True))[0].changes == []
+    publish.publish(project, state.load(record.directory), Sharing(public=True), revoke=True)
     assert bindings(gce, "imageforge-img-1") == [
         {"role": IMAGE_USER, "members": ["allAuthenticatedUsers"]}
     ]
@@ -233,7 +237,7 @@ def test_etag_conflict_is_retried_without_losing_the_other_write(project, scratc
         fake.write_policy(PROJECT, "imageforge-img-1", [theirs])
 
     gce.before(SET, another_writer)
-    outcomes = publish.publish(project, record, Sharing())
+    outcomes = publish.publish(project, record, Sharing(public=True))
     assert outcomes[0].error is None
     assert [c.status for c in gce.calls(SET)] == [412, 200]
     assert len(gce.calls("compute.images.getIamPolicy")) == 2
@@ -251,7 +255,7 @@ def test_endless_etag_conflicts_end_as_a_reported_error(project, scratch, gce) -
             SET, lambda fake, request, n=n: fake.write_policy(PROJECT, "imageforge-img-1", [])
         )
     with pytest.raises(ImageforgeError, match=f"publish incomplete in {PROJECT}"):
-        publish.publish(project, record, Sharing())
+        publish.publish(project, record, Sharing(public=True))
     saved = state.load(record.directory).published["gcp"].outcomes[0]
     assert "kept changing" in saved["error"]
     assert [c.status for c in gce.calls(SET)] == [412] * gcp_sharing.ETAG_ATTEMPTS
@@ -261,7 +265,7 @@ def test_unverified_build_is_not_published(project, scratch, gce) -> None:
     make_image(gce, "imageforge-img-1")
     record = make_record(scratch, "imageforge-img-1", verified=False)
     with pytest.raises(ImageforgeError, match="is not verified"):
-        publish.publish(project, record, Sharing())
+        publish.publish(project, record, Sharing(public=True))
     assert gce.calls("compute.images.getIamPolicy") == []
 
 
@@ -278,18 +282,18 @@ def test_publish_steers_the_family_to_the_newest_verified_image(project, scratch
     record = make_record(scratch, "imageforge-img-1")
     make_record(scratch, "imageforge-img-2", verified=False)
     assert family_image(gce) == "imageforge-img-2"
-    outcomes = publish.publish(project, record, Sharing())
+    outcomes = publish.publish(project, record, Sharing(public=True))
     assert outcomes[0].changes[-1].startswith("deprecated newer unverified imageforge-img-2")
     assert deprecation(gce, "imageforge-img-2") == {
         "state": "DEPRECATED",
         "replacement": gce.images[(PROJECT, "imageforge-img-1")]["selfLink"],
     }
     assert family_image(gce) == "imageforge-img-1"
-    assert publish.publish(project, record, Sharing())[0].changes == []
+    assert publish.publish(project, record, Sharing(public=True))[0].changes == []
     # img-2 passes verification later: publishing it makes it active and the family's again.
     later = state.load(scratch / "artifacts" / FLAVOR / build_id("imageforge-img-2"))
     later = state.verification_done(later, {"passed": 1, "failed": 0, "errors": 0})
-    changes = publish.publish(project, later, Sharing())[0].changes
+    changes = publish.publish(project, later, Sharing(public=True))[0].changes
     assert "made active again (was deprecated)" in changes
     assert deprecation(gce, "imageforge-img-2") == {}
     assert family_image(gce) == "imageforge-img-2"
@@ -301,7 +305,7 @@ def test_newer_verified_and_foreign_images_are_left_alone(project, scratch, gce)
     make_image(gce, "not-ours", labels={"team": "x"})
     record = make_record(scratch, "imageforge-img-1")
     make_record(scratch, "imageforge-img-2")  # verified: the family should resolve to it
-    outcomes = publish.publish(project, record, Sharing())
+    outcomes = publish.publish(project, record, Sharing(public=True))
     assert outcomes[0].changes == [f"granted {IMAGE_USER} to allAuthenticatedUsers"]
     assert deprecation(gce, "imageforge-img-2") == {} and deprecation(gce, "not-ours") == {}
     assert gce.calls("compute.images.deprecate") == []
@@ -541,7 +545,7 @@ def test_configured_project_wins_over_the_environment(scratch, gce, monkeypatch)
     proj = config.load("images.yml")
     make_image(gce, "imageforge-img-1", project="from-config")
     record = make_record(scratch, "imageforge-img-1")
-    outcomes = publish.publish(proj, record, Sharing())
+    outcomes = publish.publish(proj, record, Sharing(public=True))
     assert outcomes[0].where == "from-config"
     assert gce.policy("from-config", "imageforge-img-1")["bindings"][0]["members"] == [
         "allAuthenticatedUsers"

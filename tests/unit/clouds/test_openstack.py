@@ -244,13 +244,13 @@ def test_artifact_ids_from_manifest_and_imports(scratch: Path) -> None:
 def test_publish_public_then_idempotent(project, scratch: Path, glance: FakeGlance) -> None:
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
-    outcomes = pub(project, record, Sharing())
+    outcomes = pub(project, record, Sharing(public=True))
     assert [(o.where, o.changes, o.error) for o in outcomes] == [
         ("openstack", ["visibility private → public"], None)
     ]
     assert glance.images[image["id"]]["visibility"] == "public"
     before = list(glance.mutations)
-    again = pub(project, record, Sharing())
+    again = pub(project, record, Sharing(public=True))
     assert [(o.changes, o.error) for o in again] == [([], None)]
     assert glance.mutations == before
 
@@ -259,7 +259,7 @@ def test_public_means_community_when_images_yml_says_so(scratch: Path, glance: F
     project = load_project(scratch, "    image_visibility: community\n")
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
-    pub(project, record, Sharing())
+    pub(project, record, Sharing(public=True))
     assert glance.images[image["id"]]["visibility"] == "community"
 
 
@@ -270,7 +270,7 @@ def test_public_refused_by_policy_suggests_community(
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
     with pytest.raises(ImageforgeError, match="publish incomplete in openstack"):
-        pub(project, record, Sharing())
+        pub(project, record, Sharing(public=True))
     error = state.load(record.directory).published["openstack"].outcomes[0]["error"]
     assert error.startswith("visibility public refused: 403")
     assert "image_visibility: community" in error
@@ -330,7 +330,7 @@ def test_revoke_named_project_keeps_the_others(project, scratch: Path, glance: F
     pub(project, record, Sharing(public=False, accounts=("proj-a",)), revoke=True)
     assert glance.member_ids(image["id"]) == ["proj-b"]
     assert glance.images[image["id"]]["visibility"] == "shared"
-    pub(project, record, Sharing(), revoke=True)
+    pub(project, record, Sharing(public=True), revoke=True)
     assert glance.member_ids(image["id"]) == []
     assert glance.images[image["id"]]["visibility"] == "private"
 
@@ -341,9 +341,9 @@ def test_unpublish_after_sharing_then_public_removes_members_too(
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
     pub(project, record, Sharing(public=False, accounts=("proj-a",)))
-    pub(project, record, Sharing())
+    pub(project, record, Sharing(public=True))
     assert glance.images[image["id"]]["visibility"] == "public"
-    undone = pub(project, record, Sharing(), revoke=True)
+    undone = pub(project, record, Sharing(public=True), revoke=True)
     assert undone[0].changes == ["visibility public → shared", "visibility shared → private"]
     assert undone[1].changes == ["removed image member"]
     assert glance.member_ids(image["id"]) == []
@@ -356,7 +356,7 @@ def test_revoking_one_project_of_a_public_image_says_why_not(
     image = ours(glance, "b1")
     record = make_record(scratch, image_id=image["id"])
     pub(project, record, Sharing(public=False, accounts=("proj-a",)))
-    pub(project, record, Sharing())
+    pub(project, record, Sharing(public=True))
     outcomes = direct("unpublish", project, record, Sharing(public=False, accounts=("proj-a",)))
     assert outcomes[1].error == "image is public: Glance removes members of shared images only"
     assert glance.images[image["id"]]["visibility"] == "public"
@@ -408,7 +408,7 @@ def test_non_owner_publish_is_refused_clearly(
     glance.members[image["id"]] = {fake.project_id: {"member_id": fake.project_id}}
     record = make_record(scratch, image_id=image["id"])
     with pytest.raises(ImageforgeError, match=r"belongs to project someone-else.*only the owner"):
-        pub(project, record, Sharing())
+        pub(project, record, Sharing(public=True))
     assert glance.mutations == []
 
 
@@ -417,14 +417,14 @@ def test_missing_image_and_unverified_build_are_refused(
 ) -> None:
     gone = make_record(scratch, image_id="0000-gone")
     with pytest.raises(ImageforgeError, match="0000-gone not found in cloud 'openstack'"):
-        publish.publish(project, gone, Sharing())
+        publish.publish(project, gone, Sharing(public=True))
     image = ours(glance, "b2")
     bad = make_record(scratch, build_id="20250101-000002-b2", image_id=image["id"], verified=False)
     with pytest.raises(ImageforgeError, match=r"these checks failed: test_common.py::test_sshd"):
-        publish.publish(project, bad, Sharing())
+        publish.publish(project, bad, Sharing(public=True))
     local = make_record(scratch, build_id="20250101-000003-b3", cloud="local", qcow2=QCOW2_MAGIC)
     with pytest.raises(ImageforgeError, match=r"no Glance image in cloud 'openstack'.*import"):
-        direct("publish", project, local, Sharing())
+        direct("publish", project, local, Sharing(public=True))
     assert glance.mutations == []
 
 
@@ -463,7 +463,7 @@ def test_import_uploads_private_qcow2_with_build_metadata(
     assert glance.mutations == before
     # publish finds the imported image through the record (publish.publish would pick the
     # cloud of the record, `local`: an imported build is published on openstack explicitly)
-    direct("publish", project, saved, Sharing())
+    direct("publish", project, saved, Sharing(public=True))
     assert glance.images[image_id]["visibility"] == "public"
 
 
