@@ -17,7 +17,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from imageforge import buildinfo, buildsecrets, clouds, locks, log, packer, render, runner, state
+from imageforge import (
+    buildinfo,
+    buildsecrets,
+    clouds,
+    console,
+    locks,
+    log,
+    packer,
+    render,
+    runner,
+    state,
+)
 from imageforge.clouds.capabilities import PackerSource, Preflight
 from imageforge.config import Project
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
@@ -61,7 +72,9 @@ def build(
     build_id = buildinfo.new_build_id(project.root)
     with locks.cell(project.root, cell.flavor_name, cell.cloud, f"build {build_id}"):
         directory = state.artifacts_root(project.root) / cell.flavor_name / build_id
-        directory.mkdir(parents=True)  # a fresh id: never an existing directory
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o750)  # a fresh id: never an existing directory
+        directory.chmod(0o750)  # whatever the umask: logs and artifacts are not for everyone
         try:
             record = _build(project, cell, cloud, version, directory, force, refresh)
         finally:
@@ -174,6 +187,7 @@ def _packer_build(
         log.info(f"passing {len(certificates)} host CA certificate(s) into the build VM")
     if proxies:
         log.info(f"passing proxy settings into the build VM: {', '.join(proxies)}")
+    console.private_file(record.directory / "serial.log")  # QEMU appends; its mode stays
     cloud_env = cloud.build_env(project, cell, record.id, scratch, key)
     record = state.noted(record, build_public_key=key.public, **cloud_env.facts)
     env = {

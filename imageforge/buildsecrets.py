@@ -9,11 +9,13 @@ certificates are copied into a temporary directory that Packer uploads, and clea
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from imageforge import runner
+from imageforge.errors import ConfigError
 
 PROXY_NAMES = ("http_proxy", "https_proxy", "no_proxy")
 # Debian and Ubuntu keep locally added CA certificates here (update-ca-certificates reads it).
@@ -67,7 +69,29 @@ def host_ca_certificates(environ: dict[str, str] | None = None) -> list[Path]:
             )
         elif source.is_file():
             found.append(source)
+    origin = f"${EXTRA_CA_ENV}" if setting is not None else str(LOCAL_CA_DIR)
+    for path in found:
+        _check_certificate_only(path, origin)
     return found
+
+
+PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
+def _check_certificate_only(path: Path, origin: str) -> None:
+    """A CA file goes into the build VM as it is: it must hold certificates, and never a key."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    if PRIVATE_KEY.search(data):
+        raise ConfigError(
+            f"{origin}: {path} holds a private key; refusing to copy it into the build "
+            "VM (give the CA certificate alone)"
+        )
+    if CERTIFICATE not in data:
+        raise ConfigError(f"{origin}: {path} holds no PEM certificate (BEGIN CERTIFICATE)")
 
 
 def stage_host_files(directory: Path, certificates: list[Path]) -> Path:

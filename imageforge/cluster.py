@@ -31,7 +31,7 @@ from tenacity import (
 )
 from tenacity.stop import StopBaseT
 
-from imageforge import buildsecrets, log, qemu, runner, state
+from imageforge import buildsecrets, console, log, qemu, reap, runner, state
 from imageforge.config import Project
 from imageforge.errors import ImageforgeError
 
@@ -52,6 +52,7 @@ class Node:
     address: str
     ssh_port: int
     pid: int = 0
+    pid_token: str = ""  # "pid starttime": the same process, not one that reused the pid
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Cluster:
     user: str
     nodes: list[Node]
     switch_pid: int = 0
+    switch_token: str = ""
 
     @property
     def key(self) -> Path:
@@ -101,15 +103,17 @@ def _save(cluster: Cluster) -> None:
     path.write_text(json.dumps(asdict(cluster), indent=2) + "\n")
 
 
-def alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+def alive(pid: int, token: str) -> bool:
+    """Whether the process `up` started still runs: the pid, with the start time recorded
+    then. After a reboot (or once it exited) the pid may name another process: not ours."""
+    return pid > 0 and token.split()[:1] == [str(pid)] and reap.owner_alive(token)
+
+
+def _token(pid: int) -> str:
+    token = reap.process_token(pid)
+    if token is None:
+        raise ImageforgeError(f"process {pid} exited as soon as it started")
+    return token
 
 
 def up(project: Project, workers: int, name: str = "imageforge") -> Cluster:
@@ -117,7 +121,7 @@ def up(project: Project, workers: int, name: str = "imageforge") -> Cluster:
     if not 1 <= workers <= MAX_WORKERS:
         raise ImageforgeError(f"--workers must be 1 to {MAX_WORKERS}, not {workers}")
     running = load(project)
-    if running is not None and any(alive(p) for p in _pids(running)):
+    if running is not None and any(alive(*p) for p in _pids(running)):
         raise ImageforgeError(
             f"cluster {running.name} is already running",
             hint="stop it first with `invoke cluster down`",
@@ -172,6 +176,7 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
             die_with_parent=False,  # the cluster outlives `invoke cluster up`
         )
         cluster.switch_pid = _read_pid(directory / "switch.pid")
+        cluster.switch_token = _token(cluster.switch_pid)
         _save(cluster)
     image = record.directory / "image" / f"{FLAVOR}.qcow2"
     for index, node in enumerate(cluster.nodes):
@@ -202,7 +207,7 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
                 ),
             )
             pidfile = directory / f"{node.name}.pid"
-            vm.serial_log.write_bytes(b"")
+            console.private_file(vm.serial_log)
             runner.run(
                 [*vm.argv(), "-daemonize", "-pidfile", pidfile],
                 stream=False,
@@ -210,6 +215,7 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
                 die_with_parent=False,  # the cluster outlives `invoke cluster up`
             )
             node.pid = _read_pid(pidfile)
+            node.pid_token = _token(node.pid)
             _save(cluster)
 
 
@@ -323,8 +329,11 @@ def _first_boot_reports(cluster: Cluster) -> str:
     return "\n".join(lines)
 
 
-def _pids(cluster: Cluster) -> list[int]:
-    return [n.pid for n in cluster.nodes] + [cluster.switch_pid]
+def _pids(cluster: Cluster) -> list[tuple[int, str]]:
+    """(pid, token) of every process `up` started: the VMs and the switch."""
+    return [(n.pid, n.pid_token) for n in cluster.nodes] + [
+        (cluster.switch_pid, cluster.switch_token)
+    ]
 
 
 def down(project: Project) -> Cluster | None:
@@ -332,18 +341,18 @@ def down(project: Project) -> Cluster | None:
     cluster = load(project)
     directory = state_dir(project)
     if cluster is not None:
-        for pid in _pids(cluster):
-            if alive(pid):
+        for pid, token in _pids(cluster):
+            if alive(pid, token):
                 os.kill(pid, signal.SIGTERM)
 
         def stopped() -> None:
-            if any(alive(p) for p in _pids(cluster)):
+            if any(alive(*p) for p in _pids(cluster)):
                 raise _NotYet
 
         with contextlib.suppress(_NotYet):
             _until(stop_after_delay(15), wait=0.2)(stopped)
-        for pid in _pids(cluster):
-            if alive(pid):
+        for pid, token in _pids(cluster):
+            if alive(pid, token):
                 os.kill(pid, signal.SIGKILL)
     shutil.rmtree(directory, ignore_errors=True)
     return cluster
@@ -354,7 +363,7 @@ def status(project: Project) -> tuple[Cluster, str] | None:
     cluster = load(project)
     if cluster is None:
         return None
-    if not alive(cluster.controller.pid):
+    if not alive(cluster.controller.pid, cluster.controller.pid_token):
         return cluster, "the controller is not running"
     result = cluster.ssh(cluster.controller, "sinfo")
     return cluster, result.output

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from types import TracebackType
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from imageforge import log, reap, runner
+from imageforge import console, log, reap, runner
 from imageforge.errors import ImageforgeError
 
 QEMU = "qemu-system-x86_64"
@@ -117,19 +116,6 @@ def _kvm_works() -> tuple[bool, str]:
     return True, f"firmware ran in {seconds:.2f}s"
 
 
-# How a guest shows its owner a secret it generated (a VNC password, a token): one console line.
-# Kept logs never hold the value: it is redacted when the VM stops.
-SECRET_LINE = re.compile(r"(imageforge-secret: [\w.-]+=)\S+")
-
-
-def redact_console(path: Path) -> None:
-    """Replace the values of the guest's secret lines in a console log."""
-    text = _read(path)
-    redacted = SECRET_LINE.sub(r"\1[redacted]", text)
-    if redacted != text:
-        path.write_text(redacted)
-
-
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -145,7 +131,7 @@ def _escape(value: Path | str) -> str:
 def make_seed(
     path: Path, *, user_data: str, meta_data: str, network_config: str | None = None
 ) -> Path:
-    """Write a cloud-init NoCloud seed ISO (volume label 'cidata') to path.
+    """Write a cloud-init NoCloud seed ISO (volume label 'cidata') to path, mode 0600.
 
     The ISO is written in-process with pycdlib (Joliet and Rock Ridge names), so no
     external ISO tool is needed and none can fail or crash half-way.
@@ -170,8 +156,13 @@ def make_seed(
             joliet_path=f"/{name}",
         )
     partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
     try:
-        iso.write(str(partial))
+        # user-data can hold secrets (a MUNGE key): the file is the owner's alone from the
+        # first byte, and never follows a planted link
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            iso.write_fp(out)
         partial.replace(path)
     finally:
         iso.close()
@@ -259,6 +250,7 @@ class VirtualMachine:
     guest_commands: tuple[tuple[str, str], ...] = ()
     ssh_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _console: console.ConsoleCopier | None = field(default=None, init=False, repr=False)
     _stack: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
 
     @property
@@ -275,7 +267,10 @@ class VirtualMachine:
         argv += ["-smp", str(self.cpus), "-m", str(self.memory_mb)]
         argv += ["-drive", f"file={_escape(self.disk)},format={self.disk_format},if=virtio"]
         argv += ["-device", "virtio-rng-pci"]
-        argv += ["-chardev", f"file,id=serial0,path={_escape(self.serial_log)}"]
+        if self._console is not None:
+            argv += ["-chardev", f"pipe,id=serial0,path={_escape(self._console.pipe)}"]
+        else:  # a daemonized VM (a cluster's): the file, private, redacted when it stops
+            argv += ["-chardev", f"file,id=serial0,path={_escape(self.serial_log)}"]
         argv += ["-serial", "chardev:serial0"]
         if self.seed is not None:
             argv += ["-drive", f"file={_escape(self.seed)},format=raw,media=cdrom,readonly=on"]
@@ -301,10 +296,15 @@ class VirtualMachine:
         return [*argv, *self.extra_args]
 
     def __enter__(self) -> VirtualMachine:
-        argv = self.argv()
-        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
-        self.serial_log.write_bytes(b"")
-        self.proc = self._stack.enter_context(runner.spawn(argv, logfile=self.qemu_log))
+        try:
+            scratch = self._stack.enter_context(reap.scratch("imageforge-console-"))
+            self._console = console.ConsoleCopier(scratch / "serial", self.serial_log)
+            self._stack.callback(self._console.close)
+            argv = self.argv()
+            self.proc = self._stack.enter_context(runner.spawn(argv, logfile=self.qemu_log))
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(
@@ -314,7 +314,12 @@ class VirtualMachine:
         tb: TracebackType | None,
     ) -> None:
         self._stack.close()
-        redact_console(self.serial_log)
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """The secrets the guest showed on its console (imageforge-secret lines), by name;
+        never written anywhere."""
+        return dict(self._console.secrets) if self._console is not None else {}
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self.proc is None:

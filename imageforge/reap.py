@@ -30,8 +30,14 @@ def scratch_dir(prefix: str = PREFIX) -> Path:
 
 
 def claim(path: Path) -> Path:
-    """Name this process as the owner of a new temporary directory (imageforge-* in /tmp)."""
-    (path / OWNER_FILE).write_text(process_token(os.getpid()) or str(os.getpid()))
+    """Name this process as the owner of a new temporary directory (imageforge-* in /tmp).
+
+    The owner file appears whole (written aside, then renamed): a reaper that read it half
+    written would take a live run's directory for an orphan."""
+    token = process_token(os.getpid()) or str(os.getpid())
+    partial = path / f"{OWNER_FILE}.partial"
+    partial.write_text(token)
+    partial.replace(path / OWNER_FILE)
     return path
 
 

@@ -108,7 +108,7 @@ def render(
         texts["plugins.pkr.hcl"] = (project.root / "packer" / "plugins.pkr.hcl").read_text()
     texts["variables.pkr.hcl"] = (project.root / "packer" / "variables.pkr.hcl").read_text()
     texts["source.pkr.hcl"] = env.get_template(f"sources/{cell.cloud}.pkr.hcl.j2").render(
-        source_name=source_name, **cloud.source(project, cell)
+        source_name=source_name, plugins=version.has_plugins, **cloud.source(project, cell)
     )
     texts["build.pkr.hcl"] = env.get_template("build.pkr.hcl.j2").render(
         build_name=cell.flavor_name,

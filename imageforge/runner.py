@@ -192,9 +192,14 @@ def _open_log(logfile: Path | None) -> Iterator[IO[str] | None]:
     if logfile is None:
         yield None
         return
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    with logfile.open("a", encoding="utf-8") as handle:
+    with open(private_log(logfile), "a", encoding="utf-8") as handle:
         yield handle
+
+
+def private_log(path: Path) -> int:
+    """A log opened for appending, made 0600 if new: commands' output can hold secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
 @contextlib.contextmanager
@@ -213,8 +218,7 @@ def spawn(
     """
     args = [os.fspath(a) for a in argv]
     log.debug(f"$ {' '.join(args)} &")
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    with logfile.open("ab") as handle:
+    with open(private_log(logfile), "ab") as handle:
         proc = subprocess.Popen(
             args,
             cwd=cwd,

@@ -23,6 +23,7 @@ from typing import Any
 
 from imageforge import buildsecrets, clouds, locks, log, qemu, reap, sbom, sshchecks, state
 from imageforge.clouds import Distributor, Launcher
+from imageforge.clouds.common import SSH_FROM
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project
 from imageforge.errors import ImageforgeError, Interrupted
@@ -38,7 +39,6 @@ BOOT_LOG = "verify-boot.log"
 SSH_VIA = "IMAGEFORGE_VERIFY_SSH_VIA"
 # The CIDR that verification instances admit SSH from (default: this machine's address towards
 # the cloud's API, a /32; behind NAT, set your public address here).
-SSH_FROM = "IMAGEFORGE_VERIFY_SSH_FROM"
 
 
 def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:

@@ -89,6 +89,12 @@ variable "aws_endpoint_ec2" {
   description = "Another EC2 endpoint (a test server); null means AWS itself"
 }
 
+variable "aws_ssh_source_cidrs" {
+  type        = list(string)
+  default     = []
+  description = "Where the build instance admits SSH from; imageforge sets this machine's address"
+}
+
 variable "aws_skip_validation" {
   type        = bool
   default     = false

@@ -47,7 +47,7 @@ def cluster(c, action, image="slurm-node", workers=2, config=None):
 def _summary(cluster: clusters.Cluster) -> None:
     log.info(f"cluster {cluster.name} from build {cluster.build_id}:")
     for node in cluster.nodes:
-        alive = "running" if clusters.alive(node.pid) else "stopped"
+        alive = "running" if clusters.alive(node.pid, node.pid_token) else "stopped"
         command = shlex.join(cluster.ssh_argv(node))
         log.info(f"  {node.name:<8} {node.role:<10} {node.address:<12} {alive:<8} {command}")
     log.info("try: " + shlex.join(cluster.ssh_argv(cluster.controller, "srun -N2 hostname")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 from invoke import task
@@ -35,6 +36,16 @@ def pick(*names: str) -> dict[str, str]:
     return {n: HELP[n] for n in names}
 
 
+# C0 and C1 control characters but tab (and newline, which callers split on)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """Record text as plain characters: Rich markup escaped, control characters (terminal
+    escape sequences from a guest's output among them) as visible \\xNN."""
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+
 @task(help=pick("image", "cloud", "limit", "config"))
 @friendly
 def history(c, image=None, cloud=None, limit="20", config=None):
@@ -48,7 +59,7 @@ def history(c, image=None, cloud=None, limit="20", config=None):
     for column in ("id", "flavor", "cloud", "status", "started", "duration", "commit", "packages"):
         table.add_column(column, justify="right" if column == "packages" else "left")
     for record in found:
-        table.add_row(
+        cells = (
             record.id,
             record.flavor,
             record.cloud,
@@ -58,6 +69,7 @@ def history(c, image=None, cloud=None, limit="20", config=None):
             record.git_commit[:7] + ("-dirty" if record.git_commit.endswith("-dirty") else ""),
             str(len(record.packages)) if record.packages else "—",
         )
+        table.add_row(*(shown(cell) for cell in cells))
     out.print(table)
 
 
@@ -84,14 +96,14 @@ def show(c, build, config=None):
         ("packages", f"{len(record.packages)} (+ {len(record.python_packages)} Python)"),
         ("directory", str(record.directory)),
     ]
-    out.print(f"[bold]build {escape(record.id)}[/]")
+    out.print(f"[bold]build {shown(record.id)}[/]")
     for key, value in lines:
         if value:
-            out.print(f"{key:<15}{escape(value)}")
+            out.print(f"{key:<15}{shown(value)}")
     for title, items in _sections(record).items():
         out.print(f"[bold]{title}[/]")
         for item in items or ["—"]:
-            out.print(f"  {escape(item)}")
+            out.print(f"  {shown(item)}")
 
 
 def _sections(record: BuildRecord) -> dict[str, list[str]]:
@@ -141,7 +153,7 @@ def diff_(c, a, b, format="text", config=None):
         print(builddiff.as_json(result))
         return
     for line in builddiff.text(result):
-        out.print(escape(line))
+        out.print(shown(line))
 
 
 def lookup(root: Path, build_id: str) -> BuildRecord:

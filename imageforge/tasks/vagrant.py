@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -88,6 +89,26 @@ def check_base_url(url: str) -> None:
             f"--base-url {url!r}: not a URL to serve boxes from; use http://, https:// or "
             "file:// with no query, fragment or space"
         )
+    if "@" in parts.netloc:
+        raise ConfigError(
+            "--base-url: holds credentials (user@ or user:password@), which would be published "
+            "in every metadata.json; give the URL without them (Vagrant can authenticate by "
+            "itself, e.g. with VAGRANT_SERVER_URL and a token)"
+        )
+    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        log.warn(
+            f"--base-url uses plain http:// for {parts.hostname}: boxes and their checksums "
+            "travel unprotected; prefer https://"
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") -> dict[str, Path]:
@@ -95,10 +116,18 @@ def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") ->
 
     The addresses and MACs are the ones vagrant/slurm-node/Vagrantfile gives each machine.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     # Not listable, but traversable by libvirt's QEMU user, which is handed each seed (600) at
-    # start and opens it by its path.
-    directory.chmod(0o711)
+    # start and opens it by its path. A directory that exists keeps the mode its owner gave it.
+    if directory.is_dir():
+        if not directory.stat().st_mode & 0o001:
+            log.warn(
+                f"{directory} is not traversable by other users (o+x): libvirt's QEMU user "
+                "cannot open the seeds in it, and `vagrant up` would wait forever"
+            )
+    else:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o711)
+        directory.chmod(0o711)  # whatever the umask
     munge = base64.b64encode(secrets.token_bytes(1024)).decode()
     names = ["ctl", *(f"worker{i}" for i in range(1, workers + 1))]
     hosts = {
@@ -116,7 +145,6 @@ def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") ->
                 f"52:54:00:12:34:{index:02x}", f"52:54:00:77:00:{index:02x}", hosts[name]
             ),
         )
-        seed.chmod(0o600)
         written[name] = seed
     return written
 

@@ -62,6 +62,7 @@ def test_packer_builds_one_ami_and_copies_none_against_moto(aws: str, tmp_path: 
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "ok: source AMI ami-" in result.stderr  # the preflight ran before Packer
+    assert "the build instance admits SSH from 127.0.0.1/32 only" in result.stderr
     [record_path] = (project / "artifacts" / "slurm-node").glob("*/build.json")
     record = json.loads(record_path.read_text())
     assert record["status"] == "built" and record["binding"] is None

@@ -86,7 +86,9 @@ def test_a_second_boot_makes_its_own_secrets(built, tmp_path: Path) -> None:
             ),
             "snakeoil": guest.output("sudo cat /etc/ssl/private/ssl-cert-snakeoil.key"),
         }
-        assert "imageforge-secret: jupyter_token=" in guest.vm.console()
+        assert guest.vm.secrets["jupyter_token"] == values["token"].strip()
+        assert "imageforge-secret: jupyter_token=[redacted]" in guest.vm.console()
+        assert values["token"].strip() not in guest.vm.console()
     second = {k: hashlib.sha256(v.strip().encode()).hexdigest() for k, v in values.items()}
     for name in ("cookie", "token", "database_password", "snakeoil"):
         assert first[name] != second[name], f"the {name} is the same in two instances"

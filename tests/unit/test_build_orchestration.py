@@ -122,7 +122,10 @@ def test_a_failed_build_keeps_its_record_and_logs_only(scratch: Path, fake: Fake
         "build.json",
         "build.log",
         "packer",
+        "serial.log",  # the build VM's console, made private before QEMU writes to it
     ]
+    assert record.directory.stat().st_mode & 0o777 == 0o750
+    assert (record.directory / "serial.log").stat().st_mode & 0o777 == 0o600
     assert not locks.held(scratch, "a", "local")
 
 

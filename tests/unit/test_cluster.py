@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imageforge import cluster, config, runner
+from imageforge import cluster, config, reap, runner
 from imageforge.errors import ImageforgeError
 
 from .conftest import ROOT, write
@@ -61,11 +61,40 @@ def test_a_running_cluster_is_not_started_twice(scratch: Path) -> None:
     demo = nodes()
     demo.directory = str(cluster.state_dir(project))
     demo.nodes[0].pid = os.getpid()  # alive
+    demo.nodes[0].pid_token = reap.process_token(os.getpid()) or ""
     Path(demo.directory).mkdir(parents=True)
     cluster._save(demo)
     with pytest.raises(ImageforgeError) as caught:
         cluster.up(project, 2)
     assert "invoke cluster down" in str(caught.value)
+
+
+def test_down_signals_only_the_processes_up_started(scratch: Path) -> None:
+    """After a reboot the pids in cluster.json name other processes: down leaves them be."""
+    write(scratch, "flavors:\n  slurm-node: {}\n")
+    project = config.load(scratch / "images.yml")
+    ours = subprocess.Popen(["sleep", "60"])
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        demo = nodes()
+        demo.directory = str(cluster.state_dir(project))
+        demo.nodes[0].pid, demo.nodes[0].pid_token = ours.pid, reap.process_token(ours.pid) or ""
+        # the pid now belongs to another process, started later than the one recorded
+        start = int((reap.process_token(stranger.pid) or "0 0").split()[1])
+        demo.nodes[1].pid, demo.nodes[1].pid_token = stranger.pid, f"{stranger.pid} {start - 1}"
+        demo.switch_pid = stranger.pid  # a cluster.json from before tokens: no token
+        Path(demo.directory).mkdir(parents=True)
+        cluster._save(demo)
+        assert cluster.alive(ours.pid, demo.nodes[0].pid_token)
+        assert not cluster.alive(stranger.pid, demo.nodes[1].pid_token)
+        cluster.down(project)
+        assert ours.wait(timeout=10) == -15  # SIGTERM
+        assert stranger.poll() is None
+        assert not Path(demo.directory).exists()
+    finally:
+        for proc in (ours, stranger):
+            proc.kill()
+            proc.wait()
 
 
 def test_worker_count_is_checked(scratch: Path) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,27 @@ def test_scratch_dirs_name_their_owner(monkeypatch: pytest.MonkeyPatch, tmp_path
         assert token == reap.process_token(os.getpid())
         assert reap.owner_alive(token)
     assert not path.exists()
+
+
+def test_a_reaper_reading_while_the_owner_file_is_written_leaves_the_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another run's reaper may look in the moment the file exists but is still empty."""
+    write_text = Path.write_text
+    seen: list[list[Path]] = []
+
+    def racing(path: Path, data: str, *args, **kwargs) -> int:
+        path.touch()  # the file exists, empty, as an open(..., "w") leaves it
+        seen.append(reap.reap_scratch(tmp_path))
+        return write_text(path, data, *args, **kwargs)
+
+    path = Path(tempfile.mkdtemp(prefix="imageforge-race-", dir=tmp_path))
+    monkeypatch.setattr(Path, "write_text", racing)
+    reap.claim(path)
+    monkeypatch.undo()
+    assert seen == [[]] and path.is_dir()
+    assert reap.owner_alive((path / reap.OWNER_FILE).read_text())
+    assert sorted(p.name for p in path.iterdir()) == [reap.OWNER_FILE]
 
 
 def test_only_directories_of_dead_owners_are_removed(tmp_path: Path) -> None:

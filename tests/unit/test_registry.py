@@ -218,3 +218,22 @@ def test_a_record_that_says_nothing_of_its_os_is_a_note_not_a_change(project: Pa
     result = builddiff.diff(old, new)
     assert "os" not in result.fields
     assert f"base OS not recorded for {OLD}: not compared" in result.notes
+
+
+def test_history_and_show_print_hostile_record_text_as_plain_characters(project: Path) -> None:
+    """A provisioner's output (guest-controlled) ends up in a record's error: Rich markup in it
+    must not crash or restyle `history`, and terminal control sequences must not reach the
+    terminal raw from `show`."""
+    hostile = "step [/] failed [bold red]x[/] \x1b[2J\x1b]0;owned\x07 done\x9b31m"
+    record = make_record(
+        project / "artifacts", build_id=OLD, status="building", git_commit="[/]\x1b[5m"
+    )
+    state.abandoned(record, "failed", hostile)
+    done = invoke(project, "history")
+    assert done.returncode == 0, done.stderr
+    assert OLD in done.stdout and "failed" in done.stdout
+    assert "[/]\\x1b" in done.stdout and "\x1b" not in done.stdout
+    shown = invoke(project, "show", OLD)
+    assert shown.returncode == 0, shown.stderr
+    assert not any(ch in shown.stdout for ch in "\x1b\x07\x9b")
+    assert "step [/] failed [bold red]x[/] \\x1b[2J\\x1b]0;owned\\x07 done\\x9b31m" in shown.stdout

@@ -331,3 +331,21 @@ def test_environment_values_are_data(scratch: Path) -> None:
     build = parsed(rendered, "build.pkr.hcl")["build"][0]
     shells = [p["shell"] for p in build["provisioner"] if "shell" in p]
     assert all(f"V={value}" in shell["environment_vars"] for shell in shells)
+
+
+def test_aws_build_instances_admit_ssh_from_one_place_and_need_imdsv2(
+    shipped: config.Project, tmp_path: Path
+) -> None:
+    cell = matrix.find(shipped, "slurm-node", "aws")
+    old = source_of(render.render(shipped, cell, OLD, tmp_path / "old"), "aws", cell.name)
+    new = source_of(render.render(shipped, cell, NEW, tmp_path / "new"), "aws", cell.name)
+    for source in (old, new):
+        assert source["temporary_security_group_source_cidrs"] == "${var.aws_ssh_source_cidrs}"
+    # Packer 1.6.6's amazon-ebs has no metadata options; the amazon plugin has
+    assert "metadata_options" not in old and "imds_support" not in old
+    assert new["imds_support"] == "v2.0"
+    assert new["metadata_options"][0] == {
+        "http_endpoint": "enabled",
+        "http_tokens": "required",
+        "http_put_response_hop_limit": 1,
+    }

@@ -122,3 +122,12 @@ def test_kill_running_kills_every_running_command() -> None:
     assert time.monotonic() - started < 3
     assert [f.returncode for f in failures] == [-signal.SIGKILL]
     assert not runner._running_groups
+
+
+def test_command_logs_are_private_from_their_first_line(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "build.log"
+    runner.run(["sh", "-c", f"stat -c %a {log}"], logfile=log, stream=False)
+    assert log.read_text().strip() == "600"  # as the command itself saw it, while running
+    with runner.spawn(["sh", "-c", "echo started"], logfile=tmp_path / "qemu.log") as proc:
+        proc.wait(timeout=10)
+    assert (tmp_path / "qemu.log").stat().st_mode & 0o777 == 0o600

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from imageforge import state, vagrantbox, vagrantcatalog
+from imageforge import qemu, state, vagrantbox, vagrantcatalog
 from imageforge.errors import ImageforgeError
 from tests.records import make_record
 
@@ -139,6 +140,9 @@ def test_invoke_vagrant_refuses_unknown_actions_and_worker_counts(scratch: Path)
         (("catalog", "--base-url", "javascript:alert(1)"), "not a URL to serve boxes from"),
         (("catalog", "--base-url", "https://a b/"), "not a URL to serve boxes from"),
         (("catalog", "--base-url", "https:///boxes"), "not a URL to serve boxes from"),
+        (("catalog", "--base-url", "https://ada:pw@boxes.example/"), "holds credentials"),
+        (("catalog", "--base-url", "https://token@boxes.example/"), "holds credentials"),
+        (("catalog", "--base-url", "http://:pw@boxes.example/"), "holds credentials"),
     ):
         done = run(*args)
         assert done.returncode == 2 and message in done.stderr, done.stderr
@@ -148,3 +152,47 @@ def test_invoke_vagrant_refuses_unknown_actions_and_worker_counts(scratch: Path)
     seeds = sorted(p.name for p in (scratch / "seeds").iterdir())
     assert seeds == ["ctl.iso", "worker1.iso", "worker2.iso"]
     assert all((scratch / "seeds" / s).stat().st_mode & 0o077 == 0 for s in seeds)
+    assert (scratch / "seeds").stat().st_mode & 0o777 == 0o711  # made here: traversable
+    # a directory of the user's keeps its mode, and is told why vagrant up would wait
+    mine = scratch / "mine"
+    mine.mkdir(mode=0o700)
+    done = run("seeds", "--output", "mine")
+    assert done.returncode == 0, done.stderr
+    assert mine.stat().st_mode & 0o777 == 0o700
+    assert "is not traversable by other users" in done.stderr
+
+
+def test_seed_isos_are_private_from_the_first_byte_and_follow_no_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modes = []
+    real_open = os.open
+
+    def watching(path, flags, mode=0o777, *args, **kwargs):
+        modes.append((Path(path).name, flags, mode))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watching)
+    seed = qemu.make_seed(tmp_path / "s.iso", user_data="#cloud-config\n", meta_data="a: b\n")
+    monkeypatch.undo()
+    assert seed.stat().st_mode & 0o777 == 0o600
+    [(_, flags, mode)] = [m for m in modes if m[0] == "s.iso.partial"]
+    assert mode == 0o600 and flags & os.O_EXCL and flags & os.O_NOFOLLOW
+    # a link planted where the partial file goes is replaced, never written through
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    (tmp_path / "t.iso.partial").symlink_to(target)
+    qemu.make_seed(tmp_path / "t.iso", user_data="#cloud-config\n", meta_data="a: b\n")
+    assert target.read_text() == "keep"
+
+
+def test_plain_http_base_url_for_a_remote_host_is_warned_about(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from imageforge.tasks.vagrant import check_base_url
+
+    check_base_url("http://127.0.0.1:8000/boxes")
+    check_base_url("https://boxes.example/")
+    assert capsys.readouterr().err == ""
+    check_base_url("http://boxes.example/")
+    assert "plain http:// for boxes.example" in capsys.readouterr().err

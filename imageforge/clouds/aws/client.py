@@ -34,3 +34,8 @@ def errors(client: Any, operation: str) -> Iterator[None]:
     """SDK errors of one EC2 operation as one line naming the region and endpoint."""
     with sdk_errors(f"AWS ({client.meta.region_name})", operation, client.meta.endpoint_url):
         yield
+
+
+# Instance metadata only with a session token (IMDSv2), from the instance itself (one hop: a
+# container on it gets none): for build and verification instances, and for the AMIs made.
+IMDS_V2_ONLY = {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from imageforge import log
-from imageforge.clouds.aws.client import ec2, errors
+from imageforge.clouds.aws.client import IMDS_V2_ONLY, ec2, errors
 from imageforge.clouds.common import (
     BUILD_KEY,
     Instance,
@@ -139,6 +139,7 @@ class Verification:
                 KeyName=name,
                 UserData=user_data,
                 InstanceInitiatedShutdownBehavior="terminate",
+                MetadataOptions=IMDS_V2_ONLY,
                 TagSpecifications=[
                     *self.tag_spec("instance", self.instance_name),
                     *self.tag_spec("volume", self.instance_name),

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import hcl
-from imageforge.clouds.common import SourceDefaults, image_name, manifest_artifacts, metadata
+from imageforge import hcl, log
+from imageforge.clouds.aws.client import ec2
+from imageforge.clouds.common import (
+    SSH_FROM,
+    BuildEnv,
+    SourceDefaults,
+    image_name,
+    manifest_artifacts,
+    metadata,
+    ssh_source,
+)
 
 if TYPE_CHECKING:
+    from imageforge.buildsecrets import KeyPair
     from imageforge.config import Project
     from imageforge.matrix import Cell
 
@@ -46,6 +58,19 @@ class AwsSource(SourceDefaults):
                 {"tags": tags, "snapshot_tags": tags, "run_tags": tags, "run_volume_tags": tags}
             ),
         }
+
+    def build_env(
+        self, project: Project, cell: Cell, build_id: str, scratch: Path, key: KeyPair
+    ) -> BuildEnv:
+        """The network the build instance admits SSH from: the verification's rule
+        ($IMAGEFORGE_VERIFY_SSH_FROM, else this machine's address towards EC2)."""
+        endpoint = (
+            os.environ.get("PKR_VAR_aws_endpoint_ec2")  # noqa: SIM112 (Packer variable name)
+            or ec2(project.images.clouds.aws.region).meta.endpoint_url
+        )
+        source = ssh_source(os.environ.get(SSH_FROM, ""), endpoint)
+        log.info(f"the build instance admits SSH from {source} only")
+        return BuildEnv({"PKR_VAR_aws_ssh_source_cidrs": json.dumps([str(source)])})
 
     @contextlib.contextmanager
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:

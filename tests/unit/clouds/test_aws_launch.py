@@ -137,6 +137,11 @@ def test_launch_makes_one_tagged_instance_key_and_group_and_removes_them(
             assert tags(resource)["team"] == "hpc"
             assert tags(resource)["project"] == "imageforge"  # images.yml defaults, as elsewhere
         assert tags(running)["Name"] == f"imageforge-verify-slurm-node-{BUILD}"
+        # instance metadata (user-data included) only with a token, and not from a container
+        metadata = running["MetadataOptions"]
+        assert metadata["HttpTokens"] == "required"
+        assert metadata["HttpPutResponseHopLimit"] == 1
+        assert metadata["HttpEndpoint"] == "enabled"
         assert left_over() != NOTHING
     assert left_over() == NOTHING
     assert [i["State"]["Name"] for i in instances()] == ["terminated"]
@@ -255,7 +260,11 @@ def test_a_rerun_removes_what_a_killed_verification_of_the_build_left(project, c
 
 @pytest.mark.parametrize(
     ("ssh_from", "message"),
-    [("0.0.0.0/0", "from everyone"), ("my laptop", "not an IP address or CIDR")],
+    [
+        ("0.0.0.0/0", "from everyone"),
+        ("0.0.0.0/1", "the widest allowed is /16"),
+        ("my laptop", "not an IP address or CIDR"),
+    ],
 )
 def test_ssh_from_must_be_one_place(project, cell, built, ssh_from: str, message: str) -> None:
     with (
@@ -295,3 +304,18 @@ def test_ctrl_c_during_teardown_still_removes_the_rest_then_stops(
     with pytest.raises(KeyboardInterrupt), launch(project, cell, built):
         pass
     assert left_over()["key pairs"] == [] and left_over()["groups"] == []
+
+
+def test_the_packer_build_instance_admits_ssh_from_this_machine_only(
+    project, cell, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = aws_cloud.CLOUD
+    env = source.build_env(project, cell, BUILD, tmp_path, None).env  # type: ignore[arg-type]
+    # the stand-in's endpoint is on 127.0.0.1: the route to it starts there
+    assert env == {"PKR_VAR_aws_ssh_source_cidrs": '["127.0.0.1/32"]'}
+    monkeypatch.setenv("IMAGEFORGE_VERIFY_SSH_FROM", "198.51.100.0/24")
+    env = source.build_env(project, cell, BUILD, tmp_path, None).env  # type: ignore[arg-type]
+    assert env == {"PKR_VAR_aws_ssh_source_cidrs": '["198.51.100.0/24"]'}
+    monkeypatch.setenv("IMAGEFORGE_VERIFY_SSH_FROM", "0.0.0.0/1")
+    with pytest.raises(ImageforgeError, match="the widest allowed is /16"):
+        source.build_env(project, cell, BUILD, tmp_path, None)  # type: ignore[arg-type]

@@ -108,3 +108,24 @@ def test_ssh_source_is_the_callers_address_towards_the_api_unless_given() -> Non
         common.ssh_source("0.0.0.0/0", "unused")
     with pytest.raises(ImageforgeError, match="is not an IP address or CIDR"):
         common.ssh_source("laptop", "unused")
+
+
+@pytest.mark.parametrize(
+    ("wide", "addresses"),
+    [
+        ("0.0.0.0/1", "2,147,483,648"),
+        ("128.0.0.0/1", "2,147,483,648"),
+        ("10.0.0.0/8", "16,777,216"),
+        ("203.0.0.0/15", "131,072"),
+        ("::/1", "170,141,183,460,469,231,731,687,303,715,884,105,728"),
+        ("2001:db8::/32", "79,228,162,514,264,337,593,543,950,336"),
+    ],
+)
+def test_ssh_source_wider_than_a_site_is_refused(wide: str, addresses: str) -> None:
+    with pytest.raises(ImageforgeError, match=f"from {addresses} addresses; the widest allowed"):
+        common.ssh_source(wide, "unused")
+
+
+@pytest.mark.parametrize("narrow", ["203.0.0.0/16", "198.51.100.0/24", "2001:db8:1::/48"])
+def test_ssh_source_of_a_site_is_allowed(narrow: str) -> None:
+    assert str(common.ssh_source(narrow, "unused")) == narrow
