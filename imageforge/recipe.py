@@ -45,6 +45,7 @@ DEFAULT_PACKAGES = (
     "ca-certificates",
     "sudo",
     "python3",
+    "nftables",  # the metadata guard every image loads (provisioners/common/05-metadata-guard.sh)
 )
 PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 

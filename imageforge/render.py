@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 VARFILE = "imageforge.auto.pkrvars.hcl"
 EXECUTE = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
 HOST_PASSTHROUGH = "provisioners/common/00-host-passthrough.sh"
+# In every image, whatever its flavor lists: only root reaches the metadata service.
+METADATA_GUARD = "provisioners/common/05-metadata-guard.sh"
+# Packages every image needs for what imageforge itself installs (the guard's nft).
+IMAGE_PACKAGES = ("nftables",)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
 # cloud-init's datasource on each cloud's own images.
 DATASOURCES = {
@@ -167,7 +171,9 @@ def package_commands(cell: Cell) -> list[str]:
     and the flavor's packages, installed in the build VM (local builds get them natively, in
     the layer), then cloud-init pinned to the cloud's own datasource."""
     commands = ["set -eu", "export DEBIAN_FRONTEND=noninteractive"]
-    packages = list(dict.fromkeys((*cloud_init_packages(cell), *cell.flavor.packages)))
+    packages = list(
+        dict.fromkeys((*cloud_init_packages(cell), *IMAGE_PACKAGES, *cell.flavor.packages))
+    )
     if packages:
         commands += [
             "apt-get update -q",
@@ -210,6 +216,7 @@ def _steps(cell: Cell) -> list[dict[str, Any]]:
                 "attributes": hcl.attributes(attributes, indent=4),
             }
         )
+    steps.append(_step("guard", Provisioner(script=METADATA_GUARD), cell))
     sections = (("provision", cell.flavor.provisioners), ("cleanup", cell.flavor.cleanup))
     for section, items in sections:
         steps += [_step(section, step, cell) for step in items]

@@ -7,7 +7,9 @@ root_facts fixture (one sudo call for all of them).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 
 
 def test_booted_standalone_to_a_running_system(host):
@@ -107,3 +109,44 @@ def test_no_multicast_name_service_listens(host):
     listening = host.check_output("ss -Hlnu; ss -Hlnt")
     ports = {line.split()[3].rpartition(":")[2] for line in listening.splitlines() if line.strip()}
     assert not ports & {"5353", "5355"}, listening
+
+
+METADATA_PROBE = """
+import errno, socket
+try:
+    s = socket.create_connection(("169.254.169.254", 80), timeout=3)
+    s.sendall(b"GET /latest/user-data HTTP/1.0\\r\\n\\r\\n")
+    print("answered" if s.recv(200) else "closed")
+except TimeoutError:
+    print("timeout")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, str(exc)))
+"""
+
+
+def test_only_root_reaches_the_instance_metadata_service(host):
+    """User-data (a MUNGE key, storage keys) is served there to whoever asks: the image's
+    nftables guard rejects every user but root. Where the address has no route (a local VM's
+    restricted network), a device route is added for the test: packets pass the guard before
+    the link, and root's then find nobody (a cloud's service would answer)."""
+    assert host.run("systemctl is-active imageforge-metadata-guard.service").stdout.strip() == (
+        "active"
+    )
+    routed = host.run("ip route get 169.254.169.254").rc == 0
+    if not routed:
+        device = host.check_output("ip -o -4 route show scope link").split()[2]
+        host.check_output(f"sudo ip route add 169.254.169.254/32 dev {device}")
+    try:
+        probe = f"python3 -c {shlex.quote(METADATA_PROBE)}"
+        users = sorted({"nobody", os.environ.get("IMAGE_USER") or "nobody"})
+        for user in users:
+            said = host.run(f"sudo -u {user} {probe}").stdout.strip()
+            assert said in ("ECONNREFUSED", "ECONNRESET"), f"{user}: {said}"
+        said = host.run(f"sudo {probe}").stdout.strip()
+        assert said not in ("ECONNREFUSED", "ECONNRESET", "ENETUNREACH"), f"root: {said}"
+        rules = host.check_output("sudo nft list table inet imageforge_metadata")
+        rejected = re.search(r"tcp counter packets (\d+)", rules)
+        assert rejected and int(rejected.group(1)) >= len(users), rules  # the guard did it
+    finally:
+        if not routed:
+            host.run("sudo ip route del 169.254.169.254/32")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import hcl2
@@ -82,7 +83,7 @@ def test_build_block_runs_steps_in_order(shipped: config.Project, tmp_path: Path
     expected = [s.script for s in cell.flavor.provisioners] + [
         s.script for s in cell.flavor.cleanup
     ]
-    assert scripts == [render.HOST_PASSTHROUGH, *expected]
+    assert scripts == [render.HOST_PASSTHROUGH, render.METADATA_GUARD, *expected]
     env = next(p["shell"] for p in build["provisioner"] if "shell" in p)["environment_vars"]
     assert "IMAGE_USER=slurm-admin" in env
     post = [next(iter(p)) for p in build["post-processor"]]
@@ -104,6 +105,7 @@ def test_cloud_builds_install_the_declared_packages_first(
     datasource = render.DATASOURCES[cloud]
     assert any(f"datasource_list: [{datasource}, None]" in line for line in inline)
     assert [s.get("script") for s in shells[2:]] == [
+        render.METADATA_GUARD,
         *(s.script for s in cell.flavor.provisioners),
         *(s.script for s in cell.flavor.cleanup),
     ]
@@ -123,7 +125,7 @@ def test_a_debian_gcp_build_installs_cloud_init_and_pins_gce(
     inline = packages_step(shipped, cell, tmp_path)
     install = next(i for i, line in enumerate(inline) if line.startswith("apt-get install"))
     assert inline[install - 1] == "apt-get update -q"
-    assert inline[install].split()[5:] == ["cloud-init", *cell.flavor.packages]
+    assert inline[install].split()[5:] == ["cloud-init", "nftables", *cell.flavor.packages]
     pin = next(i for i, line in enumerate(inline) if render.DATASOURCE_CFG in line)
     assert pin > install  # cloud-init's directory exists by then
     assert inline[pin] == (
@@ -164,7 +166,10 @@ def test_images_that_have_cloud_init_get_only_the_pin(
     cell = matrix.find(project, "a", cloud)
     assert cell.os == os_ and render.cloud_init_packages(cell) == ()
     inline = packages_step(project, cell, tmp_path)
-    assert not [line for line in inline if line.startswith("apt-get")]  # a flavor without any
+    # a flavor without packages: only what imageforge itself needs in every image
+    assert [line for line in inline if line.startswith("apt-get install")] == [
+        "apt-get install -y -q --no-install-recommends nftables"
+    ]
     assert inline[-1] == f"printf 'datasource_list: [{datasource}, None]\\n' > " + (
         render.DATASOURCE_CFG
     )
@@ -176,7 +181,7 @@ def test_a_debian_gcp_flavor_without_packages_still_gets_cloud_init(
     (scratch / "images.yml").write_text("flavors:\n  a:\n    os: {gcp: debian-12}\n")
     project = config.load(scratch / "images.yml")
     inline = packages_step(project, matrix.find(project, "a", "gcp"), tmp_path)
-    assert "apt-get install -y -q --no-install-recommends cloud-init" in inline
+    assert "apt-get install -y -q --no-install-recommends cloud-init nftables" in inline
 
 
 def test_local_builds_install_no_packages_in_the_vm(shipped: config.Project, tmp_path: Path):
@@ -349,3 +354,24 @@ def test_aws_build_instances_admit_ssh_from_one_place_and_need_imdsv2(
         "http_tokens": "required",
         "http_put_response_hop_limit": 1,
     }
+
+
+@pytest.mark.parametrize("cloud", list(BUILDERS))
+def test_every_image_gets_the_metadata_guard_whatever_its_flavor_lists(
+    shipped: config.Project, tmp_path: Path, cloud: str
+) -> None:
+    cell = matrix.find(shipped, "slurm-node", cloud)
+    text = (render.render(shipped, cell, OLD, tmp_path).directory / "build.pkr.hcl").read_text()
+    scripts = re.findall(r'script\s*=\s*"([^"]+)"', text)
+    assert scripts[:2] == [render.HOST_PASSTHROUGH, render.METADATA_GUARD]
+    if cloud != "local":  # local images have nftables in their layer (recipe.DEFAULT_PACKAGES)
+        assert "nftables" in " ".join(render.package_commands(cell))
+
+
+def test_the_metadata_guard_rejects_every_user_but_root() -> None:
+    script = (ROOT / render.METADATA_GUARD).read_text()
+    rules = [line.split() for line in script.splitlines() if "meta skuid != 0" in line]
+    assert {r[2] for r in rules} == {"169.254.169.254", "fd00:ec2::254"}
+    assert all("reject" in r for r in rules)
+    assert "Before=network-pre.target" in script and "systemd-user-sessions.service" in script
+    assert "systemctl enable --no-reload imageforge-metadata-guard.service" in script
