@@ -30,7 +30,6 @@ from imageforge.configtypes import (
     Environment,
     FlavorName,
     Model,
-    Name,
     OsName,
     Package,
     Port,
@@ -38,6 +37,7 @@ from imageforge.configtypes import (
     PythonEnv,
     TagKey,
     Text,
+    UserName,
 )
 from imageforge.errors import ConfigError
 from imageforge.oses import DEFAULT_OS, LocalOsName
@@ -76,7 +76,7 @@ class Flavor(Model):
 
     description: Text = ""
     os: OsPerCloud = OsPerCloud()
-    user: Name = Field("imageforge", description="The image's default login user")
+    user: UserName = Field("imageforge", description="The image's default login user")
     packages: tuple[Package, ...] = Field(
         (),
         description="Distribution packages, added to those of `defaults`. Local builds install "

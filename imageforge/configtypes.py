@@ -6,6 +6,7 @@ config.py assembles them into the whole file's model and loads it.
 
 from __future__ import annotations
 
+import re
 import typing
 import unicodedata
 import zoneinfo
@@ -20,6 +21,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
+    WithJsonSchema,
 )
 
 from imageforge.configerrors import suggest
@@ -97,6 +99,29 @@ def _known_timezone(name: str) -> str:
 
 
 Timezone = Annotated[str, AfterValidator(_known_timezone)]
+
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _login_name(name: str) -> str:
+    if "." in name:
+        raise ValueError(
+            "a login name without a dot: sudo ignores /etc/sudoers.d files with a dot in "
+            "their name, so the user would get no sudo"
+        )
+    if not USER_NAME.match(name):
+        raise ValueError(
+            "a login name: a lowercase letter or _, then lowercase letters, digits, _ or -, "
+            "32 characters at most (what Debian's useradd accepts)"
+        )
+    return name
+
+
+UserName = Annotated[
+    str,
+    AfterValidator(_login_name),
+    WithJsonSchema({"type": "string", "pattern": USER_NAME.pattern}),
+]
 
 
 def _requirement(text: str) -> str:

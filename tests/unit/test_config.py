@@ -356,3 +356,22 @@ def test_cloud_labels_and_metadata_may_not_use_our_keys(scratch: Path, section: 
     write(scratch, f"flavors:\n  a: {{}}\n{section}: {{imageforge-build-id: x}}\n")
     with pytest.raises(ConfigError, match=r"images.yml:5:\d+: clouds\..* are reserved"):
         config.load("images.yml")
+
+
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        ("ada.lovelace", "a login name without a dot: sudo ignores /etc/sudoers.d files"),
+        ("Ada", "a login name: a lowercase letter or _"),
+        ("1ada", "a login name: a lowercase letter or _"),
+        ("a" * 33, "32 characters at most"),
+    ],
+)
+def test_user_names_that_would_get_no_sudo_or_no_account_are_refused(
+    scratch: Path, user: str, message: str
+) -> None:
+    write(scratch, f"flavors:\n  a:\n    user: {user}\n")
+    with pytest.raises(ConfigError) as refused:
+        config.load(scratch / "images.yml")
+    assert str(refused.value).startswith("images.yml:3:5: flavors.a.user: ")
+    assert message in str(refused.value)
