@@ -90,8 +90,11 @@ class AmiSharing:
     def __init__(self, region: str, ami: str) -> None:
         self.region, self.ami, self.client = region, ami, ec2(region)
 
-    def snapshots(self) -> list[dict[str, Any]]:
-        image = self.client.describe_images(ImageIds=[self.ami])["Images"][0]
+    def describe(self) -> dict[str, Any]:
+        return self.client.describe_images(ImageIds=[self.ami])["Images"][0]
+
+    def snapshots(self, image: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        image = image or self.describe()
         ids = [
             m["Ebs"]["SnapshotId"]
             for m in image.get("BlockDeviceMappings", [])
@@ -107,6 +110,12 @@ class AmiSharing:
             if why(exc).split(":")[0] in NOT_OFFERED or "parse" in str(exc):
                 return None
             raise
+
+    def require_imdsv2(self, image: dict[str, Any]) -> None:
+        """Instances of the AMI get instance metadata only with a token (IMDSv2). Packer 1.6.6
+        cannot ask for it at build time; the setting is one-way, so nothing to revoke."""
+        if image.get("ImdsSupport") != "v2.0":
+            self.client.modify_image_attribute(ImageId=self.ami, ImdsSupport={"Value": "v2.0"})
 
     def launch_permissions(self) -> list[Permission]:
         attr = self.client.describe_image_attribute(ImageId=self.ami, Attribute="launchPermission")
@@ -136,8 +145,10 @@ class AmiSharing:
         self, wanted: list[Permission], public: bool, volumes: bool
     ) -> tuple[list[str], list[Permission]]:
         """(what changed, the snapshot permissions added): launch permission for wanted, and
-        with volumes the same on every snapshot."""
-        snapshots = self.snapshots()
+        with volumes the same on every snapshot. A shared AMI requires IMDSv2 first."""
+        image = self.describe()
+        self.require_imdsv2(image)
+        snapshots = self.snapshots(image)
         if public:
             self.check_public(snapshots)
         changes = []

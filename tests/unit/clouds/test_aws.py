@@ -108,6 +108,35 @@ def test_publish_public_sets_launch_permission_only(project, scratch: Path) -> N
     assert [o.changes for o in again] == [[], []]
 
 
+def test_every_published_ami_requires_imdsv2(
+    project, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto accepts ImdsSupport but does not keep it: the requests are checked as sent
+    (botocore validates them against EC2's model first)."""
+    from imageforge.clouds.aws import sharing as aws_sharing
+
+    sent: list[tuple[str, dict]] = []
+    real = aws_sharing.ec2
+
+    def client(region: str):
+        made = real(region)
+
+        def record(params: dict, **_: object) -> None:
+            if "ImdsSupport" in params:
+                sent.append((region, params))
+
+        made.meta.events.register("provide-client-params.ec2.ModifyImageAttribute", record)
+        return made
+
+    monkeypatch.setattr(aws_sharing, "ec2", client)
+    made = {r: make_ami(r) for r in REGIONS}
+    record = make_record(scratch, {r: a for r, (a, _) in made.items()})
+    publish.publish(project, record, Sharing(accounts=("444455556666",)))
+    assert sorted(sent) == sorted(
+        (r, {"ImageId": ami, "ImdsSupport": {"Value": "v2.0"}}) for r, (ami, _) in made.items()
+    )
+
+
 def test_snapshot_permissions_only_when_asked_and_revoked_exactly(project, scratch: Path) -> None:
     ami, snapshot = make_ami("eu-west-1")
     client = boto3.client("ec2", region_name="eu-west-1")
