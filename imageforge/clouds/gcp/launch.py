@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from imageforge import log, oses
 from imageforge.clouds.common import (
     BUILD_KEY,
+    WIDEST_SSH_SOURCE,
     Instance,
     build_tags,
     described_build,
@@ -39,6 +41,41 @@ if TYPE_CHECKING:
 GCE_NAME_LENGTH = 63
 # The firewall rule's description names its build: sweep reads it back.
 DESCRIPTION = "imageforge verification SSH from {source}; " + BUILD_KEY + "={build}"
+
+
+def wide_ssh_rules(rules: Iterable[Any], network: str) -> list[str]:
+    """'RULE (RANGES)' for each enabled rule of network that lets SSH in, to every instance,
+    from a range wider than verification itself would admit (common.WIDEST_SSH_SOURCE)."""
+    found = []
+    for rule in rules:
+        if rule.network != network or rule.disabled or rule.direction != "INGRESS":
+            continue
+        if rule.target_tags or rule.target_service_accounts:
+            continue  # applies to tagged instances only; ours carries its own tag alone
+        if not any(_admits_ssh(allowed) for allowed in rule.allowed):
+            continue
+        wide = [r for r in rule.source_ranges if _wider_than_allowed(r)]
+        if wide:
+            found.append(f"{rule.name} ({', '.join(wide)})")
+    return found
+
+
+def _admits_ssh(allowed: Any) -> bool:
+    if allowed.I_p_protocol not in ("tcp", "all", "6"):
+        return False
+    for ports in allowed.ports or ["0-65535"]:
+        low, _, high = ports.partition("-")
+        if int(low) <= 22 <= int(high or low):
+            return True
+    return False
+
+
+def _wider_than_allowed(cidr: str) -> bool:
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+    return network.prefixlen < WIDEST_SSH_SOURCE[network.version]
 
 
 def gce_name(text: str) -> str:
@@ -114,6 +151,14 @@ class Verification:
         with gce.errors(f"create the firewall rule {self.rule}"):
             firewalls = gce.client("FirewallsClient")
             gce.wait(firewalls.insert_unary(project=gce.project, firewall_resource=rule))
+        with gce.errors(f"list the firewall rules of {interface.network}"):
+            others = wide_ssh_rules(firewalls.list(project=gce.project), interface.network)
+        if others:
+            log.warn(
+                f"the network {interface.network.rsplit('/', 1)[-1]} also admits SSH from "
+                f"{', '.join(others)}: the verification instance is reachable from there, not "
+                f"only from {source}; set clouds.gcp.network to a network whose rules you control"
+            )
         external = [c.nat_i_p for c in interface.access_configs if c.nat_i_p]
         return Instance(self.name, (external or [interface.network_i_p])[0], self.zone)
 

@@ -294,3 +294,51 @@ def test_fake_checks_firewall_bodies(gce, body, says) -> None:
     assert answer.status_code == 400, answer.text
     assert says in answer.json()["error"]["message"]
     assert gce.firewalls == {}
+
+
+def test_other_rules_admitting_ssh_from_wide_ranges_are_named(
+    project, build, gce, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The verification's own rule admits one address, but the network's other rules still
+    apply to the instance (a default network has default-allow-ssh from 0.0.0.0/0)."""
+    from google.cloud import compute_v1
+
+    firewalls = client(gce, "FirewallsClient")
+
+    def rule(name: str, ranges: list[str], protocol: str = "tcp", ports=("22",), **more) -> None:
+        allowed = compute_v1.Allowed(I_p_protocol=protocol, ports=list(ports))
+        firewalls.insert(
+            project=PROJECT,
+            firewall_resource=compute_v1.Firewall(
+                name=name,
+                network="global/networks/default",
+                direction="INGRESS",
+                allowed=[allowed],
+                source_ranges=ranges,
+                **more,
+            ),
+        ).result()
+
+    rule("default-allow-ssh", ["0.0.0.0/0"])
+    rule("allow-all-internal", ["10.0.0.0/8"], protocol="all", ports=())
+    rule("site-ssh", ["203.0.113.0/24"])  # a site: narrow enough
+    rule("web", ["0.0.0.0/0"], ports=("80", "443"))
+    rule("bastion-only", ["0.0.0.0/0"], target_tags=["bastion"])
+    rule("switched-off", ["0.0.0.0/0"], disabled=True)
+    with launched(project, build):
+        pass
+    err = capsys.readouterr().err
+    assert (
+        "also admits SSH from allow-all-internal (10.0.0.0/8), default-allow-ssh (0.0.0.0/0): "
+        "the verification instance is reachable from there, not only from 198.51.100.7/32"
+    ) in " ".join(err.split())
+    for narrow in ("site-ssh", "web", "bastion-only", "switched-off", RULE):
+        assert narrow not in err
+
+
+def test_a_network_with_no_other_ssh_rule_gets_no_warning(
+    project, build, gce, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with launched(project, build):
+        pass
+    assert "also admits SSH" not in capsys.readouterr().err
