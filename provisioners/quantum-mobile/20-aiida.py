@@ -7,9 +7,11 @@ One program in three roles:
   /usr/local/sbin/imageforge-aiida-setup, makes the demo pseudopotential with Quantum ESPRESSO's
   own ld1.x, keeps RabbitMQ and epmd on loopback, writes the AiiDA kernel and the units, and
   puts the environment on the image user's PATH (verdi, jupyter and python in login shells);
-- `imageforge-aiida-setup boot` (imageforge-aiida.service, as root, every boot): on a new
-  instance, makes its secrets (Erlang cookie, Jupyter token, database password) and its AiiDA
-  profile; then starts PostgreSQL and RabbitMQ;
+- `imageforge-aiida-setup boot` (imageforge-aiida.service, as root, every boot): makes what is
+  absent (Erlang cookie, Jupyter token, database password and AiiDA profile), once, and starts
+  PostgreSQL and RabbitMQ. A relaunched copy of an instance (a snapshot, a clone) finds them
+  and keeps them: nothing of its users' is dropped or replaced. Only the SSH host keys, which
+  cloud-init makes for each new instance id, are new;
 - `imageforge-aiida-setup profile` (as the image user, with the environment's Python): creates
   the AiiDA profile, the `localhost` computer and the codes; secrets arrive on stdin.
 
@@ -35,11 +37,10 @@ from pathlib import Path
 SETUP = Path("/usr/local/sbin/imageforge-aiida-setup")
 SETTINGS = Path("/etc/imageforge/aiida.json")
 PRIVATE = Path("/var/lib/imageforge/private")
-INSTANCE_MARK = PRIVATE / "aiida.instance-id"
-INSTANCE_ID = Path("/var/lib/cloud/data/instance-id")
 PSEUDO_DIR = Path("/usr/share/imageforge/pseudo")
 SI_PSEUDO = "Si.pz-tm.UPF"
 COOKIE = Path("/var/lib/rabbitmq/.erlang.cookie")
+TOKEN_FILE = "jupyter-token.txt"  # in the image user's home
 SYSTEMD = Path("/etc/systemd/system")
 LOGIN_ENV = Path("/etc/profile.d/imageforge-quantum-mobile.sh")
 BIN = Path("/usr/local/bin")
@@ -289,46 +290,80 @@ WantedBy=multi-user.target
 def boot() -> int:
     settings = json.loads(SETTINGS.read_text())
     user = pwd.getpwnam(settings["user"])
-    instance = _read(INSTANCE_ID) or "unknown"
-    new = _read(INSTANCE_MARK) != instance
-    if new:
+    home = Path(user.pw_dir)
+    if not COOKIE.exists():
+        shutil.rmtree("/var/lib/rabbitmq/mnesia", ignore_errors=True)  # the build VM's
         write_private(COOKIE, _random(20, string.ascii_uppercase), pwd.getpwnam("rabbitmq"))
         COOKIE.chmod(0o400)
-        shutil.rmtree("/var/lib/rabbitmq/mnesia", ignore_errors=True)
-        token = secrets.token_hex(24)
-        home = Path(user.pw_dir)
-        config = {"IdentityProvider": {"token": token}}
-        (home / ".jupyter").mkdir(mode=0o700, exist_ok=True)
-        os.chown(home / ".jupyter", user.pw_uid, user.pw_gid)
-        write_private(home / ".jupyter" / "jupyter_server_config.json", json.dumps(config), user)
-        write_private(home / "jupyter-token.txt", token + "\n", user)
+    token = "" if (home / TOKEN_FILE).exists() else new_jupyter_token(user)
     # RabbitMQ (an Erlang VM, the slowest start here) comes up while the profile is made, which
     # needs only PostgreSQL: its start job is queued now, and aiida-daemon (After= it) waits.
     run(["systemctl", "start", "--no-block", "rabbitmq-server"])
     run(["systemctl", "start", "postgresql"])
-    if new:
+    if not has_profile(home):
+        if database_tables() > 0:
+            say(
+                f"the database {DATABASE} holds data but {home}/.aiida has no profile "
+                f"{PROFILE}: both left as they are (nothing is dropped); restore the profile, "
+                "or drop the database by hand to start afresh"
+            )
+            return 1
         make_profile(settings, user)
-        write_private(INSTANCE_MARK, instance + "\n")
+    if token:
         to_console(f"imageforge-secret: jupyter_token={token}")
     port = settings.get("jupyter_port", 8888)
     say(
         f"AiiDA profile {PROFILE} of {user.pw_name} is ready; JupyterLab on port {port}, "
-        f"its token in {user.pw_dir}/jupyter-token.txt"
+        f"its token in {home}/{TOKEN_FILE}"
     )
     return 0
 
 
+def new_jupyter_token(user: pwd.struct_passwd) -> str:
+    """A token for JupyterLab, written (0600, the user's) where the user and the server read it."""
+    token = secrets.token_hex(24)
+    home = Path(user.pw_dir)
+    (home / ".jupyter").mkdir(mode=0o700, exist_ok=True)
+    os.chown(home / ".jupyter", user.pw_uid, user.pw_gid)
+    config = {"IdentityProvider": {"token": token}}
+    write_private(home / ".jupyter" / "jupyter_server_config.json", json.dumps(config), user)
+    write_private(home / TOKEN_FILE, token + "\n", user)
+    return token
+
+
+def has_profile(home: Path) -> bool:
+    try:
+        config = json.loads((home / ".aiida" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return PROFILE in config.get("profiles", {})
+
+
+def database_tables() -> int:
+    """How many tables the AiiDA database has: -1 when there is no such database (0: made by
+    a first boot that stopped before the profile, holding nothing)."""
+    psql = ["runuser", "-u", "postgres", "--", "psql", "-tAq"]
+    query = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"
+    if run([*psql, "-c", query], capture_output=True).stdout.strip() != "1":
+        return -1
+    query = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+    return int(run([*psql, "-d", DATABASE, "-c", query], capture_output=True).stdout.strip())
+
+
 def make_profile(settings: dict, user: pwd.struct_passwd) -> None:
-    """A database with this instance's own password, and a new AiiDA profile using it."""
+    """A database with this instance's own password, and a new AiiDA profile using it; only
+    where neither exists (boot checks), so nothing is ever dropped."""
     password = secrets.token_urlsafe(24)  # letters, digits, - and _: safe in an SQL literal
+    # A first boot that stopped half-way may have left the role, or an empty database: reused.
     sql = (
-        f"DROP DATABASE IF EXISTS {DATABASE};\n"
-        f"DROP ROLE IF EXISTS {DATABASE};\n"
-        f"CREATE ROLE {DATABASE} LOGIN PASSWORD '{password}';\n"
-        f"CREATE DATABASE {DATABASE} OWNER {DATABASE} ENCODING 'UTF8' TEMPLATE template0;\n"
+        "DO $$ BEGIN\n"
+        f"IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{DATABASE}') THEN\n"
+        f"  ALTER ROLE {DATABASE} LOGIN PASSWORD '{password}';\n"
+        f"ELSE CREATE ROLE {DATABASE} LOGIN PASSWORD '{password}'; END IF; END $$;\n"
     )
+    if database_tables() < 0:
+        sql += f"CREATE DATABASE {DATABASE} OWNER {DATABASE} ENCODING 'UTF8' TEMPLATE template0;\n"
     run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1"], input=sql)
-    shutil.rmtree(Path(user.pw_dir) / ".aiida", ignore_errors=True)
     request = {
         "password": password,
         "email": f"{user.pw_name}@quantum-mobile",
@@ -409,13 +444,6 @@ def profile() -> int:
 
 def _random(length: int, alphabet: str) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -242,7 +242,8 @@ def test_invoke_publish(aws_build: dict) -> None:
             volume = ec2.describe_snapshot_attribute(
                 SnapshotId=snapshot, Attribute="createVolumePermission"
             )
-            assert {"Group": "all"} in volume["CreateVolumePermissions"], (region, snapshot)
+            # a public AMI needs no createVolumePermission: the policy does not ask for it
+            assert volume["CreateVolumePermissions"] == [], (region, snapshot)
     again = invoke(project, "publish")
     assert again.returncode == 0, again.stderr[-4000:]
     assert "nothing changed" in again.stderr

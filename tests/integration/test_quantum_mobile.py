@@ -1,5 +1,6 @@
 """quantum-mobile for real: one `invoke build` (its verification runs an SCF through AiiDA), the
-artifact read offline, and a second boot of it that must make secrets of its own."""
+artifact read offline, a second instance that must make secrets of its own, and a relaunch of
+that instance's disk that must keep its data."""
 
 from __future__ import annotations
 
@@ -58,38 +59,77 @@ def test_artifact_holds_no_instance_secret(built, tmp_path: Path) -> None:
     assert "pip" not in "".join(offline.names("/root/.cache"))
 
 
-def test_a_second_boot_makes_its_own_secrets(built, tmp_path: Path) -> None:
+WAIT_FOR_AIIDA = (
+    "until systemctl -q is-active imageforge-aiida.service; do "
+    "systemctl -q is-failed imageforge-aiida.service && exit 1; "
+    "test -e /run/imageforge/cpu-unsupported && exit 2; sleep 2; done"
+)
+STORE_NODE = (
+    "sudo -iu max python -c 'from aiida import load_profile, orm; load_profile(); "
+    "print(orm.Int(42).store().uuid)'"
+)
+
+
+def secrets_of(guest) -> dict[str, str]:
+    """This instance's secrets, and its SSH host key (which is the machine's, not the user's)."""
+    return {
+        "cookie": guest.output("sudo cat /var/lib/rabbitmq/.erlang.cookie"),
+        "token": guest.output("sudo cat /home/max/jupyter-token.txt"),
+        "database_password": guest.output(
+            "sudo python3 -c 'import json; print(json.load(open(\"/home/max/.aiida/"
+            'config.json"))["profiles"]["quantum-mobile"]["storage"]["config"]'
+            '["database_password"])\''
+        ),
+        "snakeoil": guest.output("sudo cat /etc/ssl/private/ssl-cert-snakeoil.key"),
+        "host_key": guest.output("cat /etc/ssh/ssh_host_ed25519_key.pub"),
+    }
+
+
+def wait_for_aiida(guest) -> None:
+    # The secrets are made by imageforge-aiida.service; the daemon and JupyterLab, which start
+    # after it, are not waited for (the verification boot checked them). On a CPU that is not
+    # x86-64-v2 the unit is skipped: say so rather than wait for nothing.
+    waited = guest.ssh(WAIT_FOR_AIIDA, timeout=1500)
+    assert waited.returncode == 0, guest.output(
+        "cat /run/motd.d/40-imageforge-cpu; sudo journalctl -b -u imageforge-aiida -o cat"
+    )
+
+
+def test_a_second_instance_makes_its_own_secrets_and_a_relaunch_keeps_the_users_data(
+    built, tmp_path: Path
+) -> None:
+    """A new instance of the artifact gets secrets of its own. A relaunched copy of that
+    instance's disk (a snapshot, with a new instance id) keeps its AiiDA data and its secrets;
+    only the machine's own keys are new."""
     directory = built[1]
     first = json.loads((directory / "instance-secrets.json").read_text())
+    second_dir = tmp_path / "second"
     with booted(
-        directory / "image" / "quantum-mobile.qcow2", tmp_path, instance_id="qm-2", user_data={}
+        directory / "image" / "quantum-mobile.qcow2", second_dir, instance_id="qm-2", user_data={}
     ) as guest:
-        # The secrets are made by imageforge-aiida.service; the daemon and JupyterLab, which
-        # start after it, are not waited for (the verification boot checked them). On a CPU
-        # that is not x86-64-v2 the unit is skipped: say so rather than wait for nothing.
-        waited = guest.ssh(
-            "until systemctl -q is-active imageforge-aiida.service; do "
-            "systemctl -q is-failed imageforge-aiida.service && exit 1; "
-            "test -e /run/imageforge/cpu-unsupported && exit 2; sleep 2; done",
-            timeout=1500,
-        )
-        assert waited.returncode == 0, guest.output(
-            "cat /run/motd.d/40-imageforge-cpu; sudo journalctl -b -u imageforge-aiida -o cat"
-        )
-        values = {
-            "cookie": guest.output("sudo cat /var/lib/rabbitmq/.erlang.cookie"),
-            "token": guest.output("sudo cat /home/max/jupyter-token.txt"),
-            "database_password": guest.output(
-                "sudo python3 -c 'import json; print(json.load(open(\"/home/max/.aiida/"
-                'config.json"))["profiles"]["quantum-mobile"]["storage"]["config"]'
-                '["database_password"])\''
-            ),
-            "snakeoil": guest.output("sudo cat /etc/ssl/private/ssl-cert-snakeoil.key"),
-        }
+        wait_for_aiida(guest)
+        values = secrets_of(guest)
         assert guest.vm.secrets["jupyter_token"] == values["token"].strip()
         assert "imageforge-secret: jupyter_token=[redacted]" in guest.vm.console()
         assert values["token"].strip() not in guest.vm.console()
+        node = guest.output(STORE_NODE).splitlines()[-1].strip()
+        guest.ssh("sudo systemctl stop aiida-daemon jupyterlab postgresql && sync", timeout=300)
     second = {k: hashlib.sha256(v.strip().encode()).hexdigest() for k, v in values.items()}
     for name in ("cookie", "token", "database_password", "snakeoil"):
         assert first[name] != second[name], f"the {name} is the same in two instances"
+    # The relaunch: the second instance's disk, under a new instance id.
+    with booted(
+        second_dir / "overlay.qcow2", tmp_path / "relaunch", instance_id="qm-3", user_data={}
+    ) as guest:
+        wait_for_aiida(guest)
+        found = guest.output(
+            "sudo -iu max python -c 'from aiida import load_profile, orm; load_profile(); "
+            f'print(orm.load_node("{node}").value)\''
+        )
+        relaunched = secrets_of(guest)
+        assert guest.vm.secrets == {}, "a kept token is not announced again"
+    assert found.splitlines()[-1].strip() == "42", found
+    for name in ("cookie", "token", "database_password"):
+        assert relaunched[name] == values[name], f"the relaunch replaced the {name}"
+    assert relaunched["host_key"] != values["host_key"], "the relaunch kept the old host key"
     assert processes_mentioning(str(tmp_path)) == []

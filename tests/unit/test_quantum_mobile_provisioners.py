@@ -193,3 +193,27 @@ def test_verdi_and_jupyter_are_linked_for_shells_without_login(tmp_path, monkeyp
     for command in ("verdi", "jupyter"):
         assert os.readlink(tmp_path / "bin" / command) == f"/opt/qm/venv/bin/{command}"
     assert (tmp_path / "profile.d" / "qm.sh").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_profile_is_found_only_where_the_config_names_it(tmp_path: Path) -> None:
+    aiida_dir = tmp_path / ".aiida"
+    assert not aiida.has_profile(tmp_path)  # a new instance: none
+    aiida_dir.mkdir()
+    (aiida_dir / "config.json").write_text("{not json")
+    assert not aiida.has_profile(tmp_path)
+    (aiida_dir / "config.json").write_text('{"profiles": {"other": {}}}')
+    assert not aiida.has_profile(tmp_path)
+    (aiida_dir / "config.json").write_text(f'{{"profiles": {{"{aiida.PROFILE}": {{}}}}}}')
+    assert aiida.has_profile(tmp_path)  # a relaunch: kept
+
+
+def test_nothing_at_boot_drops_or_deletes_user_data() -> None:
+    """A relaunched copy keeps its database and ~/.aiida: the boot path has no DROP and no
+    removal of the user's files (the build VM's RabbitMQ database aside, before the cookie)."""
+    text = (QM / "20-aiida.py").read_text()
+    boot_path = text[text.index("def boot()") : text.index("def profile()")]
+    assert "DROP " not in boot_path
+    assert "rmtree" not in boot_path.replace(
+        'shutil.rmtree("/var/lib/rabbitmq/mnesia", ignore_errors=True)  # the build VM\'s', ""
+    )
+    assert "instance-id" not in text  # made once where absent, not per instance id
