@@ -26,11 +26,17 @@ def redact(text: str) -> str:
     return SECRET_LINE.sub(r"\1[redacted]", text)
 
 
-def private_file(path: Path) -> None:
-    """An empty file that only its owner can read, made so before anything is written."""
+def create_private(path: Path) -> int:
+    """A new file only its owner can read, open for writing (its descriptor): made so before
+    anything is written, replacing whatever was there and never following a planted link."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
+def private_file(path: Path) -> None:
+    """An empty file that only its owner can read (create_private, closed)."""
+    os.close(create_private(path))
 
 
 class ConsoleCopier:

@@ -156,12 +156,9 @@ def make_seed(
             joliet_path=f"/{name}",
         )
     partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
     try:
-        # user-data can hold secrets (a MUNGE key): the file is the owner's alone from the
-        # first byte, and never follows a planted link
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "wb") as out:
+        # user-data can hold secrets (a MUNGE key): the owner's alone from the first byte
+        with os.fdopen(console.create_private(partial), "wb") as out:
             iso.write_fp(out)
         partial.replace(path)
     finally:
@@ -269,7 +266,7 @@ class VirtualMachine:
         argv += ["-device", "virtio-rng-pci"]
         if self._console is not None:
             argv += ["-chardev", f"pipe,id=serial0,path={_escape(self._console.pipe)}"]
-        else:  # a daemonized VM (a cluster's): the file, private, redacted when it stops
+        else:  # a daemonized VM (a cluster's) outlives us: a file, made private by its owner
             argv += ["-chardev", f"file,id=serial0,path={_escape(self.serial_log)}"]
         argv += ["-serial", "chardev:serial0"]
         if self.seed is not None:
