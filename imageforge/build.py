@@ -219,7 +219,7 @@ def _packer_build(
             grace=runner.packer_grace(cell.cloud),
         )
     except CommandError as exc:
-        raise BuildFailed(tracker.explain(exc)) from None
+        raise BuildFailed(tracker.explain(exc, record.directory / "serial.log")) from None
     finally:
         if tracker.seconds_to_ssh is not None:
             record = state.noted(record, boot={"packer_to_ssh_seconds": tracker.seconds_to_ssh})
@@ -253,13 +253,16 @@ class _ProvisionerTracker:
         elif self.script and self.exit_code is None:
             self.lines = [*self.lines[-14:], line]
 
-    def explain(self, exc: CommandError) -> str:
+    def explain(self, exc: CommandError, serial_log: Path) -> str:
+        """The failed provisioner and its last lines; if SSH never came up, the VM's console."""
         if self.script and self.exit_code is not None:
             tail = "\n".join(f"    {line}" for line in self.lines)
             return (
                 f"provisioner {self.script} failed with exit code {self.exit_code}; "
                 f"last lines of its output:\n{tail}"
             )
+        if self.ssh_wait_started is not None and self.seconds_to_ssh is None:
+            return f"{exc}\n{console.tail(serial_log)}"
         return str(exc)
 
 

@@ -98,7 +98,8 @@ class LocalCloud(Model):
     memory_mb: Annotated[StrictInt, Field(ge=256, le=262144)] = 2048
     disk_size_gb: Size = 8
     formats: tuple[Literal["qcow2", "vagrant"], ...] = ("qcow2", "vagrant")
-    ssh_timeout_minutes: Annotated[StrictInt, Field(ge=1, le=240)] = 20
+    # A local VM is at its login prompt in about a minute even under TCG on a busy machine.
+    ssh_timeout_minutes: Annotated[StrictInt, Field(ge=1, le=240)] = 10
 
 
 class Clouds(Model):

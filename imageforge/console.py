@@ -17,6 +17,8 @@ from pathlib import Path
 
 # How a guest shows its owner a secret it generated (a VNC password, a token): one line.
 SECRET_LINE = re.compile(r"(imageforge-secret: ([\w.-]+)=)(\S+)")
+# Terminal escapes and other control characters a console shows (kept out of error messages).
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 # A line longer than this is written in pieces (a secret line is far shorter).
 LONGEST_LINE = 1 << 16
 
@@ -24,6 +26,17 @@ LONGEST_LINE = 1 << 16
 def redact(text: str) -> str:
     """text with the value of each secret line replaced by [redacted]."""
     return SECRET_LINE.sub(r"\1[redacted]", text)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a console log, redacted and without terminal control characters, for
+    an error message ("" if there is none yet)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    last = [CONTROL.sub("", redact(line)) for line in text.splitlines()[-lines:]]
+    return f"last lines of {path}:\n" + "\n".join(f"    {line}" for line in last)
 
 
 def create_private(path: Path) -> int:

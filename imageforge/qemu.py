@@ -336,5 +336,5 @@ class VirtualMachine:
 
     def console_tail(self, lines: int = 20) -> str:
         """The last lines of the serial console and of QEMU's own output, for error messages."""
-        tail = self.console().splitlines()[-lines:] + _read(self.qemu_log).splitlines()[-5:]
-        return f"last lines of {self.serial_log}:\n" + "\n".join(f"    {t}" for t in tail)
+        own = "\n".join(f"    {t}" for t in _read(self.qemu_log).splitlines()[-5:])
+        return console.tail(self.serial_log, lines) + (f"\nQEMU:\n{own}" if own else "")

@@ -18,6 +18,10 @@ def test_booted_standalone_to_a_running_system(host):
     assert state == "running", host.run("systemctl --failed --no-legend").stdout
 
 
+def test_a_kernel_panic_reboots_instead_of_hanging(host):
+    assert host.file("/proc/sys/kernel/panic").content_string.strip() == "10"
+
+
 def test_ssh_host_keys_generated_at_first_boot(host, boot_time):
     stats = host.check_output("stat -c '%n %Y' /etc/ssh/ssh_host_*_key").splitlines()
     assert stats, "no SSH host keys at all"

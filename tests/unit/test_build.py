@@ -53,10 +53,32 @@ def test_failed_provisioner_is_named_with_its_output() -> None:
         "==> slurm-node.qemu.x: Script exited with non-zero exit status: 100.Allowed exit codes are: [0]",
     ]:
         tracker.feed(line)
-    message = tracker.explain(CommandError(["packer"], 1, []))
+    message = tracker.explain(CommandError(["packer"], 1, []), Path("/nonexistent/serial.log"))
     assert message.startswith("provisioner provisioners/x/20-y.sh failed with exit code 100;")
     assert "Unable to locate package nope" in message
     assert "10-base.sh" not in message
+
+
+def test_a_build_vm_that_never_answers_ssh_is_explained_by_its_console(tmp_path: Path) -> None:
+    serial = tmp_path / "serial.log"
+    serial.write_text(
+        "early line\n"
+        + "".join(f"line {n}\n" for n in range(30))
+        + "Oops: int3: 0000 [#1] SMP\nimageforge-secret: munge=abc\n"
+        + "Kernel panic - not syncing: Fatal exception in interrupt\x1b[0m\n"
+    )
+    tracker = build._ProvisionerTracker()
+    tracker.feed("==> x: Waiting for SSH to become available...")
+    tracker.feed("==> x: Timeout waiting for SSH.")
+    message = tracker.explain(CommandError(["packer"], 1, []), serial)
+    assert f"last lines of {serial}:" in message
+    assert "Kernel panic - not syncing: Fatal exception in interrupt\n" in message + "\n"
+    assert "Oops: int3" in message and "munge=[redacted]" in message
+    assert "abc" not in message and "\x1b" not in message and "early line" not in message
+    connected = build._ProvisionerTracker()
+    connected.feed("==> x: Waiting for SSH to become available...")
+    connected.feed("==> x: Connected to SSH!")
+    assert "last lines" not in connected.explain(CommandError(["packer"], 1, []), serial)
 
 
 def test_refresh_rebuilds_the_layer_and_a_new_layer_is_a_new_build(
