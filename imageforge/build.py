@@ -46,7 +46,8 @@ def content_hash(project: Project, cell: Cell, rendered: render.Rendered, base_i
     digest.update(rendered.template_hash.encode())
     for step in (*cell.flavor.provisioners, *cell.flavor.cleanup):
         digest.update(step.script.encode() + (project.root / step.script).read_bytes())
-    digest.update((project.root / render.HOST_PASSTHROUGH).read_bytes())
+    for script in render.BUILTIN_SCRIPTS:
+        digest.update(script.encode() + (project.root / script).read_bytes())
     digest.update(base_id.encode())
     digest.update(cell.flavor.model_dump_json().encode())
     digest.update(json.dumps(cell.cloud_settings.model_dump(mode="json"), sort_keys=True).encode())

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     StringConstraints,
     ValidationError,
 )
 
-from imageforge import yamlsource
+from imageforge import userdata, yamlsource
 from imageforge.cloudsettings import Clouds
 from imageforge.configerrors import dotted, explain, shown, suggest
 from imageforge.configtypes import (
@@ -93,7 +94,7 @@ class Flavor(Model):
     )
     python: PythonEnv | None = None
     aiida: Aiida | None = Field(None, description="AiiDA profile, daemon and JupyterLab settings")
-    verify_user_data: dict[str, Any] = Field(
+    verify_user_data: Annotated[dict[str, Any], AfterValidator(userdata.check_blocks)] = Field(
         default_factory=dict,
         description="cloud-config keys added to the user-data of the verification boot",
     )

@@ -98,7 +98,14 @@ def _known_timezone(name: str) -> str:
     return name
 
 
-Timezone = Annotated[str, AfterValidator(_known_timezone)]
+# How a timezone name looks (the tz database's Area/Location), for the schema: the image checks
+# the name against its own zoneinfo, as images.yml does against the host's.
+TIMEZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+Timezone = Annotated[
+    str,
+    AfterValidator(_known_timezone),
+    WithJsonSchema({"type": "string", "pattern": TIMEZONE}),
+]
 
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 

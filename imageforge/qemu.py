@@ -129,7 +129,7 @@ def _escape(value: Path | str) -> str:
 
 
 def make_seed(
-    path: Path, *, user_data: str, meta_data: str, network_config: str | None = None
+    path: Path, *, user_data: str | bytes, meta_data: str, network_config: str | None = None
 ) -> Path:
     """Write a cloud-init NoCloud seed ISO (volume label 'cidata') to path, mode 0600.
 
@@ -140,14 +140,14 @@ def make_seed(
 
     import pycdlib
 
-    files = {"user-data": user_data, "meta-data": meta_data}
+    files: dict[str, str | bytes] = {"user-data": user_data, "meta-data": meta_data}
     if network_config is not None:
         files["network-config"] = network_config
     path.parent.mkdir(parents=True, exist_ok=True)
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for number, (name, text) in enumerate(files.items()):
-        data = text.encode()
+        data = text if isinstance(text, bytes) else text.encode()  # user-data may be gzip
         iso.add_fp(
             io.BytesIO(data),
             len(data),

@@ -9,6 +9,7 @@ so the template hash only changes when the template's meaning does.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from imageforge import clouds, hcl, oses, packer, runner
+from imageforge import clouds, hcl, oses, packer, runner, userdata
 from imageforge.config import Project, Provisioner
 from imageforge.hcl import Raw
 from imageforge.matrix import Cell
@@ -31,6 +32,10 @@ EXECUTE = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
 HOST_PASSTHROUGH = "provisioners/common/00-host-passthrough.sh"
 # In every image, whatever its flavor lists: only root reaches the metadata service.
 METADATA_GUARD = "provisioners/common/05-metadata-guard.sh"
+# In every image: the library its first-boot programs share, and the user-data schema.
+FIRSTBOOT_LIBRARY = "provisioners/common/06-firstboot.py"
+# The scripts render adds to every build, whatever its flavor lists.
+BUILTIN_SCRIPTS = (HOST_PASSTHROUGH, METADATA_GUARD, FIRSTBOOT_LIBRARY)
 # Packages every image needs for what imageforge itself installs (the guard's nft).
 IMAGE_PACKAGES = ("nftables",)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
@@ -217,6 +222,9 @@ def _steps(cell: Cell) -> list[dict[str, Any]]:
             }
         )
     steps.append(_step("guard", Provisioner(script=METADATA_GUARD), cell))
+    schema = json.dumps(userdata.schema(), sort_keys=True, separators=(",", ":"))
+    library = Provisioner(script=FIRSTBOOT_LIBRARY, env={"IMAGEFORGE_USER_DATA_SCHEMA": schema})
+    steps.append(_step("firstboot", library, cell))
     sections = (("provision", cell.flavor.provisioners), ("cleanup", cell.flavor.cleanup))
     for section, items in sections:
         steps += [_step(section, step, cell) for step in items]

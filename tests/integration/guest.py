@@ -41,6 +41,23 @@ class Guest:
         raise AssertionError(f"no login with the instance key\n{self.vm.console_tail()}")
 
 
+def gzipped_multipart(login: str, blocks: dict[str, Any]) -> bytes:
+    """login's cloud-config and blocks' in a gzipped MIME multipart, after a script part."""
+    import gzip
+    import json
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    import yaml
+
+    ours = "#cloud-config\n" + yaml.safe_dump(json.loads(json.dumps(blocks)))
+    message = MIMEMultipart()
+    message.attach(MIMEText("#!/bin/sh\necho imageforge-test: script part\n", "x-shellscript"))
+    message.attach(MIMEText(login, "cloud-config"))
+    message.attach(MIMEText(ours, "cloud-config"))
+    return gzip.compress(message.as_bytes())
+
+
 @contextmanager
 def booted(
     image: Path,
@@ -50,13 +67,17 @@ def booted(
     user_data: dict[str, Any],
     forwards: dict[int, int] | None = None,
     guest_commands: tuple[tuple[str, str], ...] = (),
+    multipart: bool = False,
 ) -> Iterator[Guest]:
-    """A running instance of image (never written: it runs on an overlay in scratch)."""
+    """A running instance of image (never written: it runs on an overlay in scratch). With
+    multipart, the user-data is what several tools together make: a gzipped MIME multipart of
+    a shell script, the login key's cloud-config and user_data's own cloud-config."""
     scratch.mkdir(parents=True, exist_ok=True)
     key = buildsecrets.ssh_keypair(scratch / "ssh", f"imageforge-test-{instance_id}")
+    text = seed_user_data(key.public, None if multipart else user_data)
     seed = qemu.make_seed(
         scratch / "seed.iso",
-        user_data=seed_user_data(key.public, user_data),
+        user_data=gzipped_multipart(text, user_data) if multipart else text,
         meta_data=f"instance-id: {instance_id}\nlocal-hostname: {instance_id}\n",
     )
     vm = qemu.VirtualMachine(

@@ -62,6 +62,42 @@ def test_build_and_verify_slurm_node(slurm_build) -> None:
     assert temp_leftovers(record["id"]) == []
 
 
+def test_a_node_refuses_a_wrong_value_from_multipart_user_data(slurm_build, tmp_path) -> None:
+    """A worker's controller with a line break in it, in a gzipped multipart user-data (as
+    several tools together write it): the first-boot program reads it through cloud-init,
+    fails its unit with one line on the console and in motd, and configures nothing."""
+    from imageforge import state
+
+    from .guest import booted
+
+    project, result = slurm_build
+    assert result.returncode == 0, result.stderr[-4000:]
+    image = state.find(project, "slurm-node", "local", None).directory / "image"
+    key = "a2V5" * 11  # 33 bytes
+    block = {"role": "worker", "munge_key": key, "controller": "10.0.0.1\nSLURMD_OPTIONS=-x"}
+    with booted(
+        image / "slurm-node.qcow2",
+        tmp_path / "node",
+        instance_id="hostile",
+        user_data={"imageforge_slurm": block},
+        multipart=True,
+    ) as guest:
+        state_of = guest.ssh("systemctl is-failed imageforge-slurm.service").stdout.strip()
+        motd = guest.output("cat /run/motd.d/50-imageforge-slurm")
+        untouched = guest.ssh("sudo test -e /etc/munge/munge.key -o -e /etc/default/slurmd")
+        console = guest.vm.console()
+    line = (
+        "imageforge-slurm: refusing the user-data, nothing changed: "
+        "imageforge_slurm.controller: must match "
+    )
+    assert state_of == "failed"
+    assert motd.startswith(line) and motd.count("\n") == 1, motd
+    assert [t for t in console.splitlines() if "imageforge-slurm:" in t][-1].endswith(motd.strip())
+    assert untouched.returncode == 1, "the refused user-data changed the node"
+    assert "SLURMD_OPTIONS=-x" not in motd + console
+    assert processes_mentioning(str(tmp_path)) == []
+
+
 def test_rebuild_with_nothing_changed_reuses_the_build(slurm_build) -> None:
     project, first = slurm_build
     assert first.returncode == 0

@@ -188,8 +188,12 @@ def test_autosquash_mounts_the_buckets_squashfs_read_only(attendee_seven, shared
     assert readme == shared_bucket["readme"]
 
 
-def test_two_boots_of_one_artifact_generate_different_passwords(built, tmp_path) -> None:
-    """The verification boot kept its password's digest; a second boot makes another one."""
+def test_two_boots_of_one_artifact_generate_different_passwords_a_relaunch_keeps_its_own(
+    built, tmp_path
+) -> None:
+    """The verification boot kept its password's digest; a second boot makes another one. A
+    relaunched copy of that instance's disk (a new instance id) keeps the password and the
+    attendee's files; only the machine's own keys are new."""
     first = json.loads((image_of(built).parents[1] / "instance-secrets.json").read_text())
     with booted(image_of(built), tmp_path / "twin", instance_id="twin", user_data={}) as guest:
         guest.ssh("systemctl is-system-running --wait", timeout=300)
@@ -201,6 +205,25 @@ def test_two_boots_of_one_artifact_generate_different_passwords(built, tmp_path)
         assert password not in guest.vm.console()
         assert guest.vm.serial_log.stat().st_mode & 0o777 == 0o600
         assert guest.output("sudo stat -c '%U %a' " + SECRET).split() == ["root", "600"]
+        guest.output("echo results > /tmp/r && sudo install -o training /tmp/r ~training/notes")
+        host_key = guest.output("cat /etc/ssh/ssh_host_ed25519_key.pub")
+        guest.ssh("sudo sync", timeout=60)
     assert password not in (tmp_path / "twin" / "serial.log").read_text(errors="replace")
     assert hashlib.sha256(password.encode()).hexdigest() != first["vnc_password"]
+    # The relaunch, its attendee number from a gzipped multipart user-data.
+    with booted(
+        tmp_path / "twin" / "overlay.qcow2",
+        tmp_path / "relaunch",
+        instance_id="twin-copy",
+        user_data={"imageforge_desktop": {"attendee": 8}},
+        multipart=True,
+    ) as guest:
+        guest.ssh("systemctl is-system-running --wait", timeout=300)
+        kept = guest.output(f"sudo cat {SECRET}").strip()
+        notes = guest.output("sudo cat ~training/notes").strip()
+        attendee = guest.output("cat /etc/imageforge/attendee").strip()
+        new_host_key = guest.output("cat /etc/ssh/ssh_host_ed25519_key.pub")
+        assert guest.vm.secrets == {}, "a kept password is not announced again"
+    assert (kept, notes, attendee) == (password, "results", "8")
+    assert new_host_key != host_key, "the relaunch kept the old host key"
     assert processes_mentioning(str(tmp_path)) == []

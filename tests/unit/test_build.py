@@ -23,22 +23,29 @@ def content_hash(project_dir: Path, base_id: str = "base-1") -> str:
 
 
 def test_content_hash_is_stable_and_tracks_every_input(scratch: Path) -> None:
-    write(scratch, "flavors:\n  a:\n    provisioners: [provisioners/slurm-node/20-slurm.sh]\n")
+    write(scratch, "flavors:\n  a:\n    provisioners: [provisioners/slurm-node/20-slurm.py]\n")
     first = content_hash(scratch)
     assert content_hash(scratch) == first
     assert content_hash(scratch, base_id="base-2") != first
-    script = scratch / "provisioners" / "slurm-node" / "20-slurm.sh"
+    script = scratch / "provisioners" / "slurm-node" / "20-slurm.py"
     script.write_text(script.read_text() + "# changed\n")
     changed_script = content_hash(scratch)
     assert changed_script != first
+    for builtin in render.BUILTIN_SCRIPTS:  # what render adds to every build counts too
+        path = scratch / builtin
+        text = path.read_text()
+        path.write_text(text + "# changed\n")
+        assert content_hash(scratch) != changed_script, builtin
+        path.write_text(text)
+    assert content_hash(scratch) == changed_script
     write(
         scratch,
-        "flavors:\n  a:\n    env: {X: '1'}\n    provisioners: [provisioners/slurm-node/20-slurm.sh]\n",
+        "flavors:\n  a:\n    env: {X: '1'}\n    provisioners: [provisioners/slurm-node/20-slurm.py]\n",
     )
     assert content_hash(scratch) not in (first, changed_script)
     write(
         scratch,
-        "clouds:\n  local: {memory_mb: 4096}\nflavors:\n  a:\n    provisioners: [provisioners/slurm-node/20-slurm.sh]\n",
+        "clouds:\n  local: {memory_mb: 4096}\nflavors:\n  a:\n    provisioners: [provisioners/slurm-node/20-slurm.py]\n",
     )
     assert content_hash(scratch) not in (first, changed_script)
 

@@ -80,7 +80,7 @@ def test_nothing_changed_gives_an_empty_include_list(repo: Path) -> None:
 
 
 def test_a_flavor_provisioner_rebuilds_that_flavor_on_every_cloud(repo: Path) -> None:
-    with (repo / "provisioners/slurm-node/20-slurm.sh").open("a") as script:
+    with (repo / "provisioners/slurm-node/20-slurm.py").open("a") as script:
         script.write("# changed\n")
     git(repo, "commit", "-qam", "slurm")
     assert changed(repo) == {f"slurm-node-{c}" for c in ("local", "aws", "gcp", "openstack")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
-import re
+import pwd
 import subprocess
 import threading
 import types
@@ -17,9 +17,10 @@ import yaml
 from imageforge import cluster, config, reap, runner
 from imageforge.errors import ImageforgeError
 
-from .conftest import ROOT, write
+from . import guestprograms
+from .conftest import write
 
-PROVISIONER = ROOT / "provisioners" / "slurm-node" / "20-slurm.sh"
+PROVISIONER = "provisioners/slurm-node/20-slurm.py"
 SLURM_VERSIONS = {"debian-12": "slurm-wlm 22.05.8\n", "debian-13": "slurm-wlm 24.11.5\n"}
 
 
@@ -145,27 +146,21 @@ def test_wait_names_what_did_not_come_up(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert outputs["sinfo -h -N -o '%N %t'"] >= 1
 
 
-# The node's first-boot program (imageforge-slurm-setup), taken from the provisioner.
-
-
-def embedded(marker: str) -> str:
-    """A heredoc of the provisioner: the text between `<<'MARKER'` and the line `MARKER`."""
-    found = re.search(rf"<<'{marker}'\n(.*?)\n{marker}\n", PROVISIONER.read_text(), re.S)
-    assert found, f"the provisioner no longer embeds {marker}"
-    return found.group(1)
+# The node's first-boot program (provisioners/slurm-node/20-slurm.py), on a scratch tree.
 
 
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """The program with its files in tmp_path, and systemctl and `slurmctld -V` recorded."""
-    module = types.ModuleType("imageforge_slurm_setup")
-    exec(compile(embedded("PY"), "imageforge-slurm-setup", "exec"), module.__dict__)
-    for name in ("USER_DATA", "MOTD", "MUNGE_KEY", "SLURM_CONF", "SLURMD_DEFAULTS", "HOSTS"):
+    module = guestprograms.program(PROVISIONER, tmp_path, monkeypatch)
+    for name in ("MUNGE_KEY", "SLURM_CONF", "SLURMD_DEFAULTS", "HOSTS", "CLUSTER_NAME"):
         monkeypatch.setattr(module, name, tmp_path / name.lower())
     state = (tmp_path / "slurmctld", tmp_path / "slurmd")
+    monkeypatch.setattr(module, "STATE_SAVE", state[0])
     monkeypatch.setattr(module, "STATE_DIRS", state)
-    (tmp_path / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tworker1\n")
-    monkeypatch.setattr(module, "_ids", lambda user: (os.getuid(), os.getgid()))
+    (tmp_path / "hosts").write_text(HOSTS)
+    me = pwd.getpwuid(os.getuid())
+    monkeypatch.setattr(module.pwd, "getpwnam", lambda name: me)
     calls: list[list[str]] = []
     module.version = SLURM_VERSIONS["debian-13"]  # type: ignore[attr-defined]
 
@@ -176,13 +171,20 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 
     monkeypatch.setattr(module.subprocess, "run", run)
     module.calls = calls  # type: ignore[attr-defined]
+    module.motd = tmp_path / "motd.d" / "50-imageforge-slurm"  # type: ignore[attr-defined]
     return module
 
 
-def given(setup: types.ModuleType, node: cluster.Node, key: str) -> None:
+HOSTS = (
+    "127.0.0.1\tlocalhost\n127.0.1.1\tworker1.example worker1\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\n192.0.2.5\tfileserver\n"
+)
+
+
+def given(node: cluster.Node, key: str) -> bytes:
     demo = nodes()
     hosts = {n.name: n.address for n in demo.nodes}
-    setup.USER_DATA.write_text(cluster._user_data("ssh-ed25519 AAAA t", node, demo, key, hosts))
+    return cluster._user_data("ssh-ed25519 AAAA t", node, demo, key, hosts).encode()
 
 
 def slurm_settings(text: str) -> dict[str, str]:
@@ -194,12 +196,12 @@ def slurm_settings(text: str) -> dict[str, str]:
 def test_a_controller_serves_configless_slurm_for_dynamic_nodes(setup, os_name: str) -> None:
     setup.version = SLURM_VERSIONS[os_name]
     key = base64.b64encode(b"m" * 1024).decode()
-    given(setup, nodes().controller, key)
-    assert setup.main([]) == 0
+    assert setup.boot(given(nodes().controller, key)) == 0
     conf = slurm_settings(setup.SLURM_CONF.read_text())
     assert conf["ClusterName"] == "demo"
     assert conf["SlurmctldHost"] == f"{os.uname().nodename}(10.77.0.10)"
     assert conf["SlurmctldParameters"] == "enable_configless"
+    assert conf["StateSaveLocation"] == str(setup.STATE_SAVE)
     assert conf["SelectType"] == "select/cons_tres" and int(conf["MaxNodeCount"]) >= 8
     # 22.05 cannot fan out through dynamic nodes; 24.11 can, and needs no TreeWidth.
     assert conf.get("TreeWidth") == ("65533" if os_name == "debian-12" else None)
@@ -207,45 +209,102 @@ def test_a_controller_serves_configless_slurm_for_dynamic_nodes(setup, os_name: 
     assert all(d.is_dir() for d in setup.STATE_DIRS)
     assert setup.MUNGE_KEY.read_bytes() == b"m" * 1024
     assert setup.MUNGE_KEY.stat().st_mode & 0o777 == 0o400
-    assert ["systemctl", "enable", "munge", "slurmctld"] in setup.calls
-    said = setup.MOTD.read_text()  # and the console: what `cluster up` reports on a failure
+    assert ["systemctl", "enable", "--quiet", "munge", "slurmctld"] in setup.calls
+    said = setup.motd.read_text()  # and the console: what `cluster up` reports on a failure
     assert said == f"{cluster.SETUP_TAG} controller of cluster demo, controller 10.77.0.10\n"
 
 
 def test_a_worker_fetches_its_configuration_from_the_controller(setup) -> None:
     key = base64.b64encode(b"w" * 1024).decode()
-    given(setup, nodes().nodes[1], key)
     setup.SLURM_CONF.write_text("stale\n")
-    assert setup.main([]) == 0
+    assert setup.boot(given(nodes().nodes[1], key)) == 0
     assert not setup.SLURM_CONF.exists()
     options = setup.SLURMD_DEFAULTS.read_text()
     assert options == 'SLURMD_OPTIONS="-Z --conf-server 10.77.0.10:6817"\n'
     hosts = setup.HOSTS.read_text()
     assert "10.77.0.10\tctl\n" in hosts and "10.77.0.11\tworker1\n" in hosts
-    assert "127.0.1.1" not in hosts  # other nodes cannot reach this node there
+    # other nodes cannot reach this node at 127.0.1.1: that name goes from the loopback line;
+    # the system's own lines and everybody else's stay as they were
+    assert "127.0.1.1\tworker1.example\n" in hosts
+    assert hosts.startswith("127.0.0.1\tlocalhost\n")
+    assert "::1\tlocalhost ip6-localhost ip6-loopback\n192.0.2.5\tfileserver\n" in hosts
     assert setup.MUNGE_KEY.read_bytes() == b"w" * 1024
-    assert ["systemctl", "enable", "munge", "slurmd"] in setup.calls
+    assert ["systemctl", "enable", "--quiet", "munge", "slurmd"] in setup.calls
+    assert setup.boot(given(nodes().nodes[1], key)) == 0  # every boot: one block of ours
+    assert setup.HOSTS.read_text() == hosts
+
+
+def test_a_relaunched_controller_keeps_its_state_and_refuses_another_clusters(setup) -> None:
+    key = base64.b64encode(b"s" * 64).decode()
+    setup.STATE_SAVE.mkdir()
+    (setup.STATE_SAVE / "clustername").write_text("demo\n")
+    (setup.STATE_SAVE / "job_state").write_text("jobs")
+    assert setup.boot(given(nodes().controller, key)) == 0
+    assert (setup.STATE_SAVE / "job_state").read_text() == "jobs"
+    setup.calls.clear()
+    setup.MUNGE_KEY.unlink()
+    other = guestprograms.cloud_config(
+        {"imageforge_slurm": {"role": "controller", "munge_key": key, "cluster_name": "other"}}
+    )
+    with pytest.raises(SystemExit) as exited:
+        setup.boot(other)
+    assert exited.value.code == 1
+    assert "belongs to cluster 'demo', not 'other'" in setup.motd.read_text()
+    assert (setup.STATE_SAVE / "job_state").read_text() == "jobs"
+    assert not setup.MUNGE_KEY.exists() and not setup.calls
+
+
+def test_the_images_cluster_name_is_the_default(setup, monkeypatch) -> None:
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", "physics")
+    monkeypatch.setattr(setup, "SETUP", setup.CLUSTER_NAME.with_name("setup"))
+    monkeypatch.setattr(setup, "UNIT", setup.CLUSTER_NAME.with_name("unit"))
+    monkeypatch.setattr(setup, "SLURMD_DROP_IN", setup.CLUSTER_NAME.with_name("d") / "drop-in")
+    assert setup.build() == 0
+    assert setup.CLUSTER_NAME.read_text() == "ClusterName=physics\n"
+    assert "ExecStart=/usr/local/sbin/imageforge-slurm-setup boot\n" in setup.UNIT.read_text()
+    key = base64.b64encode(b"c" * 32).decode()
+    block = {"imageforge_slurm": {"role": "controller", "munge_key": key}}
+    assert setup.boot(guestprograms.cloud_config(block)) == 0
+    assert slurm_settings(setup.SLURM_CONF.read_text())["ClusterName"] == "physics"
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", "a b")
+    assert setup.build() == 2
 
 
 KEY = base64.b64encode(b"k" * 64).decode()
 
 
-@pytest.mark.parametrize(
-    "block",
-    [
-        None,
-        {"role": "worker", "controller": "10.77.0.10"},  # no key
-        {"role": "worker", "controller": "10.77.0.10", "munge_key": "c2hvcnQ="},  # too short
-        {"role": "worker", "munge_key": KEY},  # no controller
-        {"role": "controller", "munge_key": KEY, "cluster_name": "a b"},
-    ],
-)
-def test_without_role_key_or_controller_nothing_starts(setup, block: dict | None) -> None:
-    setup.USER_DATA.write_text("#cloud-config\n" + yaml.safe_dump({"imageforge_slurm": block}))
-    assert setup.main([]) == 0
-    assert "this node is not configured" in setup.MOTD.read_text()
+def test_without_our_block_nothing_starts(setup) -> None:
+    assert setup.boot(b"#cloud-config\nruncmd: [true]\n") == 0
+    assert "this node is not configured" in setup.motd.read_text()
     assert not [c for c in setup.calls if c[0] == "systemctl"]
     assert not setup.MUNGE_KEY.exists() and not setup.SLURM_CONF.exists()
+
+
+@pytest.mark.parametrize(
+    ("block", "said"),
+    [
+        ({"role": "worker", "controller": "10.77.0.10"}, "'munge_key' is a required property"),
+        ({"role": "worker", "controller": "10.77.0.10", "munge_key": "c2hvcnQ="}, "at least 44"),
+        ({"role": "worker", "munge_key": KEY}, "'controller' is a required property"),
+        ({"role": "controller", "munge_key": KEY, "cluster_name": "a b"}, "cluster_name: must"),
+        ({"role": "controller", "munge_key": "A" * 42 + "=="}, "munge_key: must decode to 32"),
+        (
+            {"role": "worker", "munge_key": KEY, "controller": "ctl", "hosts": {"ctl": "x\ny"}},
+            "IPv4",
+        ),
+    ],
+)
+def test_a_wrong_block_fails_the_unit_and_changes_nothing(setup, block: dict, said: str) -> None:
+    before = setup.HOSTS.read_text()
+    with pytest.raises(SystemExit) as exited:
+        setup.boot(guestprograms.cloud_config({"imageforge_slurm": block}))
+    assert exited.value.code == 1
+    motd = setup.motd.read_text()
+    assert motd.startswith("imageforge-slurm: refusing the user-data, nothing changed: ")
+    assert said in motd and motd.count("\n") == 1
+    assert not [c for c in setup.calls if c[0] == "systemctl"]
+    assert not setup.MUNGE_KEY.exists() and not setup.SLURM_CONF.exists()
+    assert setup.HOSTS.read_text() == before
 
 
 @pytest.mark.parametrize(
@@ -260,12 +319,12 @@ def test_print_conf_shows_what_a_controller_would_serve(setup, capsys) -> None:
     setup.version = SLURM_VERSIONS["debian-12"]
     assert setup.main(["--print-conf"]) == 0
     assert slurm_settings(capsys.readouterr().out)["TreeWidth"] == "65533"
-    assert not setup.SLURM_CONF.exists() and not setup.MOTD.exists()
+    assert not setup.SLURM_CONF.exists() and not setup.motd.exists()
 
 
-def test_the_first_boot_unit_follows_cloud_init_on_debian_12_and_13() -> None:
-    unit = embedded("UNIT")  # the first unit of the provisioner: imageforge-slurm.service
-    assert "ExecStart=/usr/local/sbin/imageforge-slurm-setup" in unit
+def test_the_first_boot_unit_follows_cloud_init_on_debian_12_and_13(setup) -> None:
+    unit = setup.UNIT_TEXT
+    assert "ExecStart=/usr/local/sbin/imageforge-slurm-setup boot" in unit
     after = [u for line in unit.splitlines() if line.startswith("After=") for u in line[6:].split()]
     # cloud-init's network stage writes the user-data, host name and /etc/hosts: its unit is
     # cloud-init.service in Debian 12, cloud-init-network.service in Debian 13.

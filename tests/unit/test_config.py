@@ -87,7 +87,7 @@ MALFORMED = {
     "missing provisioner": (
         "flavors:\n  a:\n    provisioners:\n      - provisioners/slurm-node/20-slurn.sh\n",
         "images.yml:4:9: flavors.a.provisioners[0]: file 'provisioners/slurm-node/20-slurn.sh' "
-        "does not exist; did you mean 'provisioners/slurm-node/20-slurm.sh'?",
+        "does not exist; did you mean 'provisioners/slurm-node/20-slurm.py'?",
     ),
     "missing test suite": (
         "flavors:\n  a:\n    tests: tests/infra/test_slurm.py\n",
@@ -290,12 +290,12 @@ def test_script_shorthand_and_mapping_forms(scratch: Path) -> None:
     write(
         scratch,
         "flavors:\n  a:\n    provisioners:\n      - provisioners/common/10-base.sh\n"
-        "      - script: provisioners/slurm-node/20-slurm.sh\n        env: {X: '1'}\n",
+        "      - script: provisioners/slurm-node/20-slurm.py\n        env: {X: '1'}\n",
     )
     steps = config.load("images.yml").images.flavors["a"].provisioners
     assert [s.script for s in steps] == [
         "provisioners/common/10-base.sh",
-        "provisioners/slurm-node/20-slurm.sh",
+        "provisioners/slurm-node/20-slurm.py",
     ]
     assert steps[1].env == {"X": "1"}
 

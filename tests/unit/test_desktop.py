@@ -19,9 +19,10 @@ from imageforge import config, matrix, qemu, render, vnc
 from imageforge.clouds.local import seed_user_data
 from imageforge.packer import PackerVersion
 
+from . import guestprograms
 from .conftest import ROOT
 
-PROVISIONER = ROOT / "provisioners" / "training-desktop" / "20-desktop.sh"
+PROVISIONER = "provisioners/training-desktop/25-desktop-boot.py"
 
 
 def test_desktop_settings_reach_the_provisioners_as_json(tmp_path: Path) -> None:
@@ -131,26 +132,21 @@ def test_a_refused_password_is_recognised_in_either_wording(messages: str, refus
     assert vnc.authentication_refused(messages) is refused
 
 
-# The guest's setup program, taken from the provisioner and run against a scratch tree.
+# The guest's first-boot program (25-desktop-boot.py), run against a scratch tree.
 
 
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch) -> types.ModuleType:
-    source = re.search(r"<<'PY'\n(.*?)\nPY\n", PROVISIONER.read_text(), re.S)
-    assert source, "the provisioner no longer embeds the setup program"
-    module = types.ModuleType("imageforge_desktop_setup")
-    exec(compile(source.group(1), "imageforge-desktop-setup", "exec"), module.__dict__)
-    for name in ("USER_DATA", "INSTANCE_DATA", "DEFAULTS", "TIMER", "ATTENDEE"):
-        path = tmp_path / name.lower()
-        monkeypatch.setattr(module, name, path)
-    private = tmp_path / "private"
-    monkeypatch.setattr(module, "PRIVATE", private)
-    monkeypatch.setattr(module, "PASSWORD", private / "vnc-password")
-    monkeypatch.setattr(module, "PASSWORD_INSTANCE", private / "vnc-password.instance-id")
+    module = guestprograms.program(PROVISIONER, tmp_path, monkeypatch)
+    for name in ("INSTANCE_DATA", "DEFAULTS", "TIMER", "ATTENDEE", "VNC_USERS", "S3FS_PASSWD"):
+        monkeypatch.setattr(module, name, tmp_path / name.lower())
+    monkeypatch.setattr(module, "PASSWORD", tmp_path / "private" / "vnc-password")
     monkeypatch.setattr(module, "VNC_CONFIG", tmp_path / "vncserver-config-mandatory")
     monkeypatch.setattr(module, "S3FS_MOUNT", tmp_path / "mnt-s3fs")
+    monkeypatch.setattr(module, "BACKGROUND", tmp_path / "background.png")
     calls: list[list[str]] = []
-    monkeypatch.setattr(module, "_set_timezone", lambda zone: calls.append(["tz", zone]))
+    monkeypatch.setattr(module, "set_timezone", lambda zone: calls.append(["tz", str(zone)]))
+    monkeypatch.setattr(module, "draw_background", lambda *text: calls.append(["draw", *text]))
 
     def run(argv, **kw) -> subprocess.CompletedProcess:
         calls.append(list(argv))
@@ -160,23 +156,35 @@ def setup(tmp_path: Path, monkeypatch) -> types.ModuleType:
 
     monkeypatch.setattr(module.subprocess, "run", run)
     module.calls = calls  # type: ignore[attr-defined]
+    module.motd = tmp_path / "motd.d" / "50-imageforge-desktop"  # type: ignore[attr-defined]
     return module
 
 
 @pytest.fixture
-def user(tmp_path: Path) -> types.SimpleNamespace:
+def user(tmp_path: Path, setup, monkeypatch) -> types.SimpleNamespace:
     """The display's user, as pwd has it, with an empty home directory in the scratch tree."""
     home = tmp_path / "home" / "training"
     home.mkdir(parents=True)
-    return types.SimpleNamespace(
+    entry = types.SimpleNamespace(
         pw_name="training", pw_dir=str(home), pw_uid=os.getuid(), pw_gid=os.getgid()
     )
+    setup.VNC_USERS.write_text(":1=training\n")
+    monkeypatch.setattr(setup.pwd, "getpwnam", lambda name: entry)
+    return entry
+
+
+def desktop(block: dict | None) -> bytes:
+    return guestprograms.cloud_config({"imageforge_desktop": block})
 
 
 def test_user_data_overrides_the_image_defaults(setup) -> None:
     setup.DEFAULTS.write_text(json.dumps({"shutdown": {"time": "18:00"}, "autosquash": "/a"}))
-    setup.USER_DATA.write_text("#cloud-config\nimageforge_desktop: {attendee: 7, autosquash: /b}\n")
-    assert setup.settings() == {"shutdown": {"time": "18:00"}, "autosquash": "/b", "attendee": 7}
+    data = desktop({"attendee": 7, "autosquash": "/b"})
+    assert setup.settings(data) == {
+        "shutdown": {"time": "18:00"},
+        "autosquash": "/b",
+        "attendee": 7,
+    }
 
 
 @pytest.mark.parametrize(
@@ -194,62 +202,102 @@ def test_attendee_number_from_instance_metadata(setup, meta_data: dict) -> None:
     assert setup.attendee({"attendee": 3}) == "3"  # user-data wins
 
 
-def test_a_hostile_attendee_value_is_ignored(setup) -> None:
-    assert setup.attendee({"attendee": "7; rm -rf /"}) is None
-    assert setup.attendee({"attendee": "$(reboot)"}) is None
+def test_a_hostile_attendee_in_the_metadata_is_ignored(setup, capsys) -> None:
+    setup.INSTANCE_DATA.write_text(json.dumps({"ds": {"meta_data": {"attendee": "$(reboot)"}}}))
+    assert setup.attendee({}) is None
+    assert "ignoring the metadata's attendee" in capsys.readouterr().out
 
 
-def test_password_is_generated_once_per_instance(setup) -> None:
-    first, generated = setup.vnc_password({}, "i-1")
+def test_the_password_is_made_once_and_kept_by_a_relaunched_copy(setup) -> None:
+    first, generated = setup.vnc_password({})
     assert generated and len(first) == 8 and first.isalnum()
-    setup.PRIVATE.mkdir()
+    setup.PASSWORD.parent.mkdir()
     setup.PASSWORD.write_text(first + "\n")
-    setup.PASSWORD_INSTANCE.write_text("i-1\n")
-    assert setup.vnc_password({}, "i-1") == (first, False)  # a reboot keeps it
-    again, generated = setup.vnc_password({}, "i-2")  # a new instance of the image does not
-    assert generated and again != first
-    assert setup.vnc_password({"vnc_password": "given-pw"}, "i-2") == ("given-pw", False)
-    short, generated = setup.vnc_password({"vnc_password": "abc"}, "i-2")
-    assert generated and short != "abc"
+    # a reboot, or a copy of this instance under a new instance id: the same password
+    assert setup.vnc_password({}) == (first, False)
+    assert setup.vnc_password({"vnc_password": "given-pw"}) == ("given-pw", False)
+
+
+def test_a_full_boot_makes_the_password_private_and_shows_it_once(setup, user) -> None:
+    old = os.umask(0)  # the files are private by how they are made, not by the umask
+    try:
+        assert setup.boot(desktop({"attendee": 42})) == 0
+    finally:
+        os.umask(old)
+    password = setup.PASSWORD.read_text().strip()
+    assert setup.PASSWORD.stat().st_mode & 0o777 == 0o600
+    assert setup.firstboot.consoled == [f"imageforge-secret: vnc_password={password}"]
+    assert setup.ATTENDEE.read_text() == "42\n"
+    assert "attendee 42; VNC display :1" in setup.motd.read_text()
+    assert password not in setup.motd.read_text()
+    setup.firstboot.consoled.clear()
+    assert setup.boot(desktop({"attendee": 42})) == 0  # the next boot: kept, not shown again
+    assert setup.PASSWORD.read_text().strip() == password and not setup.firstboot.consoled
+
+
+@pytest.mark.parametrize(
+    ("block", "said"),
+    [
+        ({"vnc_password": "abc"}, "imageforge_desktop.vnc_password: must match"),
+        ({"shutdown": {"time": "18:00", "timezone": "Europe/Atlantis"}}, "is not in"),
+        ({"shutdown": {"timezone": "../../etc/passwd"}}, "shutdown.timezone: must match"),
+        ({"s3fs": {"bucket": "-o", "url": "https://a,b"}}, "imageforge_desktop.s3fs"),
+        ({"geometry": "1x1; system('reboot')"}, "imageforge_desktop.geometry: must match"),
+    ],
+)
+def test_a_wrong_value_fails_the_unit_and_changes_nothing(setup, user, block, said) -> None:
+    with pytest.raises(SystemExit) as exited:
+        setup.boot(desktop(block))
+    assert exited.value.code == 1
+    motd = setup.motd.read_text()
+    assert motd.startswith("imageforge-desktop: refusing the user-data, nothing changed: ")
+    assert said in motd and motd.count("\n") == 1
+    assert not setup.PASSWORD.exists() and not setup.VNC_CONFIG.exists()
+    assert not setup.TIMER.exists() and not setup.calls
 
 
 def test_shutdown_timer_is_written_from_the_settings(setup) -> None:
-    what = setup.write_timer({"shutdown": {"time": "17:30", "timezone": "Europe/Berlin"}})
-    assert what == "auto-shutdown every day at 17:30 Europe/Berlin"
+    config = {"shutdown": {"time": "17:30", "timezone": "Europe/Berlin"}}
+    zone = setup.timezone_file(config)
+    assert zone == setup.ZONEINFO / "Europe/Berlin"
+    assert setup.write_timer(config, zone) == "auto-shutdown every day at 17:30 Berlin"
     assert "OnCalendar=*-*-* 17:30:00 Europe/Berlin\n" in setup.TIMER.read_text()
-    assert ["systemctl", "daemon-reload"] in setup.calls
+    assert ["systemctl", "daemon-reload"] in setup.calls and ["tz", str(zone)] in setup.calls
     setup.calls.clear()
-    setup.write_timer({"shutdown": {"time": "17:30", "timezone": "Europe/Berlin"}})
+    setup.write_timer(config, zone)
     assert ["systemctl", "daemon-reload"] not in setup.calls  # unchanged: no reload
-    assert setup.write_timer({"shutdown": None}) == "no auto-shutdown"
+    assert setup.write_timer({"shutdown": None}, None) == "no auto-shutdown"
     assert not setup.TIMER.exists()
 
 
+def test_a_timezone_must_be_a_file_in_zoneinfo(setup) -> None:
+    for zone in ("Europe", "Europe/../../../etc/passwd", "Nowhere/City"):
+        with pytest.raises(setup.Refused):
+            setup.timezone_file({"shutdown": {"timezone": zone}})
+
+
 def test_vnc_config_never_offers_none_and_honours_localhost_only(setup, user) -> None:
-    passwd = setup.vnc_passwd_file(user)
-    setup.write_vnc_config({"vnc_localhost_only": True}, passwd)
-    text = setup.VNC_CONFIG.read_text()
+    passwd = Path(user.pw_dir, *setup.VNC_PASSWD)
+    text = setup.vnc_config({"vnc_localhost_only": True}, passwd)
     assert '$SecurityTypes = "VncAuth";' in text and '$localhost = "yes";' in text
     assert re.findall(r"^\$SecurityTypes = (.*);$", text, re.M) == ['"VncAuth"']
     assert not [line for line in text.splitlines() if "None" in line and line[0] != "#"]
-    setup.write_vnc_config({"geometry": "1x1; system('reboot')"}, passwd)
-    text = setup.VNC_CONFIG.read_text()
+    text = setup.vnc_config({}, passwd)
     assert '$localhost = "no";' in text and '$geometry = "1280x800";' in text
 
 
 def test_vnc_config_names_the_password_file_for_every_tigervnc(setup, user) -> None:
     """TigerVNC 1.14+ keeps it in ~/.config/tigervnc, 1.12 looked in ~/.vnc: named, both read
     the same file. The path is quoted into Perl, so only a plain one is written."""
-    passwd = setup.vnc_passwd_file(user)
+    passwd = Path(user.pw_dir, *setup.VNC_PASSWD)
     assert passwd == Path(user.pw_dir) / ".config" / "tigervnc" / "passwd"
-    setup.write_vnc_config({}, passwd)
-    assert f"$vncPasswdFile = '{passwd}';\n" in setup.VNC_CONFIG.read_text()
-    with pytest.raises(ValueError):
-        setup.write_vnc_config({}, Path("/home/x'; system('reboot'); '/passwd"))
+    assert f"$vncPasswdFile = '{passwd}';\n" in setup.vnc_config({}, passwd)
+    with pytest.raises(setup.Refused):
+        setup.vnc_config({}, Path("/home/x'; system('reboot'); '/passwd"))
 
 
 def test_the_vnc_password_goes_to_the_users_tigervnc_directory(setup, user) -> None:
-    setup.install_password("s3cret12", "i-1", user)
+    setup.install_password("s3cret12", user)
     assert [setup.VNCPASSWD, "-f"] in setup.calls
     passwd = Path(user.pw_dir, ".config", "tigervnc", "passwd")
     assert passwd.read_bytes() == b"\x8f" * 8
@@ -260,7 +308,7 @@ def test_the_vnc_password_goes_to_the_users_tigervnc_directory(setup, user) -> N
     assert not Path(user.pw_dir, ".vnc").exists()  # TigerVNC 1.14+ warns about (or moves) it
     assert sorted(p.name for p in passwd.parent.iterdir()) == ["passwd"]
     assert setup.PASSWORD.read_text() == "s3cret12\n"
-    setup.install_password("an0ther1", "i-1", user)  # a given password replaces the file
+    setup.install_password("an0ther1", user)  # a given password replaces the file
     assert sorted(p.name for p in passwd.parent.iterdir()) == ["passwd"]
 
 
@@ -271,7 +319,7 @@ def test_the_password_is_never_written_through_a_link_the_user_made(setup, user,
     config = Path(user.pw_dir, ".config", "tigervnc")
     config.mkdir(parents=True)
     (config / "passwd").symlink_to(victim)
-    setup.install_password("s3cret12", "i-1", user)
+    setup.install_password("s3cret12", user)
     assert victim.read_text() == "root:*:\n"
     assert not (config / "passwd").is_symlink() and (config / "passwd").stat().st_size == 8
     elsewhere = tmp_path / "elsewhere"
@@ -280,28 +328,46 @@ def test_the_password_is_never_written_through_a_link_the_user_made(setup, user,
     config.rmdir()
     config.symlink_to(elsewhere)
     with pytest.raises(OSError):
-        setup.install_password("s3cret12", "i-1", user)
+        setup.install_password("s3cret12", user)
     assert list(elsewhere.iterdir()) == []
+    vnc = Path(user.pw_dir, ".vnc")  # TigerVNC 1.12's place: never written at all
+    vnc.mkdir()
+    (vnc / "passwd").symlink_to(victim)
+    config.unlink()
+    setup.install_password("s3cret12", user)
+    assert victim.read_text() == "root:*:\n"
 
 
-def test_s3fs_stages_its_temporary_files_on_disk_not_in_tmpfs(setup) -> None:
+def test_s3fs_mounts_without_suid_or_devices_and_stages_on_disk(setup) -> None:
     """Debian 13 mounts /tmp as a tmpfs: s3fs's temporary files (what it reads of a big
-    squashfs) go to /var/tmp, on disk."""
+    squashfs) go to /var/tmp, on disk. Nothing from the bucket runs set-user-id."""
     note = setup.mount_s3fs({"s3fs": {"bucket": "course-data", "path_style": True}})
     assert note == f"s3fs: course-data at {setup.S3FS_MOUNT}"
     [argv] = [c for c in setup.calls if c[0] == "s3fs"]
     options = argv[argv.index("-o") + 1].split(",")
-    assert "tmpdir=/var/tmp" in options and "ro" in options and "iam_role=auto" in options
+    assert {"tmpdir=/var/tmp", "ro", "iam_role=auto", "nosuid", "nodev"} <= set(options)
+    assert argv[1] == "course-data" and not setup.S3FS_PASSWD.exists()
 
 
-def test_setup_runs_after_cloud_init_by_either_name() -> None:
+def test_s3fs_keys_go_to_a_file_only_root_reads(setup) -> None:
+    old = os.umask(0)
+    try:
+        s3fs = {"bucket": "data", "access_key": "AK", "secret_key": "S/K+="}
+        setup.mount_s3fs({"s3fs": s3fs})
+    finally:
+        os.umask(old)
+    assert setup.S3FS_PASSWD.read_text() == "AK:S/K+=\n"
+    assert setup.S3FS_PASSWD.stat().st_mode & 0o777 == 0o600
+    [argv] = [c for c in setup.calls if c[0] == "s3fs"]
+    assert f"passwd_file={setup.S3FS_PASSWD}" in argv[argv.index("-o") + 1].split(",")
+
+
+def test_setup_runs_after_cloud_init_by_either_name(setup) -> None:
     """cloud-init 25.1 (Debian 13) renamed cloud-init.service to cloud-init-network.service;
     ordering after both is harmless where one is missing (Debian 12)."""
-    text = PROVISIONER.read_text()
-    unit = re.search(r"imageforge-desktop.service <<'UNIT'\n(.*?)\nUNIT\n", text, re.S)
-    assert unit, "the provisioner no longer writes imageforge-desktop.service"
-    [after] = [line for line in unit.group(1).splitlines() if line.startswith("After=")]
+    [after] = [line for line in setup.UNIT_TEXT.splitlines() if line.startswith("After=")]
     assert {"cloud-init.service", "cloud-init-network.service"} <= set(after[6:].split())
+    assert "ExecStart=/usr/local/sbin/imageforge-desktop-setup boot\n" in setup.UNIT_TEXT
 
 
 def test_the_image_declares_the_vnc_password_tool() -> None:

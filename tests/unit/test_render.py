@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from imageforge import config, matrix, packer, render, runner
+from imageforge import config, matrix, packer, render, runner, userdata
 from imageforge.packer import PackerVersion
 
 from .conftest import ROOT
@@ -83,7 +84,16 @@ def test_build_block_runs_steps_in_order(shipped: config.Project, tmp_path: Path
     expected = [s.script for s in cell.flavor.provisioners] + [
         s.script for s in cell.flavor.cleanup
     ]
-    assert scripts == [render.HOST_PASSTHROUGH, render.METADATA_GUARD, *expected]
+    assert scripts == [*render.BUILTIN_SCRIPTS, *expected]
+    library = next(
+        p["shell"]
+        for p in build["provisioner"]
+        if "shell" in p and p["shell"]["script"] == render.FIRSTBOOT_LIBRARY
+    )
+    [schema] = [
+        v for v in library["environment_vars"] if v.startswith("IMAGEFORGE_USER_DATA_SCHEMA=")
+    ]
+    assert json.loads(schema.split("=", 1)[1]) == userdata.schema()
     env = next(p["shell"] for p in build["provisioner"] if "shell" in p)["environment_vars"]
     assert "IMAGE_USER=slurm-admin" in env
     post = [next(iter(p)) for p in build["post-processor"]]
@@ -106,6 +116,7 @@ def test_cloud_builds_install_the_declared_packages_first(
     assert any(f"datasource_list: [{datasource}, None]" in line for line in inline)
     assert [s.get("script") for s in shells[2:]] == [
         render.METADATA_GUARD,
+        render.FIRSTBOOT_LIBRARY,
         *(s.script for s in cell.flavor.provisioners),
         *(s.script for s in cell.flavor.cleanup),
     ]
