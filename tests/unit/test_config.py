@@ -23,6 +23,11 @@ MALFORMED = {
         "clouds:\n  local:\n    cpus: two\nflavors:\n  a: {}\n",
         "images.yml:3:5: clouds.local.cpus: input should be a valid integer (got 'two')",
     ),
+    "user-data an instance would refuse": (
+        "flavors:\n  a:\n    verify_user_data:\n      imageforge_desktop: {attendee: '7; reboot'}\n",
+        "images.yml:3:5: flavors.a.verify_user_data: imageforge_desktop.attendee: String should "
+        "match pattern '^[A-Za-z0-9][A-Za-z0-9-]{0,15}$' (got a mapping)",
+    ),
     "scalar for a list": (
         "flavors:\n  a:\n    ports: 22\n",
         "images.yml:3:5: flavors.a.ports: input should be a list (got 22)",
