@@ -212,6 +212,28 @@ def settings(block: str, data: bytes | None = None) -> dict[str, Any]:
 # At build time, as a provisioner.
 
 
+def unit(description: str, program: Path) -> str:
+    """The systemd unit that runs `program boot` once per boot, after cloud-init's network
+    stage (which writes the user-data, the host name and /etc/hosts): cloud-init.service up to
+    cloud-init 24.2 (Debian 12), cloud-init-network.service since 24.3 (Debian 13). Ordering
+    after a unit that does not exist is harmless."""
+    return f"""\
+[Unit]
+Description={description}
+After=cloud-init.service cloud-init-network.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={program} boot
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def install() -> int:
     schema = json.loads(os.environ["IMAGEFORGE_USER_DATA_SCHEMA"])
     LIBRARY.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ import imageforge_firstboot as firstboot
 
 PROGRAM = "imageforge-slurm"
 SETUP = Path("/usr/local/sbin/imageforge-slurm-setup")
+DESCRIPTION = "imageforge: configure this Slurm node (controller or worker) from its user-data"
 UNIT = Path("/etc/systemd/system/imageforge-slurm.service")
 SLURMD_DROP_IN = Path("/etc/systemd/system/slurmd.service.d/imageforge-configless.conf")
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -83,24 +84,6 @@ MaxNodeCount=256
 SlurmctldTimeout=60
 SlurmdTimeout=60
 PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-"""
-UNIT_TEXT = f"""\
-[Unit]
-Description=imageforge: configure this Slurm node (controller or worker) from its user-data
-# After cloud-init's network stage, which writes the user-data, the host name and /etc/hosts:
-# cloud-init.service up to cloud-init 24.2 (Debian 12), cloud-init-network.service since 24.3
-# (Debian 13). Ordering after a unit that does not exist is harmless.
-After=cloud-init.service cloud-init-network.service network-online.target
-Wants=network-online.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart={SETUP} boot
-StandardOutput=journal+console
-
-[Install]
-WantedBy=multi-user.target
 """
 # Configless workers have no local slurm.conf, which Debian 12's slurmd.service (Slurm 22.05)
 # requires; the empty ConditionPathExists= lifts that (Debian 13's unit has no such condition).
@@ -143,7 +126,7 @@ def build() -> int:
     CLUSTER_NAME.write_text(f"ClusterName={name}\n")
     shutil.copyfile(__file__, SETUP)
     SETUP.chmod(0o755)
-    UNIT.write_text(UNIT_TEXT)
+    UNIT.write_text(firstboot.unit(DESCRIPTION, SETUP))
     SLURMD_DROP_IN.parent.mkdir(parents=True, exist_ok=True)
     SLURMD_DROP_IN.write_text(SLURMD_DROP_IN_TEXT)
     subprocess.run(["systemctl", "enable", "--no-reload", "--quiet", UNIT.name], check=True)

@@ -51,6 +51,7 @@ import imageforge_firstboot as firstboot
 
 PROGRAM = "imageforge-desktop"
 SETUP = Path("/usr/local/sbin/imageforge-desktop-setup")
+DESCRIPTION = "imageforge: set up this training desktop (attendee, VNC password, shared data)"
 UNIT = Path("/etc/systemd/system/imageforge-desktop.service")
 INSTANCE_DATA = Path("/run/cloud-init/instance-data.json")
 DEFAULTS = Path("/etc/imageforge/desktop.json")
@@ -77,22 +78,6 @@ METADATA_PATHS = (
     ("instance", "attributes", "attendee"),
     ("tags", "instance", "Attendee"),
 )
-UNIT_TEXT = f"""\
-[Unit]
-Description=imageforge: set up this training desktop (attendee, VNC password, shared data)
-# cloud-init 25.1 (Debian 13) renamed cloud-init.service to cloud-init-network.service.
-After=cloud-init.service cloud-init-network.service network-online.target
-Wants=network-online.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart={SETUP} boot
-StandardOutput=journal+console
-
-[Install]
-WantedBy=multi-user.target
-"""
 
 
 class Refused(Exception):
@@ -106,7 +91,7 @@ class Refused(Exception):
 def build() -> int:
     shutil.copyfile(__file__, SETUP)
     SETUP.chmod(0o755)
-    UNIT.write_text(UNIT_TEXT)
+    UNIT.write_text(firstboot.unit(DESCRIPTION, SETUP))
     # --no-reload: enabled for the next boot; a daemon-reload here costs seconds, changes nothing.
     units = (UNIT.name, "tigervncserver@:1.service")
     subprocess.run(["systemctl", "enable", "--no-reload", "--quiet", *units], check=True)

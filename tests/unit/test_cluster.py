@@ -261,7 +261,8 @@ def test_the_images_cluster_name_is_the_default(setup, monkeypatch) -> None:
     monkeypatch.setattr(setup, "SLURMD_DROP_IN", setup.CLUSTER_NAME.with_name("d") / "drop-in")
     assert setup.build() == 0
     assert setup.CLUSTER_NAME.read_text() == "ClusterName=physics\n"
-    assert "ExecStart=/usr/local/sbin/imageforge-slurm-setup boot\n" in setup.UNIT.read_text()
+    assert f"ExecStart={setup.SETUP} boot\n" in setup.UNIT.read_text()
+    assert setup.SETUP.read_bytes() == Path(setup.__file__).read_bytes()
     key = base64.b64encode(b"c" * 32).decode()
     block = {"imageforge_slurm": {"role": "controller", "munge_key": key}}
     assert setup.boot(guestprograms.cloud_config(block)) == 0
@@ -323,7 +324,7 @@ def test_print_conf_shows_what_a_controller_would_serve(setup, capsys) -> None:
 
 
 def test_the_first_boot_unit_follows_cloud_init_on_debian_12_and_13(setup) -> None:
-    unit = setup.UNIT_TEXT
+    unit = setup.firstboot.unit(setup.DESCRIPTION, setup.SETUP)
     assert "ExecStart=/usr/local/sbin/imageforge-slurm-setup boot" in unit
     after = [u for line in unit.splitlines() if line.startswith("After=") for u in line[6:].split()]
     # cloud-init's network stage writes the user-data, host name and /etc/hosts: its unit is

@@ -365,9 +365,10 @@ def test_s3fs_keys_go_to_a_file_only_root_reads(setup) -> None:
 def test_setup_runs_after_cloud_init_by_either_name(setup) -> None:
     """cloud-init 25.1 (Debian 13) renamed cloud-init.service to cloud-init-network.service;
     ordering after both is harmless where one is missing (Debian 12)."""
-    [after] = [line for line in setup.UNIT_TEXT.splitlines() if line.startswith("After=")]
+    unit = setup.firstboot.unit(setup.DESCRIPTION, setup.SETUP)
+    [after] = [line for line in unit.splitlines() if line.startswith("After=")]
     assert {"cloud-init.service", "cloud-init-network.service"} <= set(after[6:].split())
-    assert "ExecStart=/usr/local/sbin/imageforge-desktop-setup boot\n" in setup.UNIT_TEXT
+    assert "ExecStart=/usr/local/sbin/imageforge-desktop-setup boot\n" in unit
 
 
 def test_the_image_declares_the_vnc_password_tool() -> None:
