@@ -31,7 +31,7 @@ from tenacity import (
 )
 from tenacity.stop import StopBaseT
 
-from imageforge import buildsecrets, console, log, qemu, reap, runner, state
+from imageforge import buildsecrets, console, log, qemu, reap, runner, state, userdata
 from imageforge.config import Project
 from imageforge.errors import ImageforgeError
 
@@ -244,6 +244,10 @@ def slurm_user_data(
         "munge_key": munge,
         "hosts": hosts,
     }
+    try:  # what the node would refuse is refused here, before anything boots
+        userdata.check_blocks(document)
+    except ValueError as exc:
+        raise ImageforgeError(f"a node's user-data would be refused: {exc}") from None
     return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
 
 

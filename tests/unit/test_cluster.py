@@ -35,7 +35,8 @@ def nodes() -> cluster.Cluster:
 def test_user_data_carries_role_controller_and_key() -> None:
     demo = nodes()
     key = base64.b64encode(b"k" * 1024).decode()
-    text = cluster._user_data("ssh-ed25519 AAAA test", demo.nodes[1], demo, key, {"ctl": "x"})
+    hosts = {"ctl": "10.77.0.10"}
+    text = cluster._user_data("ssh-ed25519 AAAA test", demo.nodes[1], demo, key, hosts)
     assert text.startswith("#cloud-config\n")
     block = yaml.safe_load(text)["imageforge_slurm"]
     assert block == {
@@ -43,8 +44,10 @@ def test_user_data_carries_role_controller_and_key() -> None:
         "cluster_name": "demo",
         "controller": "10.77.0.10",
         "munge_key": key,
-        "hosts": {"ctl": "x"},
+        "hosts": hosts,
     }
+    with pytest.raises(ImageforgeError, match=r"would be refused: imageforge_slurm.hosts.ctl"):
+        cluster._user_data("ssh-ed25519 AAAA test", demo.nodes[1], demo, key, {"ctl": "x"})
 
 
 def test_network_config_puts_the_node_on_the_cluster_network() -> None:
