@@ -82,6 +82,7 @@ def test_a_node_refuses_a_wrong_value_from_multipart_user_data(slurm_build, tmp_
         user_data={"imageforge_slurm": block},
         multipart=True,
     ) as guest:
+        running = guest.ssh("systemctl is-system-running --wait", timeout=300).stdout.strip()
         state_of = guest.ssh("systemctl is-failed imageforge-slurm.service").stdout.strip()
         motd = guest.output("cat /run/motd.d/50-imageforge-slurm")
         untouched = guest.ssh("sudo test -e /etc/munge/munge.key -o -e /etc/default/slurmd")
@@ -90,7 +91,7 @@ def test_a_node_refuses_a_wrong_value_from_multipart_user_data(slurm_build, tmp_
         "imageforge-slurm: refusing the user-data, nothing changed: "
         "imageforge_slurm.controller: must match "
     )
-    assert state_of == "failed"
+    assert (running, state_of) == ("degraded", "failed")
     assert motd.startswith(line) and motd.count("\n") == 1, motd
     assert [t for t in console.splitlines() if "imageforge-slurm:" in t][-1].endswith(motd.strip())
     assert untouched.returncode == 1, "the refused user-data changed the node"
