@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -41,6 +42,8 @@ SYSTEM_HOST_NAMES = (
     "ip6-allrouters",
     "ip6-allhosts",
 )
+# A key an error message may name (a mistyped `vnc_password:s3cret` makes the secret a key).
+PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 SLURM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # The controller as workers reach it: a host name or an address, nothing that ends a line.
 CONTROLLER = r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$"
@@ -61,6 +64,8 @@ def _not_a_system_name(name: str) -> str:
 
 
 def _address(text: str) -> str:
+    if "%" in text:  # a scope (fe80::1%eth0) means nothing to another node
+        raise ValueError("an address without a %scope")
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -124,7 +129,7 @@ Attendee = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999},
+                {"type": "integer", "minimum": 0, "maximum": 9_999_999_999_999_999},
                 {"type": "string", "pattern": ATTENDEE},
             ]
         }
@@ -138,7 +143,7 @@ class SlurmUserData(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "if": {"properties": {"role": {"const": "worker"}}},
-            "then": {"required": ["controller"]},
+            "then": {"required": ["controller"], "properties": {"controller": {"type": "string"}}},
         }
     )
 
@@ -159,12 +164,18 @@ class SlurmUserData(Model):
         return self
 
 
+KEYS = ("access_key", "secret_key")
+
+
 class S3fsCredentials(S3fsMount):
     """s3fs with the keys user-data may give (both or neither; none: the instance's role)."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "dependentRequired": {"access_key": ["secret_key"], "secret_key": ["access_key"]}
+            "dependentSchemas": {
+                given: {"required": [other], "properties": {k: {"type": "string"} for k in KEYS}}
+                for given, other in (KEYS, KEYS[::-1])
+            }
         }
     )
 
@@ -214,7 +225,8 @@ def check_blocks(cloud_config: dict[str, Any]) -> dict[str, Any]:
         UserData.model_validate(ours(cloud_config))
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function"))
+        parts = (p for p in first["loc"] if not str(p).startswith("function"))
+        where = ".".join(p if PLAIN_KEY.match(str(p)) else "(a key)" for p in map(str, parts))
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ValueError(f"{where}: {message}") from None
     return cloud_config

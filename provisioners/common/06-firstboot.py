@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,7 +42,8 @@ SCHEMA = Path("/etc/imageforge/user-data.schema.json")
 MOTD_DIR = Path("/run/motd.d")
 PREFIX = "imageforge_"
 GZIP_MAGIC = b"\x1f\x8b"
-CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 FORMATS = {"ipv4": "an IPv4 address", "ipv6": "an IPv6 address"}
 # What a schema rule asks for, said without the value that broke it.
 RULES = {
@@ -128,12 +130,12 @@ def documents(data: bytes, *, cloud_config: bool = False) -> Iterator[Any]:
     if data.startswith(GZIP_MAGIC):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise BadUserData(f"a gzipped user-data part does not decompress: {exc}") from None
         yield from documents(data, cloud_config=cloud_config)
         return
     head = data.lstrip()[:4096].lower()
-    if head.startswith((b"content-type:", b"mime-version:")):
+    if head.startswith(b"content-type:") or b"mime-version:" in head:
         message = email.message_from_bytes(data, policy=email.policy.compat32)
         for part in message.walk():
             if part.is_multipart():
@@ -167,17 +169,43 @@ def check(found: dict[str, Any], schema: dict[str, Any]) -> None:
     import jsonschema
     from jsonschema.exceptions import best_match
 
+    plain_values(found)
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     error = best_match(validator.iter_errors(found))
     if error is not None:
         raise BadUserData(explain(error))
 
 
+def plain_values(node: Any, where: str = "") -> None:
+    """Refuse what a schema pattern cannot: Python's `$` also matches before a final line
+    break, so no key or text may hold a control character; and no setting takes a fraction
+    (JSON Schema counts 7.0 as an integer)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and CONTROL.search(key):
+                raise BadUserData(f"{where or 'the user-data'}: a key holds a control character")
+            plain_values(value, f"{where}.{shown_key(key)}" if where else shown_key(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            plain_values(value, f"{where}.{index}")
+    elif isinstance(node, str) and CONTROL.search(node):
+        raise BadUserData(f"{where}: control characters (a line break, a tab) are not allowed")
+    elif isinstance(node, float):
+        raise BadUserData(f"{where}: a number with a fraction is not allowed")
+
+
+def shown_key(key: Any) -> str:
+    """A key as a message may name it: a plain name, else a description (a mistyped line such
+    as `vnc_password:hunter22` makes the secret a key)."""
+    text = str(key)
+    return text if PLAIN_KEY.match(text) else "(a key that is not a plain name)"
+
+
 def explain(error: Any) -> str:
     """`key.path: what is allowed` for a jsonschema error, never quoting the value."""
     from jsonschema.exceptions import best_match
 
-    where = ".".join(str(part) for part in error.absolute_path) or "the user-data"
+    where = ".".join(shown_key(part) for part in error.absolute_path) or "the user-data"
     rule, wanted = str(error.validator), error.validator_value
     if rule in ("anyOf", "oneOf") and error.context:
         # `X | None`: the null branch says nothing; two address formats: either will do.
@@ -189,7 +217,9 @@ def explain(error: Any) -> str:
     if rule == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         given = error.instance if isinstance(error.instance, dict) else {}
-        unknown = ", ".join(repr(plain(str(key))) for key in sorted(set(given) - set(allowed)))
+        unknown = ", ".join(
+            repr(shown_key(key)) for key in sorted(set(given) - set(allowed), key=str)
+        )
         return f"{where}: unknown key {unknown}; allowed: {', '.join(allowed)}"
     if rule in ("required", "dependentRequired"):
         return f"{where}: {plain(error.message)}"

@@ -32,6 +32,7 @@ works with Debian 12's Slurm 22.05 and Debian 13's 24.11.
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
 import os
 import pwd
@@ -162,7 +163,10 @@ def slurm_version() -> tuple[int, int]:
 
 def munge_key(config: dict[str, Any]) -> bytes:
     """The key's bytes (the schema checked its form; this checks what it decodes to)."""
-    key = base64.b64decode(config["munge_key"], validate=True)
+    try:
+        key = base64.b64decode(config["munge_key"], validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused("imageforge_slurm.munge_key: must be base64, padded") from None
     if not 32 <= len(key) <= 1024:
         raise Refused("imageforge_slurm.munge_key: must decode to 32 to 1024 bytes")
     return key

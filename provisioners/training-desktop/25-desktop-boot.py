@@ -68,6 +68,8 @@ S3FS_PASSWD = Path("/etc/passwd-s3fs")
 AUTOSQUASH_MOUNTS = Path("/mnt/autosquash")
 TIMER = Path("/etc/systemd/system/imageforge-autoshutdown.timer")
 ZONEINFO = Path("/usr/share/zoneinfo")
+# Files in zoneinfo that are not zones a clock may be set to (Python's zoneinfo leaves them out).
+NOT_ZONES = ("localtime", "posixrules", "Factory")
 LOCALTIME = Path("/etc/localtime")
 ATTENDEE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,15}$")
 PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")  # quoted into the Perl of the VNC configuration
@@ -104,9 +106,14 @@ def build() -> int:
 
 
 def settings(data: bytes | None = None) -> dict[str, Any]:
-    """The image's defaults, each key the user-data's block gives replaced."""
+    """The image's defaults, with what the user-data's block gives: a mapping (shutdown, s3fs)
+    key by key, anything else (null included) replaced."""
     merged = json.loads(DEFAULTS.read_text()) if DEFAULTS.is_file() else {}
-    merged.update(firstboot.settings("desktop", data))
+    for key, value in firstboot.settings("desktop", data).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}  # `shutdown: {time: ...}` keeps the zone
+        else:
+            merged[key] = value
     return merged
 
 
@@ -137,9 +144,17 @@ def timezone_file(config: dict[str, Any]) -> Path | None:
     if not isinstance(shutdown, dict):
         return None
     zone = str(shutdown.get("timezone", "Europe/London"))
-    found = (ZONEINFO / zone).resolve()
-    if not (found.is_relative_to(ZONEINFO.resolve()) and found.is_file()):
-        raise Refused(f"imageforge_desktop.shutdown.timezone: {zone!r} is not in {ZONEINFO}")
+    refused = Refused(f"imageforge_desktop.shutdown.timezone: {zone!r} is not a zone of {ZONEINFO}")
+    if zone in NOT_ZONES:
+        raise refused
+    try:
+        found = (ZONEINFO / zone).resolve(strict=True)
+        with found.open("rb") as tzif:
+            magic = tzif.read(4)
+    except (OSError, RuntimeError):  # absent, a directory, a loop
+        raise refused from None
+    if not found.is_relative_to(ZONEINFO.resolve()) or magic != b"TZif":
+        raise refused
     return ZONEINFO / zone
 
 
@@ -171,9 +186,9 @@ def install_password(password: str, user: pwd.struct_passwd) -> None:
     ).stdout
     if len(obfuscated) != 8:
         raise RuntimeError(f"{VNCPASSWD} -f gave {len(obfuscated)} bytes, not 8")
+    write_user_file(user, VNC_PASSWD, obfuscated)  # first: it may meet a link and stop
     PASSWORD.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     firstboot.write_private(PASSWORD, password.encode() + b"\n")
-    write_user_file(user, VNC_PASSWD, obfuscated)
 
 
 def write_user_file(user: pwd.struct_passwd, parts: tuple[str, ...], data: bytes) -> None:
@@ -330,6 +345,9 @@ def mount_autosquash(config: dict[str, Any]) -> str:
     mounted = []
     for image in sorted(source.glob("*.squashfs")):
         name = re.sub(r"[^A-Za-z0-9._-]", "_", image.stem)
+        if not name or name.startswith("."):  # "..squashfs" would mount over a parent
+            firstboot.say(PROGRAM, f"autosquash: skipping {firstboot.plain(image.name)!r}")
+            continue
         target = AUTOSQUASH_MOUNTS / name
         target.mkdir(parents=True, exist_ok=True)
         if not os.path.ismount(target):
@@ -365,7 +383,11 @@ def boot(data: bytes | None = None) -> int:
     # The password and the VNC security settings must be in place, or the VNC server (which
     # requires this unit) does not start. The rest is reported when it fails, not fatal.
     password, generated = vnc_password(config)
-    install_password(password, user)
+    try:
+        install_password(password, user)
+    except OSError as exc:  # e.g. a link the user made where the password file goes
+        firstboot.say(PROGRAM, f"cannot write the VNC password: {exc.strerror}", motd=True)
+        return 1
     VNC_CONFIG.write_text(server_config)
     notes = [
         attempt("the attendee number", write_attendee, number),

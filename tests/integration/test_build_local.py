@@ -91,10 +91,10 @@ def test_a_node_refuses_a_wrong_value_from_multipart_user_data(slurm_build, tmp_
         console = guest.vm.console()
     line = (
         "imageforge-slurm: refusing the user-data, nothing changed: "
-        "imageforge_slurm.controller: must match "
+        "imageforge_slurm.controller: control characters (a line break, a tab) are not allowed"
     )
     assert (running, state_of) == ("degraded", "failed")
-    assert motd.startswith(line) and motd.count("\n") == 1, motd
+    assert motd == line + "\n", motd
     assert [t for t in console.splitlines() if "imageforge-slurm:" in t][-1].endswith(motd.strip())
     assert untouched.returncode == 1, "the refused user-data changed the node"
     assert "SLURMD_OPTIONS=-x" not in motd + console

@@ -292,9 +292,11 @@ def test_without_our_block_nothing_starts(setup) -> None:
         ({"role": "worker", "munge_key": KEY}, "'controller' is a required property"),
         ({"role": "controller", "munge_key": KEY, "cluster_name": "a b"}, "cluster_name: must"),
         ({"role": "controller", "munge_key": "A" * 42 + "=="}, "munge_key: must decode to 32"),
+        ({"role": "controller", "munge_key": "A" * 45}, "munge_key: must be base64"),
+        ({"role": "worker", "munge_key": KEY, "controller": None}, "controller: must be of type"),
         (
             {"role": "worker", "munge_key": KEY, "controller": "ctl", "hosts": {"ctl": "x\ny"}},
-            "IPv4",
+            "control characters",
         ),
     ],
 )

@@ -239,7 +239,7 @@ def test_a_full_boot_makes_the_password_private_and_shows_it_once(setup, user) -
     ("block", "said"),
     [
         ({"vnc_password": "abc"}, "imageforge_desktop.vnc_password: must match"),
-        ({"shutdown": {"time": "18:00", "timezone": "Europe/Atlantis"}}, "is not in"),
+        ({"shutdown": {"time": "18:00", "timezone": "Europe/Atlantis"}}, "is not a zone of"),
         ({"shutdown": {"timezone": "../../etc/passwd"}}, "shutdown.timezone: must match"),
         ({"s3fs": {"bucket": "-o", "url": "https://a,b"}}, "imageforge_desktop.s3fs"),
         ({"geometry": "1x1; system('reboot')"}, "imageforge_desktop.geometry: must match"),
@@ -270,8 +270,29 @@ def test_shutdown_timer_is_written_from_the_settings(setup) -> None:
     assert not setup.TIMER.exists()
 
 
-def test_a_timezone_must_be_a_file_in_zoneinfo(setup) -> None:
-    for zone in ("Europe", "Europe/../../../etc/passwd", "Nowhere/City"):
+def test_a_timezone_must_be_a_zone_file_in_zoneinfo(setup, tmp_path, monkeypatch) -> None:
+    zoneinfo = tmp_path / "zoneinfo"
+    (zoneinfo / "Europe").mkdir(parents=True)
+    (zoneinfo / "Europe" / "Berlin").write_bytes(b"TZif2...")
+    (zoneinfo / "leapseconds").write_text("# not a zone\n")
+    (zoneinfo / "posixrules").write_bytes(b"TZif2...")
+    (zoneinfo / "localtime").symlink_to(tmp_path / "etc-localtime")  # tzdata ships this link
+    (tmp_path / "etc-localtime").symlink_to(zoneinfo / "localtime")  # and then a loop
+    (zoneinfo / "Outside").symlink_to(tmp_path)
+    monkeypatch.setattr(setup, "ZONEINFO", zoneinfo)
+    assert (
+        setup.timezone_file({"shutdown": {"timezone": "Europe/Berlin"}})
+        == zoneinfo / "Europe/Berlin"
+    )
+    for zone in (
+        "Europe",
+        "leapseconds",
+        "posixrules",
+        "localtime",
+        "Outside/etc-localtime",
+        "Europe/../../../etc/passwd",
+        "Nowhere/City",
+    ):
         with pytest.raises(setup.Refused):
             setup.timezone_file({"shutdown": {"timezone": zone}})
 
@@ -336,6 +357,48 @@ def test_the_password_is_never_written_through_a_link_the_user_made(setup, user,
     config.unlink()
     setup.install_password("s3cret12", user)
     assert victim.read_text() == "root:*:\n"
+
+
+def test_a_mapping_from_user_data_changes_only_the_keys_it_gives(setup) -> None:
+    setup.DEFAULTS.write_text(
+        json.dumps(
+            {
+                "shutdown": {"time": "18:00", "timezone": "Europe/Berlin"},
+                "s3fs": {"bucket": "course-data", "url": "https://s3.example.org"},
+            }
+        )
+    )
+    data = desktop(
+        {
+            "shutdown": {"time": "17:00"},
+            "s3fs": {"bucket": "course-data", "access_key": "AK", "secret_key": "S"},
+        }
+    )
+    merged = setup.settings(data)
+    assert merged["shutdown"] == {"time": "17:00", "timezone": "Europe/Berlin"}
+    assert (
+        merged["s3fs"]["url"] == "https://s3.example.org" and merged["s3fs"]["access_key"] == "AK"
+    )
+    assert setup.settings(desktop({"shutdown": None}))["shutdown"] is None
+
+
+def test_autosquash_never_mounts_over_a_parent_directory(setup, tmp_path, monkeypatch) -> None:
+    source = tmp_path / "squash"
+    source.mkdir()
+    for name in ("..squashfs", "...squashfs", ".hidden.squashfs", "tools.squashfs"):
+        (source / name).write_bytes(b"hsqs")
+    monkeypatch.setattr(setup, "AUTOSQUASH_MOUNTS", tmp_path / "autosquash")
+    note = setup.mount_autosquash({"autosquash": str(source)})
+    assert note == f"autosquash: 1 mounted from {source} (tools)"
+    targets = [c[-1] for c in setup.calls if c[0] == "mount"]
+    assert targets == [str(tmp_path / "autosquash" / "tools")]
+
+
+def test_a_password_file_that_cannot_be_written_fails_the_unit_in_one_line(setup, user, capsys):
+    Path(user.pw_dir, ".config").symlink_to("/nonexistent")
+    assert setup.boot(desktop({"attendee": 1})) == 1
+    assert "cannot write the VNC password" in setup.motd.read_text()
+    assert not setup.PASSWORD.exists() and not setup.VNC_CONFIG.exists()
 
 
 def test_s3fs_mounts_without_suid_or_devices_and_stages_on_disk(setup) -> None:
