@@ -30,7 +30,7 @@ def redact(text: str) -> str:
 
 def tail(path: Path, lines: int = 20) -> str:
     """The last lines of a console log, redacted and without terminal control characters, for
-    an error message ("" if there is none yet)."""
+    an error message (just the heading if the log is absent or empty)."""
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
