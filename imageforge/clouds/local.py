@@ -32,6 +32,7 @@ class LocalCloud(SourceDefaults):
             "ssh_username": self.ssh_username(cell.os),
             "ssh_timeout": f"{local.ssh_timeout_minutes}m",
             "vm_name": f"{cell.flavor_name}.qcow2",
+            "tcg_cpu": qemu.TCG_CPU,
             "metadata": metadata(project, cell, {}),
         }
 

@@ -63,7 +63,7 @@ def test_forwards_and_guest_commands_stay_on_localhost(tmp_path: Path, monkeypat
         guest_commands=(("10.0.2.100:80", "socat - TCP:127.0.0.1:9000"),),
     )
     argv = vm.argv()
-    assert argv[argv.index("-cpu") + 1] == "max"  # a modern CPU under TCG, not qemu64
+    assert argv[argv.index("-cpu") + 1] == qemu.TCG_CPU  # x86-64-v2 under TCG, not qemu64
     netdev = argv[argv.index("-netdev") + 1]
     assert netdev == (
         "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"

@@ -11,6 +11,8 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
+from imageforge import qemu
+
 ROOT = Path(__file__).resolve().parents[2]
 QM = ROOT / "provisioners" / "quantum-mobile"
 
@@ -39,6 +41,12 @@ MODERN = (
     "pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm abm avx2"
 )
 
+TCG_GUEST = (
+    "fpu de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse "
+    "sse2 ht syscall nx lm rep_good nopl xtopology cpuid extd_apicid pni ssse3 cx16 sse4_1 "
+    "sse4_2 popcnt hypervisor lahf_lm cmp_legacy svm 3dnowprefetch vmmcall"
+)
+
 
 def cpuinfo(*flag_lines: str) -> str:
     """A /proc/cpuinfo with one processor block per flags line."""
@@ -51,6 +59,16 @@ def cpuinfo(*flag_lines: str) -> str:
 
 def test_qemu64_lacks_what_numpy_needs() -> None:
     assert cpu.missing_features(cpuinfo(QEMU64)) == ["popcnt", "sse4_1", "sse4_2", "ssse3"]
+
+
+def test_the_cpu_imageforge_gives_a_tcg_guest_is_x86_64_v2() -> None:
+    """qemu.TCG_CPU adds to qemu64 exactly what numpy needs; the flags line is the one a
+    trixie guest showed under `-cpu {TCG_CPU}`."""
+    added = [f.removeprefix("+").replace(".", "_") for f in qemu.TCG_CPU.split(",")[1:]]
+    assert qemu.TCG_CPU.split(",")[0] == "qemu64"
+    flags = QEMU64 + " " + " ".join(added)
+    assert cpu.missing_features(cpuinfo(flags, flags)) == []
+    assert cpu.missing_features(cpuinfo(TCG_GUEST)) == []
 
 
 def test_a_modern_cpu_has_every_x86_64_v2_feature() -> None:
