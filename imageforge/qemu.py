@@ -32,9 +32,9 @@ LOCALHOST = "127.0.0.1"
 KVM_PROBE_SECONDS = 1.0
 # The CPU a TCG guest gets: the x86-64-v2 baseline (qemu64 plus SSSE3, SSE4.1/4.2, POPCNT and
 # CMPXCHG16B), the least any image here supports (numpy's wheels need v2). Not "max": under TCG
-# its AVX2, XSAVE and 5-level paging make every guest slower (a slurm-node boot to a running
-# system took 67 s with "max" and 51 s with this, back to back), and proving an image on the
-# baseline it claims shows that it runs on any cloud CPU above it.
+# every boot is slower with it (bench/tcg_cpu.py, slurm-node booted alternately, medians: login
+# 64.6 s with "max", 58.5 s with this; a running system 73.7 s and 66.5 s), and proving an image
+# on the baseline it claims shows that it runs on any cloud CPU above it.
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16"
 FIRMWARE_DONE = "No bootable device"
 # Lines QEMU prints when KVM exists but cannot run a guest.
