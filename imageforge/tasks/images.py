@@ -22,7 +22,7 @@ from imageforge import (
 from imageforge import validate as validation
 from imageforge.errors import ConfigError
 from imageforge.oses import warn_unverified
-from imageforge.tasks.common import friendly, project
+from imageforge.tasks.common import friendly, out, project
 
 HELP = {
     "image": "flavor to act on (default: every flavor)",
@@ -55,7 +55,7 @@ def list_(c, config=None):
             cell = enabled.get((name, cloud))
             row.append(f"{cell.os} → {clouds.get(cloud).builder}" if cell else "[dim]—[/]")
         table.add_row(*row)
-    log.console.print(table)
+    out.print(table)
 
 
 @task(name="render", help=helps("image", "cloud", "config", "packer_version"))

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from invoke import task
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -16,7 +15,7 @@ from imageforge.config import CLOUDS, Project
 from imageforge.configerrors import suggest
 from imageforge.errors import ConfigError
 from imageforge.record import BuildRecord
-from imageforge.tasks.common import friendly, integer, project
+from imageforge.tasks.common import friendly, integer, out, project
 
 HELP = {
     "image": "only builds of this flavor",
@@ -26,10 +25,6 @@ HELP = {
     "build": "build id (see `invoke history`)",
     "format": "text (default) or json",
 }
-# stdout: what these tasks are asked for; not a terminal (a pipe, a file): lines are not cut
-out = Console(highlight=False, soft_wrap=True)
-if not out.is_terminal:
-    out = Console(highlight=False, soft_wrap=True, width=160)
 
 
 def pick(*names: str) -> dict[str, str]:
