@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,12 @@ _depth = 0
 
 def debug_enabled() -> bool:
     """Whether --debug (IMAGEFORGE_DEBUG=1) asked for tracebacks and command lines."""
-    return os.environ.get("IMAGEFORGE_DEBUG", "") not in ("", "0")
+    from imageforge import settings  # log is imported by everything, settings by little
+
+    try:
+        return settings.current().debug
+    except Exception:  # a bad setting elsewhere is reported by whoever needs it
+        return False
 
 
 def _indent() -> str:

@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import hcl, log
+from imageforge import hcl, log, settings
 from imageforge.clouds.aws.client import ec2
 from imageforge.clouds.common import (
-    SSH_FROM,
     BuildEnv,
     SourceDefaults,
     image_name,
@@ -68,7 +67,7 @@ class AwsSource(SourceDefaults):
             os.environ.get("PKR_VAR_aws_endpoint_ec2")  # noqa: SIM112 (Packer variable name)
             or ec2(project.images.clouds.aws.region).meta.endpoint_url
         )
-        source = ssh_source(os.environ.get(SSH_FROM, ""), endpoint)
+        source = ssh_source(settings.current().verify_ssh_from, endpoint)
         log.info(f"the build instance admits SSH from {source} only")
         return BuildEnv({"PKR_VAR_aws_ssh_source_cidrs": json.dumps([str(source)])})
 
