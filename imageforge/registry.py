@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from imageforge import log, state
+from imageforge import log
 from imageforge.errors import ImageforgeError
-from imageforge.record import RECORD, BuildRecord
+from imageforge.record import RECORD, BuildRecord, artifacts_root, load
 
 FILENAME = "registry.sqlite3"
 SCHEMA_VERSION = 1
@@ -65,7 +65,7 @@ _warned: set[Path] = set()
 
 
 def path(project_root: Path) -> Path:
-    return state.artifacts_root(project_root) / FILENAME
+    return artifacts_root(project_root) / FILENAME
 
 
 @contextlib.contextmanager
@@ -154,7 +154,7 @@ def saved(record: BuildRecord) -> None:
 def rebuild(project_root: Path) -> int:
     """Index every build.json of the project (invalid records are skipped with a warning);
     returns how many were indexed. Rows of builds whose directory is gone are kept."""
-    artifacts = state.artifacts_root(project_root)
+    artifacts = artifacts_root(project_root)
     return _index(artifacts, artifacts / FILENAME)
 
 
@@ -162,7 +162,7 @@ def _index(artifacts: Path, db: Path) -> int:
     records = []
     for found in sorted(artifacts.glob(f"*/*/{RECORD}")):
         try:
-            records.append(state.load(found.parent))
+            records.append(load(found.parent))
         except ImageforgeError as exc:
             log.warn(f"skipped: {exc}")
     with connect(db) as connection:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from imageforge import log
+from imageforge import log, registry
 from imageforge.configerrors import suggest
 from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.record import (  # noqa: F401 (the record's types, for state's callers)
@@ -33,6 +33,7 @@ from imageforge.record import (  # noqa: F401 (the record's types, for state's c
     BuildRecord,
     Publication,
     Status,
+    artifacts_root,
     load,
 )
 
@@ -43,9 +44,7 @@ def _save(record: BuildRecord) -> BuildRecord:
     tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
     tmp.write_text(record.model_dump_json(indent=2) + "\n")
     os.replace(tmp, path)
-    from imageforge import registry  # the index of every record; it never fails a save
-
-    registry.saved(record)
+    registry.saved(record)  # the index of every record; it never fails a save
     return record
 
 
@@ -252,10 +251,6 @@ def unbound_reason(record: BuildRecord) -> str | None:
 
 
 # The registry: every record of a flavor.
-
-
-def artifacts_root(project_root: Path) -> Path:
-    return project_root / "artifacts"
 
 
 def records(project_root: Path, flavor: str, cloud: str | None = None) -> list[BuildRecord]:

@@ -21,12 +21,11 @@ from imageforge.clouds.common import (
     BUILD_KEY,
     Instance,
     build_tags,
-    remove_all,
     ssh_source,
     torn_down,
     verify_prefix,
 )
-from imageforge.clouds.sdkerrors import why
+from imageforge.clouds.sdkerrors import remove_all, why
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:

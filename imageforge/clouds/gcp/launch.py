@@ -24,13 +24,13 @@ from imageforge.clouds.common import (
     build_tags,
     described_build,
     label,
-    remove_all,
     ssh_source,
     torn_down,
     verify_prefix,
 )
 from imageforge.clouds.gcp.connection import Gce
 from imageforge.clouds.gcp.sharing import locate
+from imageforge.clouds.sdkerrors import remove_all
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:

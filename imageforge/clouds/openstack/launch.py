@@ -25,12 +25,12 @@ from imageforge.clouds.common import (
     Instance,
     build_tags,
     described_build,
-    remove_all,
     ssh_source,
     torn_down,
     verify_prefix,
 )
 from imageforge.clouds.openstack.connection import cloud_name, connect, errors, image_id
+from imageforge.clouds.sdkerrors import remove_all
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
