@@ -88,7 +88,6 @@ GcpMember = Annotated[str, AfterValidator(_gcp_member)]
 ProjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
-
 @dataclass(frozen=True)
 class Sharing:
     """Who may use a published image: everyone, or named accounts/projects/members; on
