@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.markup import escape
 
+from imageforge import settings
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 _depth = 0
 
 
 def debug_enabled() -> bool:
     """Whether --debug (IMAGEFORGE_DEBUG=1) asked for tracebacks and command lines."""
-    from imageforge import settings  # log is imported by everything, settings by little
-
     try:
         return settings.current().debug
     except Exception:  # a bad setting elsewhere is reported by whoever needs it

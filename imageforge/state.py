@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from imageforge import log, registry
+from imageforge import locks, log, registry
 from imageforge.configerrors import suggest
 from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.record import (  # noqa: F401 (the record's types, for state's callers)
@@ -304,8 +304,6 @@ def reusable(project_root: Path, flavor: str, cloud: str, content_hash: str) -> 
 
 def reap_stale(project_root: Path) -> list[str]:
     """Records left in `building` by a run that is gone (its lock is free) become interrupted."""
-    from imageforge import locks
-
     reaped = []
     for path in sorted(artifacts_root(project_root).glob(f"*/*/{RECORD}")):
         try:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import oses, qemu, state
+from imageforge import base, oses, qemu, state
 from imageforge.clouds.common import BuildEnv, SourceDefaults, metadata
 
 if TYPE_CHECKING:
@@ -37,8 +37,6 @@ class LocalCloud(SourceDefaults):
 
     def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
         """The flavor's layer: the base recipe plus its declared packages, built natively."""
-        from imageforge import base
-
         python = cell.flavor.python
         recipe = base.BaseRecipe(
             suite=oses.get(cell.os).suite,

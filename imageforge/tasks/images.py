@@ -20,7 +20,7 @@ from imageforge import (
     schema,
 )
 from imageforge import validate as validation
-from imageforge.errors import ConfigError
+from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.oses import warn_unverified
 from imageforge.tasks.common import friendly, out, project
 
@@ -130,8 +130,6 @@ def schema_(c, check=False):
     text = schema.text()
     if check:
         if not path.is_file() or path.read_text() != text:
-            from imageforge.errors import ImageforgeError
-
             raise ImageforgeError(f"{path} is out of date", hint="run `invoke schema`")
         log.info(f"{path} is up to date")
         return
