@@ -76,3 +76,20 @@ def test_no_module_imports_itself_through_others() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_imageforge_modules_are_imported_at_the_top_only() -> None:
+    """An import inside a function hides a dependency (and once hid two cycles); only
+    third-party SDKs are imported late, to keep `invoke --list` fast without them."""
+    late = []
+    for name, path in modules().items():
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+                if isinstance(node, ast.ImportFrom) and (
+                    node.level or module.startswith("imageforge")
+                ):
+                    late.append(f"{name}:{node.lineno}")
+    assert late == []
