@@ -16,7 +16,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from imageforge import log
-from imageforge.errors import ImageforgeError
+from imageforge.configerrors import suggest
+from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.record import RECORD, BuildRecord, artifacts_root, load
 
 FILENAME = "registry.sqlite3"
@@ -208,6 +209,19 @@ def get(project_root: Path, build_id: str) -> BuildRecord | None:
     """One build by id, or None."""
     found = _rows(project_root, "SELECT id, directory, record FROM builds WHERE id = ?", [build_id])
     return found[0] if found else None
+
+
+def find(project_root: Path, build_id: str) -> BuildRecord:
+    """A build by id, whatever its flavor and cloud, as its directory holds it now; an unknown
+    id is one line with the nearest ones. The one way to find a build by id."""
+    indexed = get(project_root, build_id)
+    if indexed is not None and (indexed.directory / RECORD).is_file():
+        return load(indexed.directory)
+    known = values(project_root, "id")
+    raise ConfigError(
+        f"no build {build_id!r} in {artifacts_root(project_root)} (recent: "
+        f"{', '.join(known[-5:]) or 'none'}; see `invoke history`){suggest(build_id, known)}"
+    )
 
 
 def values(project_root: Path, column: str) -> list[str]:

@@ -8,7 +8,6 @@ autoescaping on: every value from a record or a log is escaped.
 from __future__ import annotations
 
 import base64
-import glob
 import json
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,6 @@ import jinja2
 from packaging.requirements import InvalidRequirement, Requirement
 
 from imageforge import __version__, junit, sbom, state
-from imageforge.configerrors import suggest
-from imageforge.errors import ConfigError
-from imageforge.record import RECORD
 from imageforge.state import BuildRecord
 
 TEMPLATE = "report.html.j2"
@@ -35,20 +31,6 @@ BOOT = (
     ("checks_seconds", "checks"),
 )
 TONE = {"verified": "ok", "failed": "bad", "interrupted": "bad"}  # else "pending"
-
-
-def find(project_root: Path, build_id: str) -> BuildRecord:
-    """A build by id, whatever its flavor; an unknown id is one line with the nearest ones."""
-    base = state.artifacts_root(project_root)
-    if "/" not in build_id and build_id.strip("."):
-        for path in sorted(base.glob(f"*/{glob.escape(build_id)}/{RECORD}")):
-            return state.load(path.parent)
-    flavors = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
-    known = sorted(r.id for flavor in flavors for r in state.records(project_root, flavor))
-    raise ConfigError(
-        f"no build {build_id!r} in {base} (recent: {', '.join(known[-5:]) or 'none'})"
-        f"{suggest(build_id, known)}"
-    )
 
 
 def tests_context(cases: list[junit.Case]) -> dict[str, Any]:

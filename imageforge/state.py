@@ -270,7 +270,7 @@ def records(project_root: Path, flavor: str, cloud: str | None = None) -> list[B
 
 def find(project_root: Path, flavor: str, cloud: str, build_id: str | None) -> BuildRecord:
     """A build by id, or the newest one of the flavor on the cloud."""
-    if build_id:
+    if build_id:  # the flavor names the directory: no index needed (registry.find: any flavor)
         directory = artifacts_root(project_root) / flavor / build_id
         if "/" not in build_id and build_id.strip(".") and (directory / RECORD).is_file():
             record = load(directory)
