@@ -259,6 +259,21 @@ class Removable(Protocol):
         ...
 
 
+class Verifying(Removable, Protocol):
+    """One build's verification resources in one cloud (each cloud's Verification)."""
+
+    @property
+    def endpoint(self) -> str:
+        """The cloud API's URL, whose route tells this machine's own address."""
+        ...
+
+    def start(
+        self, public_key: str, user_data: str, source: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ) -> Instance:
+        """Make the key pair, the rule admitting SSH from source, and the running instance."""
+        ...
+
+
 @contextlib.contextmanager
 def torn_down(verification: Removable) -> Iterator[None]:
     """Clear what a killed verification of the same build left, then make sure everything made
@@ -274,3 +289,14 @@ def torn_down(verification: Removable) -> Iterator[None]:
         pending = verification.remove()
         if pending is not None and not failed:
             raise pending
+
+
+@contextlib.contextmanager
+def launched(
+    verification: Verifying, *, public_key: str, user_data: str, ssh_from: str
+) -> Iterator[Instance]:
+    """Every cloud's verification launch: the instance, SSH from ssh_from (else this machine),
+    and everything deleted on every way out (what a killed run left, first)."""
+    source = ssh_source(ssh_from, verification.endpoint)
+    with torn_down(verification):
+        yield verification.start(public_key, user_data, source)
