@@ -163,3 +163,19 @@ def test_list_into_a_pipe_shows_whole_names_on_stdout(project: Path) -> None:
     for name in ("quantum-mobile", "training-desktop", "slurm-node", "googlecompute"):
         assert name in result.stdout, result.stdout
     assert "…" not in result.stdout and "quantum-mobile" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("build", "--bogus"), "error: No idea what '--bogus' is!"),
+        (
+            ("build", "--image"),
+            "error: Flag <Argument: image (i)> needed value and was not given one!",
+        ),
+        (("no-such-task",), "error: No idea what 'no-such-task' is!"),
+    ],
+)
+def test_a_usage_error_of_a_task_exits_2_in_one_line(project: Path, args, said: str) -> None:
+    result = invoke(project, *args)
+    assert (result.returncode, result.stderr.strip()) == (2, said)
