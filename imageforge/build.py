@@ -216,7 +216,7 @@ def _packer_build(
             secrets=[v for k, v in proxies.items() if k != "no_proxy"],
             on_line=tracker.feed,
             what=f"packer build {cell.name}",
-            grace=runner.packer_grace(cell.cloud),
+            grace=cloud.packer_grace_seconds,
         )
     except CommandError as exc:
         raise BuildFailed(tracker.explain(exc, record.directory / "serial.log")) from None

@@ -25,16 +25,8 @@ from imageforge.errors import CommandError, Interrupted
 
 TAIL_LINES = 25
 GRACE_SECONDS = 20.0
-# How long Packer may take, after Ctrl-C or SIGTERM, to delete what it made: locally a VM;
-# in a cloud an instance, its key pair and security group, which take minutes to go.
-PACKER_GRACE_SECONDS = {"local": 20.0, "aws": 300.0, "gcp": 300.0, "openstack": 300.0}
 # Process groups of the commands running now, for a second signal to kill at once.
 _running_groups: set[int] = set()
-
-
-def packer_grace(cloud: str) -> float:
-    """Seconds Packer gets to clean up on cloud after an interrupt (the longest if unknown)."""
-    return PACKER_GRACE_SECONDS.get(cloud, max(PACKER_GRACE_SECONDS.values()))
 
 
 @dataclass(frozen=True)

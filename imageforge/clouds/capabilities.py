@@ -21,6 +21,8 @@ class PackerSource(Protocol):
 
     name: ClassVar[str]
     builder: ClassVar[str]
+    datasource: ClassVar[str]
+    packer_grace_seconds: ClassVar[float]
 
     def ssh_username(self, os_name: str) -> str: ...
 

@@ -79,6 +79,9 @@ class SourceDefaults:
     """The parts of a Packer source most clouds leave as they are."""
 
     name: str
+    # How long Packer may take, after Ctrl-C or SIGTERM, to delete what it made: in a cloud an
+    # instance, its key pair and security group, which take minutes to go.
+    packer_grace_seconds: float = 300.0
 
     def ssh_username(self, os_name: str) -> str:
         """The default login user of os_name's official images on this cloud."""

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 class LocalCloud(SourceDefaults):
     name = "local"
     builder = "qemu"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "NoCloud"
+    packer_grace_seconds = 20.0  # a local VM is gone at once
 
     def __init__(self) -> None:
         self._layers: dict[str, dict[str, Any]] = {}  # cell name: the layer this run chose

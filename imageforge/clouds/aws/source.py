@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 class AwsSource(SourceDefaults):
     name = "aws"
     builder = "amazon-ebs"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "Ec2"
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         aws = project.images.clouds.aws

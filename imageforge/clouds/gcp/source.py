@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 class GcpSource(SourceDefaults):
     name = "gcp"
     builder = "googlecompute"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "GCE"
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         gcp = project.images.clouds.gcp

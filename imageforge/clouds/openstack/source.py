@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 class OpenstackSource(SourceDefaults):
     name = "openstack"
     builder = "openstack"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "OpenStack, ConfigDrive"
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         cfg = project.images.clouds.openstack
