@@ -87,6 +87,12 @@ class SourceDefaults:
         """The default login user of os_name's official images on this cloud."""
         return oses.get(os_name).ssh_user(self.name)
 
+    machine_setting = ""
+
+    def machine(self, settings: Any) -> str:
+        """The build instance's type, from the cloud's setting that names it."""
+        return str(getattr(settings, self.machine_setting))
+
     @contextlib.contextmanager
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:
         """Environment that lets `packer validate` check a template with no real account."""

@@ -23,6 +23,9 @@ class LocalCloud(SourceDefaults):
     datasource = "NoCloud"
     packer_grace_seconds = 20.0  # a local VM is gone at once
 
+    def machine(self, settings: Any) -> str:
+        return f"QEMU, {settings.cpus} CPUs, {settings.memory_mb} MiB"
+
     def __init__(self) -> None:
         self._layers: dict[str, dict[str, Any]] = {}  # cell name: the layer this run chose
 

@@ -31,6 +31,12 @@ class AwsSource(SourceDefaults):
     builder = "amazon-ebs"
     # cloud-init's datasource on this cloud's own images (datasource_list, then None)
     datasource = "Ec2"
+    machine_setting = "instance_type"
+    disk_setting = "volume_size_gb"
+
+    def image_regions(self, settings: Any) -> tuple[str, ...]:
+        """Where the verified image is kept."""
+        return tuple(dict.fromkeys((settings.region, *settings.copy_regions)))
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         aws = project.images.clouds.aws
