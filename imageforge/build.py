@@ -106,7 +106,7 @@ def _build(
     with log.step(f"render {cell.name}") as t:
         rendered = render.render(project, cell, version, out=directory / "packer", cloud=cloud)
     timings["render"] = t["seconds"]
-    if isinstance(cloud, Preflight) and cell.cloud != "local":
+    if isinstance(cloud, Preflight):
         with log.step(f"preflight {cell.cloud}"):
             for line in cloud.doctor(project, cell):
                 log.info(f"ok: {line}")
