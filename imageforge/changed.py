@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from imageforge import matrix, runner
+from imageforge import matrix, render, runner
 from imageforge.config import Project
 from imageforge.errors import CommandError, ConfigError, ImageforgeError
 from imageforge.matrix import Cell
@@ -37,6 +37,8 @@ EVERY_CELL = (
     "imageforge/render.py",
     "imageforge/hcl.py",
     "imageforge/oses.py",  # each OS's release, login user and Python
+    "imageforge/userdata.py",  # the user-data schema every image carries
+    *render.BUILTIN_SCRIPTS,  # what render adds to every build (the first-boot library...)
 )
 BASE_RECIPE = (
     "imageforge/recipe.py",

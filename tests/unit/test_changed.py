@@ -138,6 +138,21 @@ def test_the_build_template_or_rendering_rebuilds_every_cell(repo: Path) -> None
     assert changed(repo) == ALL
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "provisioners/common/00-host-passthrough.sh",
+        "provisioners/common/05-metadata-guard.sh",
+        "provisioners/common/06-firstboot.py",
+        "imageforge/userdata.py",
+    ],
+)
+def test_what_every_build_gets_rebuilds_every_cell(repo: Path, path: str) -> None:
+    """render adds these to every build, whatever its flavor lists."""
+    touch(repo / path)
+    assert changed(repo) == ALL
+
+
 def test_the_os_table_rebuilds_every_cell(repo: Path) -> None:
     touch(repo / "imageforge/oses.py")
     assert changed(repo) == ALL
