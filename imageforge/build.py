@@ -25,10 +25,13 @@ from imageforge import (
     locks,
     log,
     packer,
+    reap,
     render,
     runner,
     state,
+    vagrantbox,
 )
+from imageforge import verify as verification  # `verify` is build()'s flag
 from imageforge.clouds.capabilities import PackerSource, Preflight
 from imageforge.config import Project
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
@@ -82,8 +85,6 @@ def build(
             if not (directory / state.RECORD).exists():  # reused, or failed before a record
                 shutil.rmtree(directory, ignore_errors=True)
         if verify and record.directory == directory:
-            from imageforge import verify as verification
-
             record = verification.verify(project, cell, record)
         if record.directory == directory and _wants_box(project, cell, record):
             record = _derive_box(project, cell, record)
@@ -105,7 +106,7 @@ def _build(
     with log.step(f"render {cell.name}") as t:
         rendered = render.render(project, cell, version, out=directory / "packer", cloud=cloud)
     timings["render"] = t["seconds"]
-    if isinstance(cloud, Preflight) and cell.cloud != "local":
+    if isinstance(cloud, Preflight):
         with log.step(f"preflight {cell.cloud}"):
             for line in cloud.doctor(project, cell):
                 log.info(f"ok: {line}")
@@ -162,8 +163,6 @@ def _build(
 def _scratch(build_id: str) -> Iterator[Path]:
     """A private temporary directory for the build's key and seed; always removed (after
     SIGKILL, by the next run's reap)."""
-    from imageforge import reap
-
     path = reap.claim(Path(tempfile.mkdtemp(prefix=f"imageforge-{build_id}-")))
     try:
         yield path
@@ -217,7 +216,7 @@ def _packer_build(
             secrets=[v for k, v in proxies.items() if k != "no_proxy"],
             on_line=tracker.feed,
             what=f"packer build {cell.name}",
-            grace=runner.packer_grace(cell.cloud),
+            grace=cloud.packer_grace_seconds,
         )
     except CommandError as exc:
         raise BuildFailed(tracker.explain(exc, record.directory / "serial.log")) from None
@@ -287,7 +286,6 @@ def _wants_box(project: Project, cell: Cell, record: BuildRecord) -> bool:
 
 
 def _derive_box(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
-    from imageforge import vagrantbox
 
     with log.step(f"vagrant box {cell.flavor_name}") as t:
         box = vagrantbox.derive(

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageforge import runner
+from imageforge import runner, settings
 from imageforge.errors import ConfigError
 
 PROXY_NAMES = ("http_proxy", "https_proxy", "no_proxy")
@@ -58,8 +58,7 @@ def host_ca_certificates(environ: dict[str, str] | None = None) -> list[Path]:
     $IMAGEFORGE_EXTRA_CA_CERTS (a PEM file or a directory of them, ':'-separated) if set,
     otherwise the host's locally added CAs in /usr/local/share/ca-certificates.
     """
-    environ = dict(os.environ if environ is None else environ)
-    setting = environ.get(EXTRA_CA_ENV)
+    setting = settings.current().extra_ca_certs if environ is None else environ.get(EXTRA_CA_ENV)
     sources = [Path(p) for p in setting.split(":") if p] if setting is not None else [LOCAL_CA_DIR]
     found: list[Path] = []
     for source in sources:

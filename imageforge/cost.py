@@ -14,15 +14,12 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from imageforge import clouds, log
+from imageforge.clouds.capabilities import Priced
 from imageforge.config import Project
 from imageforge.configerrors import dotted
 from imageforge.errors import ConfigError
 from imageforge.matrix import Cell
 from imageforge.prices import CloudPrices
-
-# Per cloud: the setting naming the build instance, and the one giving the disk size.
-MACHINE = {"aws": "instance_type", "gcp": "machine_type", "openstack": "flavor"}
-DISK = {"aws": "volume_size_gb", "gcp": "disk_size_gb", "openstack": "volume_size_gb"}
 
 
 @dataclass(frozen=True)
@@ -75,39 +72,33 @@ def plan(project: Project, cells: list[Cell]) -> list[Planned]:
 
 
 def _planned(project: Project, cell: Cell) -> Planned:
-    builder = clouds.get(cell.cloud).builder
-    settings = cell.cloud_settings
-    if cell.cloud == "local":
-        machine = f"QEMU, {settings.cpus} CPUs, {settings.memory_mb} MiB"
-        return Planned(cell, builder, machine, (), None, "no cloud cost: builds on this machine")
-    machine = getattr(settings, MACHINE[cell.cloud])
-    regions = _regions(cell)
+    cloud = clouds.get(cell.cloud)
+    machine = cloud.machine(cell.cloud_settings)
+    if not isinstance(cloud, Priced):
+        return Planned(
+            cell, cloud.builder, machine, (), None, "no cloud cost: builds on this machine"
+        )
+    regions = cloud.image_regions(cell.cloud_settings)
     prices: CloudPrices | None = getattr(project.images.prices, cell.cloud, None)
     if prices is None:
         note = f"no estimate: images.yml has no price table for {cell.cloud}"
-        return Planned(cell, builder, machine, regions, None, note)
-    return Planned(cell, builder, machine, regions, estimate(project, cell, prices, len(regions)))
-
-
-def _regions(cell: Cell) -> tuple[str, ...]:
-    settings = cell.cloud_settings
-    if cell.cloud == "aws":
-        return tuple(dict.fromkeys((settings.region, *settings.copy_regions)))
-    if cell.cloud == "gcp":
-        return (settings.zone.rsplit("-", 1)[0],)  # the image's storage location
-    return (settings.cloud,)
+        return Planned(cell, cloud.builder, machine, regions, None, note)
+    return Planned(
+        cell, cloud.builder, machine, regions, estimate(project, cell, prices, len(regions))
+    )
 
 
 def estimate(project: Project, cell: Cell, prices: CloudPrices, regions: int) -> Estimate:
     """The estimate of one cell with its cloud's prices."""
-    field = MACHINE[cell.cloud]
+    cloud = clouds.capability(cell.cloud, Priced)
+    field = cloud.machine_setting
     machine = getattr(cell.cloud_settings, field)
     if machine not in prices.instances:
         raise _missing_price(project, cell.cloud, field, machine)
     if prices.image_gb is not None:
         image_gb, source = prices.image_gb, f"prices.{cell.cloud}.image_gb"
     else:
-        disk = DISK[cell.cloud]
+        disk = cloud.disk_setting
         image_gb, source = float(getattr(cell.cloud_settings, disk)), f"clouds.{cell.cloud}.{disk}"
     return Estimate(
         hours=prices.build_hours,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 
 from rich.console import Console
 from rich.markup import escape
+
+from imageforge import settings
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 _depth = 0
@@ -16,7 +17,10 @@ _depth = 0
 
 def debug_enabled() -> bool:
     """Whether --debug (IMAGEFORGE_DEBUG=1) asked for tracebacks and command lines."""
-    return os.environ.get("IMAGEFORGE_DEBUG", "") not in ("", "0")
+    try:
+        return settings.current().debug
+    except Exception:  # a bad setting elsewhere is reported by whoever needs it
+        return False
 
 
 def _indent() -> str:

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from imageforge import log
+
 OsName = Literal["debian-13", "debian-12", "ubuntu-24.04", "ubuntu-22.04"]
 LocalOsName = Literal["debian-13", "debian-12"]
 DEFAULT_OS = "debian-13"
@@ -95,6 +97,4 @@ def warn_unverified(cells: Iterable[_Cell]) -> None:
     when some start from an OS that imageforge never boots locally."""
     note = unverified_note(cells)
     if note is not None:
-        from imageforge import log
-
         log.warn(note)

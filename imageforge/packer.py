@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shutil
 from dataclasses import dataclass
 
-from imageforge import runner
+from imageforge import runner, settings
 from imageforge.errors import ImageforgeError
 
 VERSION_OVERRIDE_ENV = "IMAGEFORGE_PACKER_VERSION"
@@ -37,7 +36,7 @@ class PackerVersion:
 
 
 def binary() -> str:
-    path = shutil.which(os.environ.get("IMAGEFORGE_PACKER", "packer"))
+    path = shutil.which(settings.current().packer)
     if path is None:
         raise ImageforgeError(
             "packer is not installed",
@@ -54,5 +53,5 @@ def installed_version() -> PackerVersion:
 
 def version(override: str | None = None) -> PackerVersion:
     """The version to render for: an explicit override, $IMAGEFORGE_PACKER_VERSION, or detected."""
-    text = override or os.environ.get(VERSION_OVERRIDE_ENV)
+    text = override or settings.current().packer_version
     return PackerVersion.parse(text) if text else installed_version()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from imageforge import clouds, log, matrix, oses, publishpolicy, state
 from imageforge import publish as publishing
 from imageforge.clouds import Sharer, Sharing
+from imageforge.clouds.capabilities import Importer
 from imageforge.config import Project
 from imageforge.errors import ConfigError, ImageforgeError, Interrupted
 from imageforge.matrix import Cell
@@ -108,7 +109,7 @@ def _planned(project: Project, cell: Cell) -> Entry:
     verified = [r for r in found if r.verified]
     if not verified:
         how = f"`invoke build --image {cell.flavor_name} --cloud {cell.cloud}`"
-        if cell.cloud == "openstack":
+        if isinstance(clouds.get(cell.cloud), Importer):
             how += f" (or `invoke import --image {cell.flavor_name}` of a local build)"
         if not found:
             return Entry(cell, sharing=sharing, problem=f"no build yet; {how} makes one")

@@ -18,7 +18,9 @@ visibility says so.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -32,10 +34,6 @@ from pydantic import (
 from imageforge.configerrors import suggest
 from imageforge.configtypes import Model
 from imageforge.errors import ConfigError
-
-if TYPE_CHECKING:
-    from imageforge.clouds.common import Sharing
-    from imageforge.config import ImagesFile
 
 AWS_ACCOUNT = re.compile(r"^[0-9]{12}$")
 AWS_ORGANIZATION = re.compile(
@@ -88,6 +86,38 @@ AwsOrganization = Annotated[str, AfterValidator(_aws_organization)]
 GcpMember = Annotated[str, AfterValidator(_gcp_member)]
 # A Keystone project id (32 hex digits on most clouds; some deployments use other ids).
 ProjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Who may use a published image: everyone, or named accounts/projects/members; on
+    OpenStack, visibility names the Glance visibility to set (public, community, shared); on
+    AWS, snapshots also lets them create volumes from the AMI's snapshots. Nobody unless
+    named: public is never the default."""
+
+    public: bool = False
+    accounts: tuple[str, ...] = ()
+    organizations: tuple[str, ...] = ()
+    visibility: str | None = None
+    snapshots: bool = False
+
+    def describe(self) -> str:
+        """Who it is shared with, as the record keeps it: 'public', 'visibility community',
+        'visibility shared; shared with p1, p2', 'shared with 123456789012, arn:...'."""
+        named = [*self.accounts, *self.organizations]
+        parts = [f"visibility {self.visibility}"] if self.visibility else []
+        if self.public and not self.visibility:
+            parts.append("public")
+        if named and not self.public:
+            parts.append("shared with " + ", ".join(named))
+        return "; ".join(parts) or "private"
+
+
+class Policies(Protocol):
+    """What policy_for reads of images.yml's model: the top level's policy and each flavor's."""
+
+    publish: PublishPolicy | None
+    flavors: Mapping[str, Any]
 
 
 class AwsPublish(Model):
@@ -153,7 +183,7 @@ class PublishPolicy(Model):
     openstack: OpenstackPublish | None = None
 
 
-def policy_for(images: ImagesFile, flavor: str, cloud: str) -> CloudPolicy | None:
+def policy_for(images: Policies, flavor: str, cloud: str) -> CloudPolicy | None:
     """The policy of a cell (the flavor's entry for the cloud, else the top level's), or None
     when images.yml has none for it."""
     own = images.flavors[flavor].publish
@@ -163,7 +193,6 @@ def policy_for(images: ImagesFile, flavor: str, cloud: str) -> CloudPolicy | Non
 
 def sharing(policy: CloudPolicy) -> Sharing | None:
     """What the cloud's sharer is asked for, or None when the policy shares with nobody."""
-    from imageforge.clouds.common import Sharing  # not at import: imageforge.clouds loads config
 
     if isinstance(policy, AwsPublish):
         if policy.public:
@@ -187,7 +216,7 @@ def sharing(policy: CloudPolicy) -> Sharing | None:
     return Sharing(public=True, visibility=visibility)
 
 
-def shares(images: ImagesFile, flavor: str, cloud: str) -> bool:
+def shares(images: Policies, flavor: str, cloud: str) -> bool:
     """Whether images.yml's policy for a cell shares its images with anyone."""
     policy = policy_for(images, flavor, cloud)
     return policy is not None and sharing(policy) is not None

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imageforge import aptsources, guestfiles, oses, pyenv, qemu, runner
+from imageforge import aptsources, guestfiles, oses, pyenv, qemu, runner, settings
 from imageforge.debcache import DebCache
 from imageforge.errors import ImageforgeError
 
@@ -115,7 +115,7 @@ class BaseImage:
 
 def cache_dir() -> Path:
     """$IMAGEFORGE_CACHE_DIR, else $XDG_CACHE_HOME/imageforge (~/.cache/imageforge)."""
-    explicit = os.environ.get("IMAGEFORGE_CACHE_DIR")
+    explicit = settings.current().cache_dir
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     path = Path(explicit or Path(xdg) / "imageforge").expanduser().absolute()
     inside_repo = (REPO_ROOT / "pyproject.toml").exists() and path.is_relative_to(REPO_ROOT)

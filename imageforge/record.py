@@ -118,3 +118,8 @@ def load(directory: Path) -> BuildRecord:
         ) from None
     record._directory = directory
     return record
+
+
+def artifacts_root(project_root: Path) -> Path:
+    """Where a project's builds are: artifacts/<flavor>/<build id>/."""
+    return project_root / "artifacts"

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from imageforge import log, state
-from imageforge.errors import ImageforgeError
-from imageforge.record import RECORD, BuildRecord
+from imageforge import log
+from imageforge.configerrors import suggest
+from imageforge.errors import ConfigError, ImageforgeError
+from imageforge.record import RECORD, BuildRecord, artifacts_root, load
 
 FILENAME = "registry.sqlite3"
 SCHEMA_VERSION = 1
@@ -65,7 +66,7 @@ _warned: set[Path] = set()
 
 
 def path(project_root: Path) -> Path:
-    return state.artifacts_root(project_root) / FILENAME
+    return artifacts_root(project_root) / FILENAME
 
 
 @contextlib.contextmanager
@@ -154,7 +155,7 @@ def saved(record: BuildRecord) -> None:
 def rebuild(project_root: Path) -> int:
     """Index every build.json of the project (invalid records are skipped with a warning);
     returns how many were indexed. Rows of builds whose directory is gone are kept."""
-    artifacts = state.artifacts_root(project_root)
+    artifacts = artifacts_root(project_root)
     return _index(artifacts, artifacts / FILENAME)
 
 
@@ -162,7 +163,7 @@ def _index(artifacts: Path, db: Path) -> int:
     records = []
     for found in sorted(artifacts.glob(f"*/*/{RECORD}")):
         try:
-            records.append(state.load(found.parent))
+            records.append(load(found.parent))
         except ImageforgeError as exc:
             log.warn(f"skipped: {exc}")
     with connect(db) as connection:
@@ -208,6 +209,19 @@ def get(project_root: Path, build_id: str) -> BuildRecord | None:
     """One build by id, or None."""
     found = _rows(project_root, "SELECT id, directory, record FROM builds WHERE id = ?", [build_id])
     return found[0] if found else None
+
+
+def find(project_root: Path, build_id: str) -> BuildRecord:
+    """A build by id, whatever its flavor and cloud, as its directory holds it now; an unknown
+    id is one line with the nearest ones. The one way to find a build by id."""
+    indexed = get(project_root, build_id)
+    if indexed is not None and (indexed.directory / RECORD).is_file():
+        return load(indexed.directory)
+    known = values(project_root, "id")
+    raise ConfigError(
+        f"no build {build_id!r} in {artifacts_root(project_root)} (recent: "
+        f"{', '.join(known[-5:]) or 'none'}; see `invoke history`){suggest(build_id, known)}"
+    )
 
 
 def values(project_root: Path, column: str) -> list[str]:

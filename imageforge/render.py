@@ -39,13 +39,6 @@ BUILTIN_SCRIPTS = (HOST_PASSTHROUGH, METADATA_GUARD, FIRSTBOOT_LIBRARY)
 # Packages every image needs for what imageforge itself installs (the guard's nft).
 IMAGE_PACKAGES = ("nftables",)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
-# cloud-init's datasource on each cloud's own images.
-DATASOURCES = {
-    "aws": "Ec2",
-    "gcp": "GCE",
-    "openstack": "OpenStack, ConfigDrive",
-    "local": "NoCloud",
-}
 # Where a cloud build pins it: after 90_dpkg.cfg (cloud-init's package writes its debconf
 # choice there), since of cloud.cfg.d's files the last one in sort order wins.
 DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/99-imageforge-datasource.cfg"
@@ -165,7 +158,7 @@ def cloud_init_config(cell: Cell) -> str:
     """The cloud-init settings a cloud build pins: the cloud's own datasource, so that
     instances do not probe for others at boot. Where imageforge installs cloud-init, the
     network stays as the image configured it (cloud-init only reads the metadata)."""
-    text = f"datasource_list: [{DATASOURCES[cell.cloud]}, None]\n"
+    text = f"datasource_list: [{clouds.get(cell.cloud).datasource}, None]\n"
     if cloud_init_packages(cell):
         text += "network: {config: disabled}\n"
     return text

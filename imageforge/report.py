@@ -8,20 +8,14 @@ autoescaping on: every value from a record or a log is escaped.
 from __future__ import annotations
 
 import base64
-import glob
 import json
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from packaging.requirements import InvalidRequirement, Requirement
 
-from imageforge import __version__, sbom, state
-from imageforge.configerrors import suggest
-from imageforge.errors import ConfigError
-from imageforge.record import RECORD
+from imageforge import __version__, junit, sbom, state
 from imageforge.state import BuildRecord
 
 TEMPLATE = "report.html.j2"
@@ -39,48 +33,7 @@ BOOT = (
 TONE = {"verified": "ok", "failed": "bad", "interrupted": "bad"}  # else "pending"
 
 
-@dataclass(frozen=True)
-class Case:
-    """One test of the verification's JUnit XML."""
-
-    name: str
-    seconds: float
-    outcome: str  # passed, failed, error or skipped
-    message: str = ""
-
-
-def find(project_root: Path, build_id: str) -> BuildRecord:
-    """A build by id, whatever its flavor; an unknown id is one line with the nearest ones."""
-    base = state.artifacts_root(project_root)
-    if "/" not in build_id and build_id.strip("."):
-        for path in sorted(base.glob(f"*/{glob.escape(build_id)}/{RECORD}")):
-            return state.load(path.parent)
-    flavors = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
-    known = sorted(r.id for flavor in flavors for r in state.records(project_root, flavor))
-    raise ConfigError(
-        f"no build {build_id!r} in {base} (recent: {', '.join(known[-5:]) or 'none'})"
-        f"{suggest(build_id, known)}"
-    )
-
-
-def read_junit(path: Path) -> list[Case]:
-    """Every test case of pytest's JUnit XML, with its outcome and first line of message."""
-    cases = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for tag, name in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
-            found = case.find(tag)
-            if found is not None:
-                text = found.get("message") or found.text or ""
-                outcome, message = name, (text.strip().splitlines() or [""])[0][:300]
-                break
-        classname = case.get("classname", "")
-        name = f"{classname}::{case.get('name', '')}" if classname else case.get("name", "")
-        cases.append(Case(name, float(case.get("time") or 0), outcome, message))
-    return cases
-
-
-def tests_context(cases: list[Case]) -> dict[str, Any]:
+def tests_context(cases: list[junit.Case]) -> dict[str, Any]:
     counts = {k: sum(c.outcome == k for c in cases) for k in ("passed", "failed", "error")}
     counts["skipped"] = sum(c.outcome == "skipped" for c in cases)
     return {
@@ -186,8 +139,8 @@ def context(record: BuildRecord, flavor: Any = None) -> dict[str, Any]:
     directory = record.directory
     verification = record.verification
     boot = verification.get("boot") or {}
-    junit = directory / str(verification.get("junit") or JUNIT)
-    tests = tests_context(read_junit(junit)) if junit.is_file() else None
+    junit_file = directory / str(verification.get("junit") or JUNIT)
+    tests = tests_context(junit.read_junit(junit_file)) if junit_file.is_file() else None
     return {
         "record": record,
         "tone": TONE.get(record.status, "pending"),

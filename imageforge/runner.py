@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +25,8 @@ from imageforge.errors import CommandError, Interrupted
 
 TAIL_LINES = 25
 GRACE_SECONDS = 20.0
-# How long Packer may take, after Ctrl-C or SIGTERM, to delete what it made: locally a VM;
-# in a cloud an instance, its key pair and security group, which take minutes to go.
-PACKER_GRACE_SECONDS = {"local": 20.0, "aws": 300.0, "gcp": 300.0, "openstack": 300.0}
 # Process groups of the commands running now, for a second signal to kill at once.
 _running_groups: set[int] = set()
-
-
-def packer_grace(cloud: str) -> float:
-    """Seconds Packer gets to clean up on cloud after an interrupt (the longest if unknown)."""
-    return PACKER_GRACE_SECONDS.get(cloud, max(PACKER_GRACE_SECONDS.values()))
 
 
 @dataclass(frozen=True)
@@ -97,8 +89,9 @@ def run(
         )
     except FileNotFoundError as exc:
         raise CommandError(args, 127, [f"{args[0]}: command not found"], what=what) from exc
-    deadline = time.monotonic() + timeout if timeout else None
-    with _open_log(logfile) as logf, _tracked(proc.pid, die_with_parent):
+    expired = threading.Event()
+    timer = threading.Timer(timeout or 0, _expire, (proc, grace, expired)) if timeout else None
+    with _open_log(logfile) as logf, _tracked(proc.pid, die_with_parent), _running(timer):
         try:
             if stdin is not None:
                 assert proc.stdin is not None
@@ -116,10 +109,9 @@ def run(
                     log.output(line, prefix)
                 if on_line:
                     on_line(line)
-                if deadline and time.monotonic() > deadline:
-                    stop_group(proc, grace=grace)
-                    raise CommandError(args, -1, list(tail), what=f"{what or args[0]} (timed out)")
             returncode = proc.wait()
+            if expired.is_set():  # stopped by the timer, output or not
+                raise CommandError(args, -1, list(tail), what=f"{what or args[0]} (timed out)")
         except (KeyboardInterrupt, Interrupted) as exc:
             stop_group(proc, grace=grace)
             cause, signum = "interrupted", signal.SIGINT
@@ -132,6 +124,26 @@ def run(
     if check and returncode != 0:
         raise CommandError(args, returncode, list(tail), what=what)
     return CommandResult(args, returncode, "\n".join(lines))
+
+
+def _expire(proc: subprocess.Popen[str], grace: float, expired: threading.Event) -> None:
+    """The timeout: the command is stopped whether or not it still writes anything."""
+    expired.set()
+    stop_group(proc, grace=grace)
+
+
+@contextlib.contextmanager
+def _running(timer: threading.Timer | None) -> Iterator[None]:
+    """A timer that runs while the command does, and never after."""
+    if timer is None:
+        yield
+        return
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:

@@ -12,7 +12,6 @@ import re
 import shutil
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
+from imageforge import junit as junit_xml
 from imageforge import log, reap, runner
 from imageforge.errors import CommandError, ImageforgeError
 
@@ -156,27 +156,4 @@ def run_suites(
         if not junit.is_file():
             raise
         log.warn(f"testinfra reported failures (exit code {exc.returncode})")
-    return parse_junit(junit)
-
-
-def parse_junit(path: Path) -> dict[str, Any]:
-    """Counts and the names of failed tests from pytest's JUnit XML."""
-    root = ET.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    failures = []
-    for suite in suites:
-        for name in counts:
-            counts[name] += int(suite.get(name, 0))
-        for case in suite.iter("testcase"):
-            if case.find("failure") is not None or case.find("error") is not None:
-                failures.append(f"{case.get('classname', '')}::{case.get('name', '')}")
-    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    return {
-        "passed": passed,
-        "failed": counts["failures"],
-        "errors": counts["errors"],
-        "skipped": counts["skipped"],
-        "failures": failures,
-        "junit": path.name,
-    }
+    return junit_xml.summary(junit)

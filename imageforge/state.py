@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from imageforge import log
+from imageforge import locks, log, registry
 from imageforge.configerrors import suggest
 from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.record import (  # noqa: F401 (the record's types, for state's callers)
@@ -33,6 +33,7 @@ from imageforge.record import (  # noqa: F401 (the record's types, for state's c
     BuildRecord,
     Publication,
     Status,
+    artifacts_root,
     load,
 )
 
@@ -43,9 +44,7 @@ def _save(record: BuildRecord) -> BuildRecord:
     tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
     tmp.write_text(record.model_dump_json(indent=2) + "\n")
     os.replace(tmp, path)
-    from imageforge import registry  # the index of every record; it never fails a save
-
-    registry.saved(record)
+    registry.saved(record)  # the index of every record; it never fails a save
     return record
 
 
@@ -254,10 +253,6 @@ def unbound_reason(record: BuildRecord) -> str | None:
 # The registry: every record of a flavor.
 
 
-def artifacts_root(project_root: Path) -> Path:
-    return project_root / "artifacts"
-
-
 def records(project_root: Path, flavor: str, cloud: str | None = None) -> list[BuildRecord]:
     """Every valid record of a flavor (optionally on one cloud), oldest first; invalid ones
     are reported and skipped."""
@@ -275,7 +270,7 @@ def records(project_root: Path, flavor: str, cloud: str | None = None) -> list[B
 
 def find(project_root: Path, flavor: str, cloud: str, build_id: str | None) -> BuildRecord:
     """A build by id, or the newest one of the flavor on the cloud."""
-    if build_id:
+    if build_id:  # the flavor names the directory: no index needed (registry.find: any flavor)
         directory = artifacts_root(project_root) / flavor / build_id
         if "/" not in build_id and build_id.strip(".") and (directory / RECORD).is_file():
             record = load(directory)
@@ -309,8 +304,6 @@ def reusable(project_root: Path, flavor: str, cloud: str, content_hash: str) -> 
 
 def reap_stale(project_root: Path) -> list[str]:
     """Records left in `building` by a run that is gone (its lock is free) become interrupted."""
-    from imageforge import locks
-
     reaped = []
     for path in sorted(artifacts_root(project_root).glob(f"*/*/{RECORD}")):
         try:

@@ -11,19 +11,27 @@ verified cloud image is then copied to its other regions, never before.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imageforge import buildsecrets, clouds, locks, log, qemu, reap, sbom, sshchecks, state
+from imageforge import (
+    buildsecrets,
+    clouds,
+    locks,
+    log,
+    qemu,
+    reap,
+    sbom,
+    settings,
+    sshchecks,
+    state,
+)
 from imageforge.clouds import Distributor, Launcher
-from imageforge.clouds.common import SSH_FROM
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project
 from imageforge.errors import ImageforgeError, Interrupted
@@ -36,7 +44,7 @@ JUNIT = "verify.junit.xml"
 BOOT_LOG = "verify-boot.log"
 # Reach verification instances' SSH through host:port instead of their address (a tunnel or a
 # port forward to the instance; the integration tests point it at a stand-in VM).
-SSH_VIA = "IMAGEFORGE_VERIFY_SSH_VIA"
+SSH_VIA = settings.name("verify_ssh_via")
 # The CIDR that verification instances admit SSH from (default: this machine's address towards
 # the cloud's API, a /32; behind NAT, set your public address here).
 
@@ -206,8 +214,7 @@ def _cloud_machine(
     """One verification instance of the build's image, deleted with everything made for it."""
     launcher = clouds.capability(record.cloud, Launcher)
     user = clouds.get(record.cloud).ssh_username(cell.os)
-    ssh_from = _setting(SSH_FROM, "a CIDR such as 203.0.113.7/32", _cidr)
-    via = _setting(SSH_VIA, "host:port, such as 127.0.0.1:2222", _host_port)
+    ssh_from, via = settings.current().verify_ssh_from, settings.current().verify_ssh_via
     with launcher.launch(
         project, cell, record, public_key=public_key, user_data=user_data, ssh_from=ssh_from
     ) as instance:
@@ -217,21 +224,6 @@ def _cloud_machine(
             host, port = _host_port(via)
             log.info(f"reaching its SSH through {host}:{port} (${SSH_VIA})")
         yield _Machine(host, port, user, instance.id, instance.where)
-
-
-def _setting(name: str, what: str, parse: Callable[[str], object]) -> str:
-    """An environment setting, checked: one clear error for a bad value."""
-    value = os.environ.get(name, "")
-    try:
-        if value:
-            parse(value)
-    except ValueError:
-        raise ImageforgeError(f"${name}: {value!r} is not {what}") from None
-    return value
-
-
-def _cidr(text: str) -> object:
-    return ipaddress.ip_network(text, strict=False)
 
 
 def _host_port(text: str) -> tuple[str, int]:

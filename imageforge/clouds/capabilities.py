@@ -21,8 +21,14 @@ class PackerSource(Protocol):
 
     name: ClassVar[str]
     builder: ClassVar[str]
+    datasource: ClassVar[str]
+    packer_grace_seconds: ClassVar[float]
 
     def ssh_username(self, os_name: str) -> str: ...
+
+    def machine(self, settings: Any) -> str:
+        """The build machine, as the cost plan names it (an instance type, a local VM's size)."""
+        ...
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         """Template context for templates/sources/<cloud>.pkr.hcl.j2."""
@@ -53,6 +59,18 @@ class PackerSource(Protocol):
 class Preflight(Protocol):
     def doctor(self, project: Project, cell: Cell) -> list[str]:
         """What was checked and found; raise ImageforgeError naming what is missing."""
+        ...
+
+
+@runtime_checkable
+class Priced(Protocol):
+    """A cloud whose builds cost money: the settings images.yml's price table is keyed by."""
+
+    machine_setting: ClassVar[str]  # clouds.<cloud>.<this> names the build instance
+    disk_setting: ClassVar[str]  # clouds.<cloud>.<this> gives the image's size in GB
+
+    def image_regions(self, settings: Any) -> tuple[str, ...]:
+        """Where the verified image is kept (each region is paid for)."""
         ...
 
 

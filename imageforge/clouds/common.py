@@ -8,17 +8,18 @@ import ipaddress
 import json
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 # Tag prefixes images.yml `tags:` may not use (checked in config): ours and the clouds' own.
-from imageforge import oses
+from imageforge import __version__, oses
 from imageforge.configtypes import RESERVED_TAG_PREFIXES  # noqa: F401
 from imageforge.errors import ImageforgeError
 from imageforge.hcl import Raw
+from imageforge.publishpolicy import Sharing  # noqa: F401 (what a Sharer is asked)
 
 if TYPE_CHECKING:
     from imageforge.buildsecrets import KeyPair
@@ -32,31 +33,6 @@ BUILD_KEY = "imageforge-build-id"
 COMMIT_KEY = "imageforge-git-commit"
 TEMPLATE_KEY = "imageforge-template-hash"
 VERSION_KEY = "imageforge-version"
-
-
-@dataclass(frozen=True)
-class Sharing:
-    """Who may use a published image: everyone, or named accounts/projects/members; on
-    OpenStack, visibility names the Glance visibility to set (public, community, shared); on
-    AWS, snapshots also lets them create volumes from the AMI's snapshots. Nobody unless
-    named: public is never the default."""
-
-    public: bool = False
-    accounts: tuple[str, ...] = ()
-    organizations: tuple[str, ...] = ()
-    visibility: str | None = None
-    snapshots: bool = False
-
-    def describe(self) -> str:
-        """Who it is shared with, as the record keeps it: 'public', 'visibility community',
-        'visibility shared; shared with p1, p2', 'shared with 123456789012, arn:...'."""
-        named = [*self.accounts, *self.organizations]
-        parts = [f"visibility {self.visibility}"] if self.visibility else []
-        if self.public and not self.visibility:
-            parts.append("public")
-        if named and not self.public:
-            parts.append("shared with " + ", ".join(named))
-        return "; ".join(parts) or "private"
 
 
 @dataclass
@@ -103,10 +79,19 @@ class SourceDefaults:
     """The parts of a Packer source most clouds leave as they are."""
 
     name: str
+    # How long Packer may take, after Ctrl-C or SIGTERM, to delete what it made: in a cloud an
+    # instance, its key pair and security group, which take minutes to go.
+    packer_grace_seconds: float = 300.0
 
     def ssh_username(self, os_name: str) -> str:
         """The default login user of os_name's official images on this cloud."""
         return oses.get(os_name).ssh_user(self.name)
+
+    machine_setting = ""
+
+    def machine(self, settings: Any) -> str:
+        """The build instance's type, from the cloud's setting that names it."""
+        return str(getattr(settings, self.machine_setting))
 
     @contextlib.contextmanager
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:
@@ -265,8 +250,6 @@ def build_tags(
     project: Project, cell: Cell, record: BuildRecord, cloud_tags: dict[str, str]
 ) -> dict[str, str]:
     """The tags of a verification's resources: the user's, then this build's own keys."""
-    from imageforge import __version__
-
     return {
         **project.images.defaults.tags,
         **cell.flavor.tags,
@@ -279,34 +262,24 @@ def build_tags(
     }
 
 
-def remove_all(
-    steps: list[tuple[str, Callable[[], None]]], where: str, build_id: str, cloud: str
-) -> BaseException | None:
-    """Run every deletion step even when another failed (Ctrl-C too); each failure is a
-    warning naming what is left. An interrupt that came meanwhile is returned, for the caller
-    to raise unless an error is already on its way."""
-    from imageforge import log
-    from imageforge.clouds.sdkerrors import why
-    from imageforge.errors import Interrupted
-
-    pending = None
-    for what, step in steps:
-        try:
-            step()
-        except BaseException as exc:  # the rest must still go
-            if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
-                pending = pending or exc
-            reason = str(exc) if isinstance(exc, ImageforgeError) else why(exc)
-            log.warn(
-                f"{where}: could not {what} of build {build_id}: "
-                f"{reason or type(exc).__name__}; `invoke sweep --cloud {cloud}` finds it"
-            )
-    return pending
-
-
 class Removable(Protocol):
     def remove(self) -> BaseException | None:
         """Delete everything of this verification that exists; the first error, not raised."""
+        ...
+
+
+class Verifying(Removable, Protocol):
+    """One build's verification resources in one cloud (each cloud's Verification)."""
+
+    @property
+    def endpoint(self) -> str:
+        """The cloud API's URL, whose route tells this machine's own address."""
+        ...
+
+    def start(
+        self, public_key: str, user_data: str, source: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ) -> Instance:
+        """Make the key pair, the rule admitting SSH from source, and the running instance."""
         ...
 
 
@@ -325,3 +298,14 @@ def torn_down(verification: Removable) -> Iterator[None]:
         pending = verification.remove()
         if pending is not None and not failed:
             raise pending
+
+
+@contextlib.contextmanager
+def launched(
+    verification: Verifying, *, public_key: str, user_data: str, ssh_from: str
+) -> Iterator[Instance]:
+    """Every cloud's verification launch: the instance, SSH from ssh_from (else this machine),
+    and everything deleted on every way out (what a killed run left, first)."""
+    source = ssh_source(ssh_from, verification.endpoint)
+    with torn_down(verification):
+        yield verification.start(public_key, user_data, source)

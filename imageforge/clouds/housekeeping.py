@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from imageforge import state
 from imageforge.clouds.common import BUILD_KEY, FLAVOR_KEY, Outcome, label, recorded_ids
 from imageforge.clouds.sdkerrors import errors_into
 from imageforge.errors import ConfigError
@@ -73,7 +74,6 @@ class Verified:
 
 
 def verified_builds(project: Project, flavor: str) -> Verified:
-    from imageforge import state
 
     found = [r for r in state.records(project.root, flavor) if r.status == "verified"]
     ids = {i for r in found for i in recorded_ids(r).values()}
@@ -82,8 +82,6 @@ def verified_builds(project: Project, flavor: str) -> Verified:
 
 def builds_by_status(project: Project) -> dict[str, str]:
     """Every local build id with its status, over all flavors."""
-    from imageforge import state
-
     return {
         r.id: r.status
         for flavor in project.images.flavors

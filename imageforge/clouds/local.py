@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import oses, qemu, state
+from imageforge import base, oses, qemu, state
 from imageforge.clouds.common import BuildEnv, SourceDefaults, metadata
 
 if TYPE_CHECKING:
@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 class LocalCloud(SourceDefaults):
     name = "local"
     builder = "qemu"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "NoCloud"
+    packer_grace_seconds = 20.0  # a local VM is gone at once
+
+    def machine(self, settings: Any) -> str:
+        return f"QEMU, {settings.cpus} CPUs, {settings.memory_mb} MiB"
 
     def __init__(self) -> None:
         self._layers: dict[str, dict[str, Any]] = {}  # cell name: the layer this run chose
@@ -38,8 +44,6 @@ class LocalCloud(SourceDefaults):
 
     def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
         """The flavor's layer: the base recipe plus its declared packages, built natively."""
-        from imageforge import base
-
         python = cell.flavor.python
         recipe = base.BaseRecipe(
             suite=oses.get(cell.os).suite,

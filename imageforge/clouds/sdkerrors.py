@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from imageforge import log
 from imageforge.clouds.common import Outcome
-from imageforge.errors import ImageforgeError
+from imageforge.errors import ImageforgeError, Interrupted
 
 SDK_MODULES = ("botocore", "boto3", "google", "requests", "urllib3", "openstack", "keystoneauth1")
 # Exception names that mean "no answer from the endpoint", in any of the SDKs above.
@@ -119,3 +120,24 @@ def errors_into(outcome: Outcome) -> Iterator[None]:
         if not (is_sdk_error(exc) or unreachable(exc)):
             raise
         outcome.error = why(exc)
+
+
+def remove_all(
+    steps: list[tuple[str, Callable[[], None]]], where: str, build_id: str, cloud: str
+) -> BaseException | None:
+    """Run every deletion step even when another failed (Ctrl-C too); each failure is a
+    warning naming what is left. An interrupt that came meanwhile is returned, for the caller
+    to raise unless an error is already on its way."""
+    pending = None
+    for what, step in steps:
+        try:
+            step()
+        except BaseException as exc:  # the rest must still go
+            if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
+                pending = pending or exc
+            reason = str(exc) if isinstance(exc, ImageforgeError) else why(exc)
+            log.warn(
+                f"{where}: could not {what} of build {build_id}: "
+                f"{reason or type(exc).__name__}; `invoke sweep --cloud {cloud}` finds it"
+            )
+    return pending

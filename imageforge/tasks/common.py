@@ -10,9 +10,16 @@ from typing import Any, TypeVar
 
 from invoke import Exit
 from invoke.exceptions import ParseError, UnexpectedExit
+from rich.console import Console
 
 from imageforge import config, log, matrix, reap, signals
 from imageforge.errors import ConfigError, ImageforgeError, Interrupted
+
+# stdout: what a task is asked for (a table, a list); not a terminal (a pipe, a file, a CI log):
+# wide enough that no name is cut.
+out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:
+    out = Console(highlight=False, soft_wrap=True, width=160)
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONFIG = "images.yml"

@@ -20,9 +20,9 @@ from imageforge import (
     schema,
 )
 from imageforge import validate as validation
-from imageforge.errors import ConfigError
+from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.oses import warn_unverified
-from imageforge.tasks.common import friendly, project
+from imageforge.tasks.common import friendly, out, project
 
 HELP = {
     "image": "flavor to act on (default: every flavor)",
@@ -55,7 +55,7 @@ def list_(c, config=None):
             cell = enabled.get((name, cloud))
             row.append(f"{cell.os} → {clouds.get(cloud).builder}" if cell else "[dim]—[/]")
         table.add_row(*row)
-    log.console.print(table)
+    out.print(table)
 
 
 @task(name="render", help=helps("image", "cloud", "config", "packer_version"))
@@ -130,8 +130,6 @@ def schema_(c, check=False):
     text = schema.text()
     if check:
         if not path.is_file() or path.read_text() != text:
-            from imageforge.errors import ImageforgeError
-
             raise ImageforgeError(f"{path} is out of date", hint="run `invoke schema`")
         log.info(f"{path} is up to date")
         return

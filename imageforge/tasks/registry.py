@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
 
 from invoke import task
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -16,7 +14,7 @@ from imageforge.config import CLOUDS, Project
 from imageforge.configerrors import suggest
 from imageforge.errors import ConfigError
 from imageforge.record import BuildRecord
-from imageforge.tasks.common import friendly, integer, project
+from imageforge.tasks.common import friendly, integer, out, project
 
 HELP = {
     "image": "only builds of this flavor",
@@ -26,10 +24,6 @@ HELP = {
     "build": "build id (see `invoke history`)",
     "format": "text (default) or json",
 }
-# stdout: what these tasks are asked for; not a terminal (a pipe, a file): lines are not cut
-out = Console(highlight=False, soft_wrap=True)
-if not out.is_terminal:
-    out = Console(highlight=False, soft_wrap=True, width=160)
 
 
 def pick(*names: str) -> dict[str, str]:
@@ -78,7 +72,7 @@ def history(c, image=None, cloud=None, limit="20", config=None):
 def show(c, build, config=None):
     """One build: status, timings per stage, artifacts, verification, publications, error."""
     proj = project(config)
-    record = lookup(proj.root, build)
+    record = registry.find(proj.root, build)
     lines = [
         ("flavor", record.flavor),
         ("cloud", record.cloud),
@@ -148,24 +142,12 @@ def diff_(c, a, b, format="text", config=None):
     if format not in ("text", "json"):
         raise ConfigError(f"unknown format {format!r}; allowed: text, json")
     proj = project(config)
-    result = builddiff.diff(lookup(proj.root, a), lookup(proj.root, b))
+    result = builddiff.diff(registry.find(proj.root, a), registry.find(proj.root, b))
     if format == "json":
         print(builddiff.as_json(result))
         return
     for line in builddiff.text(result):
         out.print(shown(line))
-
-
-def lookup(root: Path, build_id: str) -> BuildRecord:
-    """A build from the registry, or a one-line error with the nearest id."""
-    record = registry.get(root, build_id)
-    if record is None:
-        known = registry.values(root, "id")
-        raise ConfigError(
-            f"no build {build_id!r} in the registry ({len(known)} build"
-            f"{'' if len(known) == 1 else 's'}; see `invoke history`)" + suggest(build_id, known)
-        )
-    return record
 
 
 def _check_filters(proj: Project, image: str | None, cloud: str | None) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from invoke import task
 
-from imageforge import log
+from imageforge import log, registry
 from imageforge import report as reports
 from imageforge.tasks.common import friendly, project
 
@@ -22,7 +22,7 @@ HELP = {
 def report(c, build, output=None, config=None):
     """Write a build's report: status, timings, tests, SBOM, publishing, screenshot (one file)."""
     proj = project(config)
-    record = reports.find(proj.root, build)
+    record = registry.find(proj.root, build)
     flavor = proj.images.flavors.get(record.flavor)
     path = reports.write(record, proj.root / "templates", Path(output) if output else None, flavor)
     log.info(f"report of {record.flavor} build {record.id} ({record.status}): {path}")

@@ -135,8 +135,8 @@ def test_list_shows_the_os_of_every_cell_and_the_matrix_json_has_it(
 ) -> None:
     load(scratch, "flavors:\n  a:\n    os: {aws: ubuntu-24.04}\nmatrix:\n  clouds: [local, aws]\n")
     image_tasks.list_(Context(), config="images.yml")
-    err = capsys.readouterr().err
-    assert "debian-13 → qemu" in err and "ubuntu-24.04 → amazon-ebs" in err
+    shown = capsys.readouterr().out  # the matrix is what `list` is asked for: stdout
+    assert "debian-13 → qemu" in shown and "ubuntu-24.04 → amazon-ebs" in shown
     image_tasks.matrix_(Context(), format="json", config="images.yml")
     listed: Any = json.loads(capsys.readouterr().out)
     assert listed == [

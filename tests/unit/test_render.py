@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from imageforge import config, matrix, packer, render, runner, userdata
+from imageforge import clouds, config, matrix, packer, render, runner, userdata
 from imageforge.packer import PackerVersion
 
 from .conftest import ROOT
@@ -112,7 +112,7 @@ def test_cloud_builds_install_the_declared_packages_first(
     install = next(line for line in inline if line.startswith("apt-get install"))
     assert install.split()[-len(cell.flavor.packages) :] == list(cell.flavor.packages)
     assert "munge" in cell.flavor.packages and "sudo" in cell.flavor.packages
-    datasource = render.DATASOURCES[cloud]
+    datasource = clouds.get(cloud).datasource
     assert any(f"datasource_list: [{datasource}, None]" in line for line in inline)
     assert [s.get("script") for s in shells[2:]] == [
         render.METADATA_GUARD,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from imageforge import config, report, sbom, state
+from imageforge import config, registry, report, sbom, state
 from imageforge.errors import ConfigError
 from imageforge.state import BuildRecord
 from tests.records import make_record
@@ -184,12 +184,12 @@ def test_publications_copies_and_imports_are_listed(scratch: Path) -> None:
 
 def test_an_unknown_build_is_one_line_with_the_nearest_id(scratch: Path) -> None:
     record = make_record(scratch / "artifacts")
-    assert report.find(scratch, record.id).id == record.id
+    assert registry.find(scratch, record.id).id == record.id
     with pytest.raises(ConfigError, match=rf"did you mean '{record.id}'\?") as caught:
-        report.find(scratch, record.id[:-1])
+        registry.find(scratch, record.id[:-1])
     assert caught.value.exit_code == 2 and "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="recent: none"):
-        report.find(scratch / "elsewhere", "../x")
+        registry.find(scratch / "elsewhere", "../x")
 
 
 def test_invoke_report_writes_the_file_or_exits_2(scratch: Path) -> None:

@@ -77,13 +77,6 @@ def test_missing_binary_is_a_command_error() -> None:
         runner.run(["imageforge-no-such-tool"], stream=False)
 
 
-def test_packer_gets_longer_to_clean_up_in_a_cloud() -> None:
-    assert runner.packer_grace("local") < runner.packer_grace("aws")
-    assert runner.packer_grace("gcp") >= 120
-    assert runner.packer_grace("openstack") >= 120
-    assert runner.packer_grace("some-new-cloud") == max(runner.PACKER_GRACE_SECONDS.values())
-
-
 def test_a_signal_during_the_grace_period_still_kills_the_group() -> None:
     ignoring = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", ignoring], start_new_session=True)
@@ -131,3 +124,21 @@ def test_command_logs_are_private_from_their_first_line(tmp_path: Path) -> None:
     with runner.spawn(["sh", "-c", "echo started"], logfile=tmp_path / "qemu.log") as proc:
         proc.wait(timeout=10)
     assert (tmp_path / "qemu.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_command_that_goes_silent_still_times_out(tmp_path: Path) -> None:
+    """The timeout holds without output: a silent command is stopped, with its group."""
+    marker = tmp_path / "child"
+    script = f"echo started; (sleep 60; touch {marker}) & sleep 60"
+    started = time.monotonic()
+    with pytest.raises(CommandError) as caught:
+        runner.run(["sh", "-c", script], stream=False, timeout=1, grace=1)
+    assert time.monotonic() - started < 10
+    assert "(timed out) failed" in str(caught.value) and caught.value.tail == ["started"]
+    time.sleep(0.5)
+    assert not marker.exists()
+
+
+def test_a_command_that_ends_in_time_is_not_stopped() -> None:
+    result = runner.run(["sh", "-c", "sleep 0.2; echo done"], stream=False, timeout=5)
+    assert result.returncode == 0 and result.output == "done"

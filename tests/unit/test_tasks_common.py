@@ -151,3 +151,31 @@ def test_tasks_reap_scratch_directories_of_dead_runs(project: Path) -> None:
     assert result.returncode == 2
     assert not left.exists()
     assert "removed what a killed run left" in result.stderr
+
+
+def test_list_into_a_pipe_shows_whole_names_on_stdout(project: Path) -> None:
+    """A CI log or a file gets the matrix whole: no name is cut at 80 columns."""
+    shutil.copy(ROOT / "images.yml", project / "images.yml")
+    for name in ("provisioners", "tests/infra"):
+        shutil.copytree(ROOT / name, project / name)
+    result = invoke(project, "list")
+    assert result.returncode == 0, result.stderr
+    for name in ("quantum-mobile", "training-desktop", "slurm-node", "googlecompute"):
+        assert name in result.stdout, result.stdout
+    assert "…" not in result.stdout and "quantum-mobile" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("build", "--bogus"), "error: No idea what '--bogus' is!"),
+        (
+            ("build", "--image"),
+            "error: Flag <Argument: image (i)> needed value and was not given one!",
+        ),
+        (("no-such-task",), "error: No idea what 'no-such-task' is!"),
+    ],
+)
+def test_a_usage_error_of_a_task_exits_2_in_one_line(project: Path, args, said: str) -> None:
+    result = invoke(project, *args)
+    assert (result.returncode, result.stderr.strip()) == (2, said)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imageforge import clouds, config, matrix, qemu, sshchecks, state, verify
+from imageforge import clouds, config, matrix, qemu, settings, sshchecks, state, verify
 from imageforge.clouds import Instance
 from imageforge.errors import ImageforgeError, Interrupted
 from tests.records import make_record
@@ -93,7 +93,7 @@ def run(scratch: Path, suites_result: Any, monkeypatch: pytest.MonkeyPatch) -> A
 def test_a_passing_cloud_verification_binds_the_ids_then_copies(
     scratch: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(verify.SSH_FROM, "198.51.100.7/32")
+    monkeypatch.setenv(settings.name("verify_ssh_from"), "198.51.100.7/32")
     project, cell, record, reached = run(scratch, PASSED, monkeypatch)
     done = verify.verify(project, cell, record)
     assert done.verified and done.binding is not None and done.binding.image_ids == IDS
@@ -110,7 +110,7 @@ def test_a_passing_cloud_verification_binds_the_ids_then_copies(
 def test_ssh_can_go_through_a_forwarded_port(
     scratch: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(verify.SSH_VIA, "127.0.0.1:2299")
+    monkeypatch.setenv(settings.name("verify_ssh_via"), "127.0.0.1:2299")
     project, cell, record, reached = run(scratch, PASSED, monkeypatch)
     verify.verify(project, cell, record)
     assert reached[0] == ("127.0.0.1", 2299)
@@ -145,9 +145,17 @@ def test_the_instance_goes_on_every_exit_and_nothing_unverified_is_copied(
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        (verify.SSH_FROM, "my laptop", r"\$IMAGEFORGE_VERIFY_SSH_FROM: 'my laptop' is not a CIDR"),
-        (verify.SSH_VIA, "127.0.0.1", r"\$IMAGEFORGE_VERIFY_SSH_VIA: '127.0.0.1' is not host:port"),
-        (verify.SSH_VIA, "h:99999", r"'h:99999' is not host:port"),
+        (
+            settings.name("verify_ssh_from"),
+            "my laptop",
+            r"\$IMAGEFORGE_VERIFY_SSH_FROM: 'my laptop' is not a CIDR",
+        ),
+        (
+            settings.name("verify_ssh_via"),
+            "127.0.0.1",
+            r"\$IMAGEFORGE_VERIFY_SSH_VIA: '127.0.0.1' is not host:port",
+        ),
+        (settings.name("verify_ssh_via"), "h:99999", r"'h:99999' is not host:port"),
     ],
 )
 def test_bad_ssh_settings_are_one_clear_error_before_anything_is_launched(

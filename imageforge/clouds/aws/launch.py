@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
@@ -21,12 +21,10 @@ from imageforge.clouds.common import (
     BUILD_KEY,
     Instance,
     build_tags,
-    remove_all,
-    ssh_source,
-    torn_down,
+    launched,
     verify_prefix,
 )
-from imageforge.clouds.sdkerrors import why
+from imageforge.clouds.sdkerrors import remove_all, why
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
@@ -49,7 +47,6 @@ GROUP_FREE_TIMEOUT_SECONDS = 300.0
 
 
 class AwsLauncher:
-    @contextlib.contextmanager
     def launch(
         self,
         project: Project,
@@ -59,11 +56,9 @@ class AwsLauncher:
         public_key: str,
         user_data: str,
         ssh_from: str,
-    ) -> Iterator[Instance]:
+    ) -> contextlib.AbstractContextManager[Instance]:
         verification = Verification(project, cell, record)
-        source = ssh_source(ssh_from, verification.client.meta.endpoint_url)
-        with torn_down(verification):
-            yield verification.start(verification.ami(), public_key, user_data, source)
+        return launched(verification, public_key=public_key, user_data=user_data, ssh_from=ssh_from)
 
 
 def permission(source: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, Any]:
@@ -88,6 +83,10 @@ class Verification:
         self.instance_name = f"{verify_prefix(project)}{cell.flavor_name}-{record.id}"
         self.tags = build_tags(project, cell, record, self.settings.tags)
 
+    @property
+    def endpoint(self) -> str:
+        return self.client.meta.endpoint_url
+
     def ami(self) -> str:
         ami = self.record.artifact_ids.get(self.region)
         if not ami:
@@ -107,11 +106,11 @@ class Verification:
 
     def start(
         self,
-        ami: str,
         public_key: str,
         user_data: str,
         source: ipaddress.IPv4Network | ipaddress.IPv6Network,
     ) -> Instance:
+        ami = self.ami()
         client, name = self.client, self.resource_name
         with errors(client, f"import the verification key pair {name}"):
             client.import_key_pair(

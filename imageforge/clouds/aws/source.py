@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import hcl, log
+from imageforge import hcl, log, settings
 from imageforge.clouds.aws.client import ec2
 from imageforge.clouds.common import (
-    SSH_FROM,
     BuildEnv,
     SourceDefaults,
     image_name,
@@ -30,6 +29,14 @@ if TYPE_CHECKING:
 class AwsSource(SourceDefaults):
     name = "aws"
     builder = "amazon-ebs"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "Ec2"
+    machine_setting = "instance_type"
+    disk_setting = "volume_size_gb"
+
+    def image_regions(self, settings: Any) -> tuple[str, ...]:
+        """Where the verified image is kept."""
+        return tuple(dict.fromkeys((settings.region, *settings.copy_regions)))
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         aws = project.images.clouds.aws
@@ -68,7 +75,7 @@ class AwsSource(SourceDefaults):
             os.environ.get("PKR_VAR_aws_endpoint_ec2")  # noqa: SIM112 (Packer variable name)
             or ec2(project.images.clouds.aws.region).meta.endpoint_url
         )
-        source = ssh_source(os.environ.get(SSH_FROM, ""), endpoint)
+        source = ssh_source(settings.current().verify_ssh_from, endpoint)
         log.info(f"the build instance admits SSH from {source} only")
         return BuildEnv({"PKR_VAR_aws_ssh_source_cidrs": json.dumps([str(source)])})
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from imageforge import settings
 from imageforge.clouds.sdkerrors import sdk_errors
 from imageforge.errors import ImageforgeError
 
@@ -41,7 +42,7 @@ def project_id(project: Project) -> str:
 
 def connection() -> tuple[Any, dict[str, str]]:
     """Credentials and client options for every Compute Engine client."""
-    endpoint = os.environ.get(ENDPOINT_ENV, "").strip()
+    endpoint = settings.current().gcp_endpoint
     options = {"api_endpoint": endpoint} if endpoint else {}
     if endpoint.startswith("http://"):
         from google.auth.credentials import AnonymousCredentials

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from imageforge import log, oses
@@ -24,13 +24,12 @@ from imageforge.clouds.common import (
     build_tags,
     described_build,
     label,
-    remove_all,
-    ssh_source,
-    torn_down,
+    launched,
     verify_prefix,
 )
 from imageforge.clouds.gcp.connection import Gce
 from imageforge.clouds.gcp.sharing import locate
+from imageforge.clouds.sdkerrors import remove_all
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
@@ -89,7 +88,6 @@ def gce_name(text: str) -> str:
 
 
 class GcpLauncher:
-    @contextlib.contextmanager
     def launch(
         self,
         project: Project,
@@ -99,11 +97,9 @@ class GcpLauncher:
         public_key: str,
         user_data: str,
         ssh_from: str,
-    ) -> Iterator[Instance]:
+    ) -> contextlib.AbstractContextManager[Instance]:
         verification = Verification(project, cell, record)
-        source = ssh_source(ssh_from, verification.gce.endpoint)
-        with torn_down(verification):
-            yield verification.start(public_key, user_data, str(source))
+        return launched(verification, public_key=public_key, user_data=user_data, ssh_from=ssh_from)
 
 
 class Verification:
@@ -121,9 +117,15 @@ class Verification:
         tags = build_tags(project, cell, record, self.settings.labels)
         self.labels = {label(k): label(v) for k, v in tags.items()}
 
+    @property
+    def endpoint(self) -> str:
+        return self.gce.endpoint
+
     # --- creation ---------------------------------------------------------------------------
 
-    def start(self, public_key: str, user_data: str, source: str) -> Instance:
+    def start(
+        self, public_key: str, user_data: str, source: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ) -> Instance:
         from google.cloud import compute_v1
 
         gce, instances = self.gce, self.gce.client("InstancesClient")
@@ -145,7 +147,7 @@ class Verification:
             network=interface.network,
             direction="INGRESS",
             allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
-            source_ranges=[source],
+            source_ranges=[str(source)],
             target_tags=[self.tag],
         )
         with gce.errors(f"create the firewall rule {self.rule}"):

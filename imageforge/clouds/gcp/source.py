@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 class GcpSource(SourceDefaults):
     name = "gcp"
     builder = "googlecompute"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "GCE"
+    machine_setting = "machine_type"
+    disk_setting = "disk_size_gb"
+
+    def image_regions(self, settings: Any) -> tuple[str, ...]:
+        """Where the verified image is kept."""
+        return (settings.zone.rsplit("-", 1)[0],)  # the image's storage location
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         gcp = project.images.clouds.gcp

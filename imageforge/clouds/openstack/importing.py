@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import log
+from imageforge import __version__, log, state
 from imageforge.clouds.common import (
     BUILD_KEY,
     COMMIT_KEY,
@@ -34,8 +34,6 @@ class OpenstackImporter:
         """Upload (private, with the build metadata); idempotent: an active image of this build
         is reused. Returns {"openstack:<clouds.yaml entry>": Glance id} for the caller to
         record."""
-        from imageforge import state
-
         state.require_bound(record)
         if record.cloud != "local":
             raise ImageforgeError(
@@ -56,8 +54,6 @@ class OpenstackImporter:
 
 def build_properties(record: BuildRecord) -> dict[str, str]:
     """The build metadata as Glance properties: the same keys as every cloud's tags."""
-    from imageforge import __version__
-
     version = __version__
     for build in manifest_artifacts(record.directory, "qemu"):
         version = (build.get("custom_data") or {}).get(VERSION_KEY) or version

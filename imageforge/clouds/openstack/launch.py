@@ -14,7 +14,7 @@ import base64
 import contextlib
 import ipaddress
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
@@ -25,12 +25,11 @@ from imageforge.clouds.common import (
     Instance,
     build_tags,
     described_build,
-    remove_all,
-    ssh_source,
-    torn_down,
+    launched,
     verify_prefix,
 )
 from imageforge.clouds.openstack.connection import cloud_name, connect, errors, image_id
+from imageforge.clouds.sdkerrors import remove_all
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
@@ -45,7 +44,6 @@ GROUP_FREE_SECONDS = 120.0
 
 
 class OpenstackLauncher:
-    @contextlib.contextmanager
     def launch(
         self,
         project: Project,
@@ -55,11 +53,9 @@ class OpenstackLauncher:
         public_key: str,
         user_data: str,
         ssh_from: str,
-    ) -> Iterator[Instance]:
+    ) -> contextlib.AbstractContextManager[Instance]:
         verification = Verification(project, cell, record)
-        source = ssh_source(ssh_from, verification.conn.compute.get_endpoint())
-        with torn_down(verification):
-            yield verification.start(public_key, user_data, source)
+        return launched(verification, public_key=public_key, user_data=user_data, ssh_from=ssh_from)
 
 
 class Verification:
@@ -74,6 +70,10 @@ class Verification:
         self.server_name = f"{verify_prefix(project)}{cell.flavor_name}-{record.id}"
         self.description = DESCRIPTION.format(build=record.id)
         self.metadata = build_tags(project, cell, record, self.settings.metadata)
+
+    @property
+    def endpoint(self) -> str:
+        return self.conn.compute.get_endpoint()
 
     # --- creation ---------------------------------------------------------------------------
 

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 class OpenstackSource(SourceDefaults):
     name = "openstack"
     builder = "openstack"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "OpenStack, ConfigDrive"
+    machine_setting = "flavor"
+    disk_setting = "volume_size_gb"
+
+    def image_regions(self, settings: Any) -> tuple[str, ...]:
+        """Where the verified image is kept."""
+        return (settings.cloud,)
 
     def source(self, project: Project, cell: Cell) -> dict[str, Any]:
         cfg = project.images.clouds.openstack

@@ -129,3 +129,20 @@ def test_ssh_source_wider_than_a_site_is_refused(wide: str, addresses: str) -> N
 @pytest.mark.parametrize("narrow", ["203.0.0.0/16", "198.51.100.0/24", "2001:db8:1::/48"])
 def test_ssh_source_of_a_site_is_allowed(narrow: str) -> None:
     assert str(common.ssh_source(narrow, "unused")) == narrow
+
+
+def test_packer_gets_longer_to_clean_up_in_a_cloud() -> None:
+    local = clouds.get("local").packer_grace_seconds
+    assert all(
+        clouds.get(c).packer_grace_seconds >= 120 > local for c in ("aws", "gcp", "openstack")
+    )
+
+
+def test_each_cloud_names_its_images_cloud_init_datasource() -> None:
+    named = {c: clouds.get(c).datasource for c in clouds.CLOUDS}
+    assert named == {
+        "local": "NoCloud",
+        "aws": "Ec2",
+        "gcp": "GCE",
+        "openstack": "OpenStack, ConfigDrive",
+    }

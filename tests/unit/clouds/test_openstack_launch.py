@@ -19,6 +19,7 @@ import pytest
 import requests_mock
 
 from imageforge import config, matrix
+from imageforge.clouds import common
 from imageforge.clouds import openstack as os_cloud
 from imageforge.clouds.capabilities import Launcher
 from imageforge.clouds.openstack import launch
@@ -209,7 +210,7 @@ def test_a_failed_deletion_warns_does_not_mask_the_error_and_the_rest_goes(
 
 def test_what_a_killed_verification_left_is_removed_before_launching(project, build, nova) -> None:
     cell = matrix.find(project, FLAVOR, "openstack")
-    launch.Verification(project, cell, build).start(KEY, USER_DATA, launch.ssh_source(SSH_FROM, ""))
+    launch.Verification(project, cell, build).start(KEY, USER_DATA, common.ssh_source(SSH_FROM, ""))
     with launched(project, build):
         assert len(nova.servers) == 1 and len(nova.keypairs) == 1 and len(nova.groups) == 1
     assert nova.leftovers() == NOTHING
@@ -281,7 +282,7 @@ def test_nova_schemas_take_a_good_body() -> None:
 def leave_behind(project: config.Project, build: BuildRecord) -> None:
     """Everything a verification makes, as a killed one leaves it."""
     cell = matrix.find(project, FLAVOR, "openstack")
-    source = launch.ssh_source(SSH_FROM, "")
+    source = common.ssh_source(SSH_FROM, "")
     launch.Verification(project, cell, build).start(KEY, USER_DATA, source)
 
 
