@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from integration.conftest import copy_project  # noqa: E402
 
-from imageforge import buildsecrets, packer, qemu  # noqa: E402
+from imageforge import packer  # noqa: E402
 from imageforge.clouds.local import seed_user_data  # noqa: E402
+from imageforge.process import buildsecrets, qemu  # noqa: E402
 
 FLAVORS = ("slurm-node", "training-desktop", "quantum-mobile")
 

@@ -27,8 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imageforge import qemu, reap, sshchecks  # noqa: E402
 from imageforge.clouds.local import seed_user_data  # noqa: E402
+from imageforge.process import qemu, reap  # noqa: E402
+from imageforge.stages import sshchecks  # noqa: E402
 
 MODELS = {"max": "max", "tcg_cpu": qemu.TCG_CPU}
 GUEST_JOB = (

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.markup import escape
 
-from imageforge import settings
+from imageforge.config import settings
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 _depth = 0

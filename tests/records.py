@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imageforge import state
-from imageforge.state import BuildRecord
+from imageforge.records import state
+from imageforge.records.state import BuildRecord
 
 PASSED = {"passed": 3, "failed": 0, "errors": 0, "failures": []}
 

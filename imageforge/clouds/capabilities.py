@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, Sharing
 
 if TYPE_CHECKING:
-    from imageforge.buildsecrets import KeyPair
     from imageforge.config import Project
-    from imageforge.matrix import Cell
-    from imageforge.state import BuildRecord
+    from imageforge.config.matrix import Cell
+    from imageforge.process.buildsecrets import KeyPair
+    from imageforge.records.state import BuildRecord
 
 
 @runtime_checkable

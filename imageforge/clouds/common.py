@@ -15,17 +15,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 # Tag prefixes images.yml `tags:` may not use (checked in config): ours and the clouds' own.
-from imageforge import __version__, oses
-from imageforge.configtypes import RESERVED_TAG_PREFIXES  # noqa: F401
+from imageforge import __version__
+from imageforge.config import oses
+from imageforge.config.configtypes import RESERVED_TAG_PREFIXES  # noqa: F401
+from imageforge.config.publishpolicy import Sharing  # noqa: F401 (what a Sharer is asked)
 from imageforge.errors import ImageforgeError
-from imageforge.hcl import Raw
-from imageforge.publishpolicy import Sharing  # noqa: F401 (what a Sharer is asked)
+from imageforge.packer.hcl import Raw
 
 if TYPE_CHECKING:
-    from imageforge.buildsecrets import KeyPair
     from imageforge.config import Project
-    from imageforge.matrix import Cell
-    from imageforge.state import BuildRecord
+    from imageforge.config.matrix import Cell
+    from imageforge.process.buildsecrets import KeyPair
+    from imageforge.records.state import BuildRecord
 
 # The metadata every image, instance and volume of a build carries, on every cloud.
 FLAVOR_KEY = "imageforge-flavor"

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from imageforge import state
 from imageforge.clouds.common import BUILD_KEY, FLAVOR_KEY, Outcome, label, recorded_ids
 from imageforge.clouds.sdkerrors import errors_into
 from imageforge.errors import ConfigError
+from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project

@@ -6,10 +6,10 @@ import shlex
 
 from invoke import task
 
-from imageforge import cluster as clusters
 from imageforge import log
 from imageforge.errors import ImageforgeError
 from imageforge.tasks.common import friendly, project
+from imageforge.tools import cluster as clusters
 
 HELP = {
     "action": "up, status or down",

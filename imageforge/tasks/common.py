@@ -12,8 +12,10 @@ from invoke import Exit
 from invoke.exceptions import ParseError, UnexpectedExit
 from rich.console import Console
 
-from imageforge import config, log, matrix, reap, signals
+from imageforge import config, log
+from imageforge.config import matrix
 from imageforge.errors import ConfigError, ImageforgeError, Interrupted
+from imageforge.process import reap, signals
 
 # stdout: what a task is asked for (a table, a list); not a terminal (a pipe, a file, a CI log):
 # wide enough that no name is cut.

@@ -8,21 +8,15 @@ from pathlib import Path
 from invoke import task
 from rich.table import Table
 
-from imageforge import (
-    buildinfo,
-    changed,
-    clouds,
-    log,
-    matrix,
-    packer,
-    publishpolicy,
-    render,
-    schema,
-)
-from imageforge import validate as validation
+from imageforge import clouds, log, packer
+from imageforge.config import matrix, publishpolicy, schema
+from imageforge.config.oses import warn_unverified
 from imageforge.errors import ConfigError, ImageforgeError
-from imageforge.oses import warn_unverified
+from imageforge.records import buildinfo
+from imageforge.stages import render
+from imageforge.stages import validate as validation
 from imageforge.tasks.common import friendly, out, project
+from imageforge.tools import changed
 
 HELP = {
     "image": "flavor to act on (default: every flavor)",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from invoke import task
 
-from imageforge import build as builder
-from imageforge import cost, matrix, state
-from imageforge import verify as verification
+from imageforge.config import matrix
+from imageforge.config.oses import warn_unverified
 from imageforge.errors import ConfigError
-from imageforge.oses import warn_unverified
+from imageforge.records import state
+from imageforge.stages import build as builder
+from imageforge.stages import verify as verification
 from imageforge.tasks.common import friendly, project
+from imageforge.tools import cost
 
 HELP = {
     "image": "flavor to build, e.g. slurm-node",

@@ -9,11 +9,11 @@ from invoke import task
 from rich.markup import escape
 from rich.table import Table
 
-from imageforge import builddiff, registry
 from imageforge.config import CLOUDS, Project
-from imageforge.configerrors import suggest
+from imageforge.config.configerrors import suggest
 from imageforge.errors import ConfigError
-from imageforge.record import BuildRecord
+from imageforge.records import builddiff, registry
+from imageforge.records.record import BuildRecord
 from imageforge.tasks.common import friendly, integer, out, project
 
 HELP = {

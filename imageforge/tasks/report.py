@@ -6,9 +6,10 @@ from pathlib import Path
 
 from invoke import task
 
-from imageforge import log, registry
-from imageforge import report as reports
+from imageforge import log
+from imageforge.records import registry
 from imageforge.tasks.common import friendly, project
+from imageforge.tools import report as reports
 
 HELP = {
     "build": "build id, e.g. 20260101-120000-abc1234-x1y2z3",

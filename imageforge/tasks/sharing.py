@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from invoke import task
 
-from imageforge import clouds, log, matrix, publishplan, state
-from imageforge import publish as publishing
+from imageforge import clouds, log
 from imageforge.clouds import Housekeeper, Importer, Preflight
 from imageforge.clouds import housekeeping as rules
+from imageforge.config import matrix
+from imageforge.records import state
+from imageforge.stages import publish as publishing
+from imageforge.stages import publishplan
 from imageforge.tasks.common import friendly, project
 
 HELP = {

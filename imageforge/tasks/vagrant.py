@@ -10,10 +10,14 @@ from urllib.parse import urlsplit
 
 from invoke import task
 
-from imageforge import cluster, log, matrix, qemu, state, vagrantcatalog
-from imageforge.configerrors import suggest
+from imageforge import log
+from imageforge.config import matrix
+from imageforge.config.configerrors import suggest
 from imageforge.errors import ConfigError
+from imageforge.process import qemu
+from imageforge.records import state
 from imageforge.tasks.common import friendly, integer, project
+from imageforge.tools import cluster, vagrantcatalog
 
 HELP = {
     "action": "catalog (write the box catalog) or seeds (first-boot user-data for slurm-node)",

@@ -1,4 +1,4 @@
-"""A fake of imageforge.runner.run, in the style of invoke's MockContext: scripted answers per
+"""A fake of imageforge.process.runner.run, in the style of invoke's MockContext: scripted answers per
 command prefix, and a list of every command run, so orchestration is tested in milliseconds."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imageforge.runner import CommandResult
+from imageforge.process.runner import CommandResult
 
 Answer = (
     str | CommandResult | BaseException | Callable[[list[str], dict[str, Any]], str | CommandResult]

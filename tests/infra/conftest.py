@@ -1,4 +1,4 @@
-"""Facts about the build under verification, passed in by imageforge.verify, and the guest's
+"""Facts about the build under verification, passed in by imageforge.stages.verify, and the guest's
 root-only facts gathered in one sudo call (each sudo costs about 0.3 s in an emulated guest)."""
 
 from __future__ import annotations

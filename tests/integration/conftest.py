@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import disk
+from imageforge.clouds.local import disk
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PARTS = ("tasks.py", "packer", "templates", "provisioners", "vagrant", "tests/infra")

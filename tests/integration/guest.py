@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imageforge import buildsecrets, qemu
 from imageforge.clouds.local import seed_user_data
+from imageforge.process import buildsecrets, qemu
 
 USER = "debian"
 

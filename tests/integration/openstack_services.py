@@ -14,7 +14,7 @@
   `consumer` (shares are made to it) and `outsider` (sees nothing of builder's);
 - a clouds.yaml with the entries `admin`, `builder`, `consumer` and `outsider`.
 
-Every process starts through imageforge.runner.spawn (its own session) and its whole process
+Every process starts through imageforge.process.runner.spawn (its own session) and its whole process
 group is killed on the way out. Glance runs with `image_member_quota = MEMBER_QUOTA`, so a
 share with more projects gets a real per-member refusal (413).
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import requests
 
-from imageforge import runner
 from imageforge.errors import ImageforgeError
+from imageforge.process import runner
 
 HOST = "127.0.0.1"
 REGION = "RegionOne"

@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from imageforge import qemu
+from imageforge.process import qemu
 
 from .conftest import copy_project, invoke, processes_mentioning
 

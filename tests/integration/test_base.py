@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import aptsources, base, guestfiles, qemu, runner
-from imageforge.clouds.local import seed_user_data
+from imageforge.clouds.local import aptsources, base, guestfiles, seed_user_data
 from imageforge.errors import ImageforgeError
-from imageforge.runner import CommandResult
+from imageforge.process import qemu, runner
+from imageforge.process.runner import CommandResult
 
 SSH_TIMEOUT = 600.0
 RESIZED_GIB = 6

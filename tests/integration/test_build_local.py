@@ -66,7 +66,7 @@ def test_a_node_refuses_a_wrong_value_from_multipart_user_data(slurm_build, tmp_
     """A worker's controller with a line break in it, in a gzipped multipart user-data (as
     several tools together write it): the first-boot program reads it through cloud-init,
     fails its unit with one line on the console and in motd, and configures nothing."""
-    from imageforge import state
+    from imageforge.records import state
 
     from .guest import booted
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from imageforge import state
+from imageforge.records import state
 from tests.integration.conftest import copy_project, images_without_boxes, invoke
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from imageforge import base, config
+from imageforge import config
+from imageforge.clouds.local import base
 
 from .conftest import ROOT, Offline
 

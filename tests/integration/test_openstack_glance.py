@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
-from imageforge import config, runner, state
+from imageforge import config
 from imageforge.clouds import openstack as os_cloud
 from imageforge.clouds.common import Outcome, Sharing
 from imageforge.errors import ImageforgeError
-from imageforge.state import BuildRecord
+from imageforge.process import runner
+from imageforge.records import state
+from imageforge.records.state import BuildRecord
 
 from .openstack_services import MEMBER_QUOTA, Services, running
 
@@ -428,7 +430,7 @@ def test_prune_against_real_glance(env: Services, tmp_path: Path) -> None:
 
 
 def test_doctor_gets_a_real_token_and_names_what_is_missing(env: Services, tmp_path: Path) -> None:
-    from imageforge.matrix import find
+    from imageforge.config.matrix import find
 
     project = load_project(tmp_path)
     cell = find(project, FLAVOR, "openstack")
@@ -459,7 +461,7 @@ def test_doctor_gets_a_real_token_and_names_what_is_missing(env: Services, tmp_p
 def test_doctor_reports_refused_credentials_without_the_password(
     env: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imageforge.matrix import find
+    from imageforge.config.matrix import find
 
     data = yaml.safe_load(env.clouds_yaml.read_text())
     data["clouds"]["builder"]["auth"]["password"] = "not-the-password-123"

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import clouds, matrix, state
+from imageforge import clouds
 from imageforge.clouds import Launcher
+from imageforge.config import matrix
+from imageforge.records import state
 from tests.fakes.nova import FakeCompute, serve
 
 from .openstack_services import REGION, Services

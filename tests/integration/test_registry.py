@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import state
+from imageforge.records import state
 from tests.integration.conftest import invoke
 from tests.unit.test_report import CHROMIUM, is_a_rendering, ocr, render_png
 

@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import boto3
 import pytest
 
-from imageforge import qemu, vnc
+from imageforge import vnc
+from imageforge.process import qemu
 
 from .conftest import Offline, processes_mentioning
 from .guest import Guest, booted

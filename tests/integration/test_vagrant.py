@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import qemu, state
+from imageforge.process import qemu
+from imageforge.records import state
 from tests.integration.conftest import ROOT, Offline, invoke, processes_mentioning
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imageforge import config, hcl, matrix, packer
+from imageforge import config, packer
+from imageforge.config import matrix
+from imageforge.packer import hcl
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("provisioners", "packer", "templates", "vagrant", "tests/infra", "tasks.py")

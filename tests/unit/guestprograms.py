@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from imageforge import userdata
+from imageforge.config import userdata
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "provisioners" / "common" / "06-firstboot.py"

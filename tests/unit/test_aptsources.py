@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import aptsources
+from imageforge.clouds.local import aptsources
 from imageforge.errors import ImageforgeError
 
 

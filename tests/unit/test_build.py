@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import build, clouds, config, matrix, render, state
+from imageforge import clouds, config
+from imageforge.config import matrix
 from imageforge.errors import CommandError
 from imageforge.packer import PackerVersion
+from imageforge.records import state
+from imageforge.stages import build, render
 
 from .conftest import write
 

@@ -11,9 +11,13 @@ from typing import Any
 
 import pytest
 
-from imageforge import build, clouds, config, locks, matrix, runner, state, verify
+from imageforge import clouds, config
 from imageforge.clouds.common import BuildEnv
+from imageforge.config import matrix
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
+from imageforge.process import locks, runner
+from imageforge.records import state
+from imageforge.stages import build, verify
 from tests.fakes.runner import FakeRunner
 
 from .conftest import write
@@ -144,7 +148,7 @@ def test_a_second_build_of_the_cell_is_refused_while_one_runs(
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from imageforge import "
+            "import sys; from pathlib import Path; from imageforge.process import "
             "locks\nwith locks.cell(Path('.'), 'a', 'local', 'build X'):\n print('held', "
             "flush=True); sys.stdin.read()",
         ],

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from imageforge import buildsecrets
 from imageforge.errors import ConfigError
+from imageforge.process import buildsecrets
 
 ENV = buildsecrets.EXTRA_CA_ENV
 

@@ -126,7 +126,7 @@ def test_a_cloud_source_template_or_module_rebuilds_that_cloud_only(repo: Path) 
 
 
 def test_the_base_recipe_rebuilds_every_local_cell(repo: Path) -> None:
-    touch(repo / "imageforge/recipe.py")
+    touch(repo / "imageforge/clouds/local/recipe.py")
     assert changed(repo) == {
         f"{f}-local" for f in ("quantum-mobile", "training-desktop", "slurm-node")
     }
@@ -144,7 +144,7 @@ def test_the_build_template_or_rendering_rebuilds_every_cell(repo: Path) -> None
         "provisioners/common/00-host-passthrough.sh",
         "provisioners/common/05-metadata-guard.sh",
         "provisioners/common/06-firstboot.py",
-        "imageforge/userdata.py",
+        "imageforge/config/userdata.py",
     ],
 )
 def test_what_every_build_gets_rebuilds_every_cell(repo: Path, path: str) -> None:
@@ -154,7 +154,7 @@ def test_what_every_build_gets_rebuilds_every_cell(repo: Path, path: str) -> Non
 
 
 def test_the_os_table_rebuilds_every_cell(repo: Path) -> None:
-    touch(repo / "imageforge/oses.py")
+    touch(repo / "imageforge/config/oses.py")
     assert changed(repo) == ALL
 
 
@@ -197,7 +197,7 @@ def test_an_unknown_revision_is_one_line_and_exit_2(repo: Path) -> None:
 
 
 def test_code_outside_the_inputs_rebuilds_nothing(repo: Path) -> None:
-    touch(repo / "imageforge/report.py")
+    touch(repo / "imageforge/tools/report.py")
     assert changed(repo) == set()
 
 

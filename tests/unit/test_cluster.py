@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imageforge import cluster, config, reap, runner
+from imageforge import config
 from imageforge.errors import ImageforgeError
+from imageforge.process import reap, runner
+from imageforge.tools import cluster
 
 from . import guestprograms
 from .conftest import write

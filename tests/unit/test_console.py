@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from imageforge import console
+from imageforge.process import console
 
 SECRET = "Ab3dE6gH"
 

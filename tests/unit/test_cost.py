@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import config, cost, matrix
+from imageforge import config
+from imageforge.config import matrix
+from imageforge.tools import cost
 
 from .conftest import write
 

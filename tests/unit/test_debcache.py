@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from imageforge.debcache import DebCache
+from imageforge.clouds.local.debcache import DebCache
 
 
 def test_hooks_link_the_cache_in_and_the_archives_out(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_harvest_counts_only_what_the_cache_did_not_have(tmp_path: Path) -> None
 def test_each_release_has_a_cache_of_its_own(tmp_path, monkeypatch) -> None:
     """Two releases can carry files of the same name that differ: a shared cache would swap
     them at every build of the other release and download them again."""
-    from imageforge import recipe
+    from imageforge.clouds.local import recipe
 
     monkeypatch.setenv("IMAGEFORGE_CACHE_DIR", str(tmp_path / "cache"))
     trixie, bookworm = recipe.deb_cache("trixie"), recipe.deb_cache("bookworm")

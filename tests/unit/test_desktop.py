@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imageforge import config, matrix, qemu, render, vnc
+from imageforge import config, vnc
 from imageforge.clouds.local import seed_user_data
+from imageforge.config import matrix
 from imageforge.packer import PackerVersion
+from imageforge.process import qemu
+from imageforge.stages import render
 
 from . import guestprograms
 from .conftest import ROOT

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import disk
+from imageforge.clouds.local import disk
 from imageforge.errors import ImageforgeError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import userdata
+from imageforge.config import userdata
 
 from .guestprograms import cloud_config, library
 

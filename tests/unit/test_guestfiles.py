@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from imageforge import guestfiles
-from imageforge.sshchecks import timespan_seconds
+from imageforge.clouds.local import guestfiles
+from imageforge.stages.sshchecks import timespan_seconds
 
 
 def tree(root: Path) -> Path:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imageforge import hcl
+from imageforge.packer import hcl
 
 PARSE = hcl2.SerializationOptions(
     strip_string_quotes=True, with_comments=False, explicit_blocks=False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imageforge import junit
+from imageforge.records import junit
 
 XML = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="4" time="3.2">

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imageforge import config, matrix
+from imageforge import config
+from imageforge.config import matrix
 from imageforge.errors import ConfigError
 
 from .conftest import ROOT, write

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from invoke import Context
 
-from imageforge import build, config, matrix, oses, publishplan, validate
+from imageforge import config
+from imageforge.config import matrix, oses
 from imageforge.errors import ConfigError
+from imageforge.stages import build, publishplan, validate
 from imageforge.tasks import images as image_tasks
 from imageforge.tasks import lifecycle
 from tests.records import make_record

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from imageforge import clouds, config, publish, state
+from imageforge import clouds, config
 from imageforge.clouds import Outcome, Published, Sharing
 from imageforge.errors import ImageforgeError
+from imageforge.records import state
+from imageforge.stages import publish
 from tests.records import make_record
 
 from .conftest import write

@@ -12,12 +12,15 @@ import boto3
 import pytest
 from invoke import Context, Exit
 
-from imageforge import clouds, matrix, publishplan, publishpolicy, state
+from imageforge import clouds
 from imageforge.clouds import Outcome, Published, Sharing
 from imageforge.clouds.gcp.sharing import _members
 from imageforge.clouds.openstack.sharing import target_visibility
+from imageforge.config import matrix, publishpolicy
 from imageforge.errors import ConfigError, ImageforgeError
-from imageforge.publishplan import Unpublished
+from imageforge.records import state
+from imageforge.stages import publishplan
+from imageforge.stages.publishplan import Unpublished
 from imageforge.tasks import sharing as sharing_tasks
 from tests.records import make_record
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import config, matrix, pyenv, render
+from imageforge import config
+from imageforge.clouds.local import pyenv
+from imageforge.config import matrix
 from imageforge.errors import ConfigError, ImageforgeError
+from imageforge.stages import render
 
 from .conftest import ROOT, write
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from imageforge import qemu
 from imageforge.errors import ImageforgeError
+from imageforge.process import qemu
 
 
 def test_wait_for_ssh_returns_the_banner_once_it_comes() -> None:

@@ -11,7 +11,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from imageforge import qemu
+from imageforge.process import qemu
 
 ROOT = Path(__file__).resolve().parents[2]
 QM = ROOT / "provisioners" / "quantum-mobile"

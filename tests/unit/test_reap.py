@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import reap, state
+from imageforge.process import reap
+from imageforge.records import state
 
 
 def dead_token() -> str:
@@ -84,7 +85,7 @@ def test_only_directories_of_dead_owners_are_removed(tmp_path: Path) -> None:
 def test_the_key_of_a_run_killed_with_sigkill_is_removed_by_the_next(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
-        "from imageforge import reap\n"
+        "from imageforge.process import reap\n"
         "path = reap.scratch_dir('imageforge-killed-')\n"
         "(path / 'id_ed25519').write_text('PRIVATE KEY')\n"
         "print(path, flush=True)\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import builddiff, registry, state
+from imageforge.records import builddiff, registry, state
 from tests.records import make_record
 
 from .conftest import write

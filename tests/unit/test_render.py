@@ -12,8 +12,11 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from imageforge import clouds, config, matrix, packer, render, runner, userdata
+from imageforge import clouds, config, packer
+from imageforge.config import matrix, userdata
 from imageforge.packer import PackerVersion
+from imageforge.process import runner
+from imageforge.stages import render
 
 from .conftest import ROOT
 

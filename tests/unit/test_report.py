@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from imageforge import config, registry, report, sbom, state
+from imageforge import config
 from imageforge.errors import ConfigError
-from imageforge.state import BuildRecord
+from imageforge.records import registry, state
+from imageforge.records.state import BuildRecord
+from imageforge.stages import sbom
+from imageforge.tools import report
 from tests.records import make_record
 
 from .conftest import ROOT, write

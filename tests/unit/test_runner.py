@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import runner
 from imageforge.errors import CommandError, Interrupted
+from imageforge.process import runner
 
 
 def test_failure_carries_command_code_and_tail(tmp_path: Path) -> None:

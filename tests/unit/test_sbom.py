@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from packageurl import PackageURL
 
-from imageforge import __version__, sbom
-from imageforge.runner import CommandResult
+from imageforge import __version__
+from imageforge.process.runner import CommandResult
+from imageforge.stages import sbom
 from tests.records import make_record
 
 DPKG = (

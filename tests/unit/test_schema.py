@@ -7,7 +7,7 @@ import json
 import jsonschema
 import yaml
 
-from imageforge import schema
+from imageforge.config import schema
 
 from .conftest import ROOT
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imageforge import settings
+from imageforge.config import settings
 from imageforge.errors import ConfigError
 
 

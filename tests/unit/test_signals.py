@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import signals
+from imageforge.process import signals
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ TASK = """
 import sys
 from pathlib import Path
 from invoke import Exit
-from imageforge import runner
+from imageforge.process import runner
 from imageforge.tasks.common import friendly
 
 out, grace = Path(sys.argv[1]), float(sys.argv[2])
@@ -123,7 +123,7 @@ def test_a_second_signal_kills_everything_at_once(tmp_path: Path) -> None:
 PARENT = """
 import sys
 from pathlib import Path
-from imageforge import runner
+from imageforge.process import runner
 
 out = Path(sys.argv[1])
 CHILD = (

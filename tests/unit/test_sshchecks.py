@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import runner, sshchecks
 from imageforge.errors import ImageforgeError
-from imageforge.runner import CommandResult
+from imageforge.process import runner
+from imageforge.process.runner import CommandResult
+from imageforge.stages import sshchecks
 from tests.fakes.runner import FakeRunner
 
 SESSION = sshchecks.Session("127.0.0.1", 2222, "debian", Path("ssh_config"))

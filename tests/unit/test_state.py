@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import buildinfo, locks, state
 from imageforge.errors import ImageforgeError
+from imageforge.process import locks
+from imageforge.records import buildinfo, state
 from tests.records import PASSED, make_record
 
 
@@ -133,7 +134,7 @@ def test_build_ids_never_collide_within_one_second(tmp_path: Path) -> None:
 HOLDER = """
 import sys
 from pathlib import Path
-from imageforge import locks
+from imageforge.process import locks
 with locks.cell(Path(sys.argv[1]), "a", "local", "build 1"):
     print("held", flush=True)
     sys.stdin.read()

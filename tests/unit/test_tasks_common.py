@@ -14,8 +14,8 @@ from invoke import Exit
 from invoke.exceptions import ParseError, UnexpectedExit
 from invoke.runners import Result
 
-from imageforge import reap
 from imageforge.errors import ConfigError, Interrupted
+from imageforge.process import reap
 from imageforge.tasks import common
 
 ROOT = Path(__file__).resolve().parents[2]

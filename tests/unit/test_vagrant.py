@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import qemu, state, vagrantbox, vagrantcatalog
 from imageforge.errors import ImageforgeError
+from imageforge.process import qemu
+from imageforge.records import state
+from imageforge.stages import vagrantbox
+from imageforge.tools import vagrantcatalog
 from tests.records import make_record
 
 from .conftest import write

@@ -10,9 +10,13 @@ from typing import Any
 
 import pytest
 
-from imageforge import clouds, config, matrix, qemu, settings, sshchecks, state, verify
+from imageforge import clouds, config
 from imageforge.clouds import Instance
+from imageforge.config import matrix, settings
 from imageforge.errors import ImageforgeError, Interrupted
+from imageforge.process import qemu
+from imageforge.records import state
+from imageforge.stages import sshchecks, verify
 from tests.records import make_record
 
 from .conftest import write

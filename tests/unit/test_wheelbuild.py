@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import pyenv, wheelbuild
-from imageforge.debcache import DebCache
+from imageforge.clouds.local import pyenv, wheelbuild
+from imageforge.clouds.local.debcache import DebCache
 from imageforge.errors import ImageforgeError
 from tests.fakes.runner import FakeRunner
 

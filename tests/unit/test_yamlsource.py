@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import config, yamlsource
+from imageforge import config
+from imageforge.config import yamlsource
+from imageforge.config.yamlsource import Mark
 from imageforge.errors import ConfigError
-from imageforge.yamlsource import Mark
 
 from .conftest import write
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from imageforge import log, state
+from imageforge import log
 from imageforge.clouds.aws.client import ec2, errors, tags
 from imageforge.clouds.common import BUILD_KEY
 from imageforge.errors import ImageforgeError
+from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.state import BuildRecord
+    from imageforge.records.state import BuildRecord
 
 # Copies take minutes to an hour, depending on the image's size and the regions.
 WAIT = {"Delay": 15, "MaxAttempts": 240}

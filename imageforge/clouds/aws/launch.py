@@ -29,8 +29,8 @@ from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.matrix import Cell
-    from imageforge.state import BuildRecord
+    from imageforge.config.matrix import Cell
+    from imageforge.records.state import BuildRecord
 
 VERIFY_PREFIX = "imageforge-verify-"
 ADDRESS = {

@@ -21,7 +21,7 @@ from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.state import BuildRecord
+    from imageforge.records.state import BuildRecord
 
 Permission = dict[str, str]
 NOT_OFFERED = ("InvalidAction", "NotImplemented", "UnsupportedOperation")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import hcl, log, settings
+from imageforge import log
 from imageforge.clouds.aws.client import ec2
 from imageforge.clouds.common import (
     BuildEnv,
@@ -19,11 +19,13 @@ from imageforge.clouds.common import (
     metadata,
     ssh_source,
 )
+from imageforge.config import settings
+from imageforge.packer import hcl
 
 if TYPE_CHECKING:
-    from imageforge.buildsecrets import KeyPair
     from imageforge.config import Project
-    from imageforge.matrix import Cell
+    from imageforge.config.matrix import Cell
+    from imageforge.process.buildsecrets import KeyPair
 
 
 class AwsSource(SourceDefaults):

@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from imageforge import settings
 from imageforge.clouds.sdkerrors import sdk_errors
+from imageforge.config import settings
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from imageforge import log, oses
+from imageforge import log
 from imageforge.clouds.common import (
     BUILD_KEY,
     WIDEST_SSH_SOURCE,
@@ -30,12 +30,13 @@ from imageforge.clouds.common import (
 from imageforge.clouds.gcp.connection import Gce
 from imageforge.clouds.gcp.sharing import locate
 from imageforge.clouds.sdkerrors import remove_all
+from imageforge.config import oses
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.matrix import Cell
-    from imageforge.state import BuildRecord
+    from imageforge.config.matrix import Cell
+    from imageforge.records.state import BuildRecord
 
 GCE_NAME_LENGTH = 63
 # The firewall rule's description names its build: sweep reads it back.

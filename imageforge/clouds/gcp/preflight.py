@@ -10,7 +10,7 @@ from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.matrix import Cell
+    from imageforge.config.matrix import Cell
 
 
 class GcpPreflight:

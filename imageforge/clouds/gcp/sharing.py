@@ -32,7 +32,7 @@ from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.state import BuildRecord
+    from imageforge.records.state import BuildRecord
 
 PLACE = "gcp"
 IMAGE_USER = "roles/compute.imageUser"

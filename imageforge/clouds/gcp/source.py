@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import hcl
 from imageforge.clouds.common import (
     VERSION_KEY,
     SourceDefaults,
@@ -17,11 +16,12 @@ from imageforge.clouds.common import (
     manifest_artifacts,
     metadata,
 )
-from imageforge.hcl import Raw
+from imageforge.packer import hcl
+from imageforge.packer.hcl import Raw
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.matrix import Cell
+    from imageforge.config.matrix import Cell
 
 
 class GcpSource(SourceDefaults):

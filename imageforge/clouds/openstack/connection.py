@@ -18,7 +18,7 @@ from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.state import BuildRecord
+    from imageforge.records.state import BuildRecord
 
 PLACE = "openstack"
 IMPORTED = "openstack:"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import __version__, log, state
+from imageforge import __version__, log
 from imageforge.clouds.common import (
     BUILD_KEY,
     COMMIT_KEY,
@@ -23,10 +23,11 @@ from imageforge.clouds.openstack.connection import (
     properties,
 )
 from imageforge.errors import ImageforgeError
+from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.state import BuildRecord
+    from imageforge.records.state import BuildRecord
 
 
 class OpenstackImporter:

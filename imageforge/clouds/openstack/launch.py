@@ -34,8 +34,8 @@ from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.matrix import Cell
-    from imageforge.state import BuildRecord
+    from imageforge.config.matrix import Cell
+    from imageforge.records.state import BuildRecord
 
 DESCRIPTION = "imageforge verification SSH; " + BUILD_KEY + "={build}"
 SERVER_WAIT_SECONDS = 900

@@ -26,7 +26,7 @@ from imageforge.clouds.sdkerrors import errors_into, why
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.state import BuildRecord
+    from imageforge.records.state import BuildRecord
 
 
 class OpenstackSharing:

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge import hcl, keystone_stub
 from imageforge.clouds.common import SourceDefaults, image_name, manifest_artifacts, metadata
+from imageforge.clouds.openstack import keystone_stub
 from imageforge.clouds.openstack.connection import PLACE
+from imageforge.packer import hcl
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.matrix import Cell
+    from imageforge.config.matrix import Cell
 
 
 class OpenstackSource(SourceDefaults):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imageforge import state
-from imageforge.state import BuildRecord
+from imageforge.records import state
+from imageforge.records.state import BuildRecord
 
 
 def build_id(n: int | str) -> str:

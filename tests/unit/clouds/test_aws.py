@@ -13,12 +13,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from imageforge import config, publish, state
+from imageforge import config
 from imageforge.clouds import aws as aws_cloud
 from imageforge.clouds.aws.sharing import AmiSharing
 from imageforge.clouds.common import Sharing
 from imageforge.errors import ImageforgeError
-from imageforge.state import BuildRecord
+from imageforge.records import state
+from imageforge.records.state import BuildRecord
+from imageforge.stages import publish
 
 from ..conftest import write
 from .records import build_id
@@ -414,7 +416,7 @@ def test_sweep_finds_an_old_tagged_packer_key_pair_whose_instance_is_gone(projec
 
 
 def test_doctor_names_what_is_missing(project, monkeypatch: pytest.MonkeyPatch) -> None:
-    from imageforge import matrix
+    from imageforge.config import matrix
 
     cell = matrix.find(project, "slurm-node", "aws")
     with pytest.raises(
@@ -430,7 +432,7 @@ def test_doctor_names_what_is_missing(project, monkeypatch: pytest.MonkeyPatch) 
 def test_an_unreachable_endpoint_is_one_line_with_exit_code_2(project, monkeypatch) -> None:
     import socket
 
-    from imageforge import matrix
+    from imageforge.config import matrix
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

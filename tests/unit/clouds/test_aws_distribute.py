@@ -13,11 +13,13 @@ from typing import Any
 import boto3
 import pytest
 
-from imageforge import config, publish, state
+from imageforge import config
 from imageforge.clouds import aws as aws_cloud
 from imageforge.clouds.common import Sharing
 from imageforge.errors import ImageforgeError
-from imageforge.state import BuildRecord
+from imageforge.records import state
+from imageforge.records.state import BuildRecord
+from imageforge.stages import publish
 from tests.records import make_record
 
 from ..conftest import write
@@ -166,7 +168,7 @@ def test_sweep_finds_the_key_pair_and_group_a_killed_verification_left(project, 
 
 
 def test_sweep_spares_a_verification_that_is_running(project, scratch) -> None:
-    from imageforge import matrix
+    from imageforge.config import matrix
 
     record = record_of(scratch, "built")
     cell = matrix.find(project, "slurm-node", "aws")

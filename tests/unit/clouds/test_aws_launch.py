@@ -18,13 +18,15 @@ from typing import Any
 import boto3
 import pytest
 
-from imageforge import config, matrix, signals
+from imageforge import config
 from imageforge.clouds import aws as aws_cloud
 from imageforge.clouds import capabilities
 from imageforge.clouds.aws import launch as aws_launch
 from imageforge.clouds.common import Instance
+from imageforge.config import matrix
 from imageforge.errors import ImageforgeError, Interrupted
-from imageforge.state import BuildRecord
+from imageforge.process import signals
+from imageforge.records.state import BuildRecord
 from tests.records import make_record
 
 from ..conftest import write

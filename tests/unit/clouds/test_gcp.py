@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 import requests
 
-from imageforge import config, matrix, publish, state
+from imageforge import config
 from imageforge.clouds import gcp
 from imageforge.clouds.common import Sharing
 from imageforge.clouds.gcp import sharing as gcp_sharing
+from imageforge.config import matrix
 from imageforge.errors import ImageforgeError
-from imageforge.state import BuildRecord
+from imageforge.records import state
+from imageforge.records.state import BuildRecord
+from imageforge.stages import publish
 from tests.fakes.gce import FakeGce, Request, serve
 
 from ..conftest import write

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from imageforge import config, matrix
+from imageforge import config
 from imageforge.clouds import gcp
 from imageforge.clouds.capabilities import Launcher
 from imageforge.clouds.gcp import launch
+from imageforge.config import matrix
 from imageforge.errors import ImageforgeError, Interrupted
-from imageforge.state import BuildRecord
+from imageforge.records.state import BuildRecord
 from tests.fakes.gce import ApiError, FakeGce, Request
 
 from .records import build_id, make_record

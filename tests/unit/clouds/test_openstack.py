@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 import requests_mock
 
-from imageforge import config, publish, state
+from imageforge import config
 from imageforge.clouds import openstack as os_cloud
 from imageforge.clouds.common import Outcome, Sharing
 from imageforge.clouds.openstack.connection import connect, image_ids
+from imageforge.config.matrix import find
 from imageforge.errors import ImageforgeError
-from imageforge.matrix import find
-from imageforge.state import BuildRecord
+from imageforge.records import state
+from imageforge.records.state import BuildRecord
+from imageforge.stages import publish
 from tests.fakes.glance import QCOW2_MAGIC, FakeCloud, FakeGlance
 
 from ..conftest import write

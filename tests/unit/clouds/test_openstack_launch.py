@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 import requests_mock
 
-from imageforge import config, matrix
+from imageforge import config
 from imageforge.clouds import common
 from imageforge.clouds import openstack as os_cloud
 from imageforge.clouds.capabilities import Launcher
 from imageforge.clouds.openstack import launch
+from imageforge.config import matrix
 from imageforge.errors import ImageforgeError, Interrupted
-from imageforge.state import BuildRecord
+from imageforge.records.state import BuildRecord
 from tests.fakes.glance import IDENTITY, FakeCloud
 from tests.fakes.nova import PRIVATE_NET, FakeCompute, check_nova, serve
 

@@ -1,0 +1,116 @@
+"""local: QEMU on this machine, from a Debian base image that imageforge builds offline."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imageforge.clouds.common import BuildEnv, SourceDefaults, metadata
+from imageforge.clouds.local import base
+from imageforge.config import oses
+from imageforge.process import qemu
+from imageforge.records import state
+
+if TYPE_CHECKING:
+    from imageforge.config import Project
+    from imageforge.config.matrix import Cell
+    from imageforge.process.buildsecrets import KeyPair
+
+
+class LocalCloud(SourceDefaults):
+    name = "local"
+    builder = "qemu"
+    # cloud-init's datasource on this cloud's own images (datasource_list, then None)
+    datasource = "NoCloud"
+    packer_grace_seconds = 20.0  # a local VM is gone at once
+
+    def machine(self, settings: Any) -> str:
+        return f"QEMU, {settings.cpus} CPUs, {settings.memory_mb} MiB"
+
+    def __init__(self) -> None:
+        self._layers: dict[str, dict[str, Any]] = {}  # cell name: the layer this run chose
+
+    def source(self, project: Project, cell: Cell) -> dict[str, Any]:
+        local = project.images.clouds.local
+        return {
+            "cpus": local.cpus,
+            "memory": local.memory_mb,
+            "disk_size": f"{local.disk_size_gb * 1024}M",
+            "ssh_username": self.ssh_username(cell.os),
+            "ssh_timeout": f"{local.ssh_timeout_minutes}m",
+            "vm_name": f"{cell.flavor_name}.qcow2",
+            "tcg_cpu": qemu.TCG_CPU,
+            "metadata": metadata(project, cell, {}),
+        }
+
+    def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
+        """The flavor's layer: the base recipe plus its declared packages, built natively."""
+        python = cell.flavor.python
+        recipe = base.BaseRecipe(
+            suite=oses.get(cell.os).suite,
+            extra_packages=cell.flavor.packages,
+            python_venv=python.venv if python else "",
+            python_packages=python.packages if python else (),
+            python_build=python.build if python else (),
+        )
+        layer = base.ensure_base(recipe, force=refresh).record()
+        self._layers[cell.name] = layer
+        return layer
+
+    def build_env(
+        self, project: Project, cell: Cell, build_id: str, scratch: Path, key: KeyPair
+    ) -> BuildEnv:
+        """The layer base_image chose, the accelerator and the cloud-init seed; the
+        accelerator and QEMU version are facts for the record."""
+        layer = self._layers.get(cell.name) or self.base_image(project, cell)
+        accelerator = qemu.probe_accelerator(project.images.clouds.local.accelerator)
+        seed = qemu.make_seed(
+            scratch / "seed.iso",
+            user_data=seed_user_data(key.public),
+            meta_data=f"instance-id: imageforge-build-{build_id}\nlocal-hostname: debian\n",
+        )
+        env = {
+            "PKR_VAR_base_image": layer["path"],
+            "PKR_VAR_base_image_checksum": f"sha256:{layer['sha256']}",
+            "PKR_VAR_accelerator": accelerator,
+            "PKR_VAR_seed_iso": str(seed),
+        }
+        return BuildEnv(env, {"accelerator": accelerator, "qemu_version": qemu.qemu_version()})
+
+    def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
+        names = [f"image/{flavor}.qcow2", "manifest.json"]
+        paths = [directory / n for n in names if (directory / n).is_file()]
+        return [state.describe(p, directory) for p in paths]
+
+    def artifact_ids(self, directory: Path) -> dict[str, str]:
+        return {}  # a local build's artifacts are files, bound by their sha256
+
+    @contextlib.contextmanager
+    def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:
+        base = scratch / "base.qcow2"
+        base.write_bytes(b"")
+        seed = scratch / "seed.iso"
+        seed.write_bytes(b"")
+        yield {"PKR_VAR_base_image": str(base), "PKR_VAR_seed_iso": str(seed)}
+
+
+def seed_user_data(public_key: str, extra: dict[str, Any] | None = None) -> str:
+    """cloud-init user-data that lets exactly one key log in as the image's default user,
+    with any further cloud-config keys (such as a flavor's own block) after it.
+
+    No ssh_pwauth: the image's sshd already refuses passwords, and setting it makes cloud-init
+    restart sshd in its final stage, dropping the connections of whoever logged in first."""
+    text = f"#cloud-config\ndisable_root: true\nssh_authorized_keys:\n  - {public_key}\n"
+    if extra:
+        import json
+
+        import yaml
+
+        plain = json.loads(json.dumps(extra))  # YAML's own mapping types, as plain dicts
+        text += yaml.safe_dump(plain, default_flow_style=False, sort_keys=False)
+    return text
+
+
+CLOUD = LocalCloud()

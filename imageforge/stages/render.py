@@ -1,0 +1,258 @@
+"""render: images.yml cell → Packer HCL files under build/<flavor>-<cloud>/.
+
+Templates are jinja2 with StrictUndefined; every value passes through imageforge.packer.hcl, which
+escapes it (a template cannot print anything else), and `packer fmt` lays the result out.
+Values that change from build to build (build id, paths on this machine) are Packer variables,
+so the template hash only changes when the template's meaning does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+from imageforge import clouds, packer
+from imageforge.config import Project, Provisioner, oses, userdata
+from imageforge.config.matrix import Cell
+from imageforge.packer import PackerVersion, hcl
+from imageforge.packer.hcl import Raw
+from imageforge.process import runner
+
+if TYPE_CHECKING:
+    from imageforge.clouds.capabilities import PackerSource
+
+VARFILE = "imageforge.auto.pkrvars.hcl"
+EXECUTE = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
+HOST_PASSTHROUGH = "provisioners/common/00-host-passthrough.sh"
+# In every image, whatever its flavor lists: only root reaches the metadata service.
+METADATA_GUARD = "provisioners/common/05-metadata-guard.sh"
+# In every image: the library its first-boot programs share, and the user-data schema.
+FIRSTBOOT_LIBRARY = "provisioners/common/06-firstboot.py"
+# The scripts render adds to every build, whatever its flavor lists.
+BUILTIN_SCRIPTS = (HOST_PASSTHROUGH, METADATA_GUARD, FIRSTBOOT_LIBRARY)
+# Packages every image needs for what imageforge itself installs (the guard's nft).
+IMAGE_PACKAGES = ("nftables",)
+PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
+# Where a cloud build pins it: after 90_dpkg.cfg (cloud-init's package writes its debconf
+# choice there), since of cloud.cfg.d's files the last one in sort order wins.
+DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/99-imageforge-datasource.cfg"
+# Installed for the build of python.build's sources in a cloud build VM, and removed after.
+SOURCE_BUILD_PACKAGES = ("python3-dev", "gcc", "libc6-dev")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered template directory."""
+
+    directory: Path
+    files: tuple[Path, ...]
+    template_hash: str
+
+
+def environment(root: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root / "templates"),
+        undefined=jinja2.StrictUndefined,
+        finalize=_escaped_only,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["hcl"] = hcl.value
+    return env
+
+
+# A bare word or reference (var.name, a section name) cannot break out of an expression or
+# comment; everything else must come from imageforge.packer.hcl.
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _escaped_only(value: Any) -> Any:
+    """jinja2's finalize: refuse to print text that did not pass through imageforge.packer.hcl."""
+    if isinstance(value, hcl.Raw) or (isinstance(value, str) and _BARE_WORD.fullmatch(value)):
+        return value
+    raise TypeError(f"template printed {value!r} unescaped; pass it through the hcl filter")
+
+
+def packer_fmt(path: Path) -> None:
+    """Lay out rendered HCL (a file or a directory's files) in place, the way Packer does."""
+    runner.run([packer.binary(), "fmt", str(path)], stream=False, what=f"packer fmt {path.name}")
+
+
+def build_dir(project: Project, cell: Cell) -> Path:
+    return project.root / "build" / cell.name
+
+
+def render(
+    project: Project,
+    cell: Cell,
+    version: PackerVersion,
+    out: Path | None = None,
+    cloud: PackerSource | None = None,
+) -> Rendered:
+    """Write the cell's .pkr.hcl files and return them with their hash."""
+    out = out or build_dir(project, cell)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.pkr.hcl"):
+        stale.unlink()
+    env = environment(project.root)
+    cloud = cloud or clouds.get(cell.cloud)
+    source_name = cell.name
+    texts: dict[str, str] = {}
+    if version.has_plugins:
+        texts["plugins.pkr.hcl"] = (project.root / "packer" / "plugins.pkr.hcl").read_text()
+    texts["variables.pkr.hcl"] = (project.root / "packer" / "variables.pkr.hcl").read_text()
+    texts["source.pkr.hcl"] = env.get_template(f"sources/{cell.cloud}.pkr.hcl.j2").render(
+        source_name=source_name, plugins=version.has_plugins, **cloud.source(project, cell)
+    )
+    texts["build.pkr.hcl"] = env.get_template("build.pkr.hcl.j2").render(
+        build_name=cell.flavor_name,
+        source_ref=f"source.{cloud.builder}.{source_name}",
+        steps=list(_steps(cell)),
+        manifest_custom_data=hcl.attributes(
+            {"custom_data": clouds.metadata(project, cell, {})}, indent=4
+        ),
+    )
+    files = []
+    for name, text in texts.items():
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        files.append(path)
+    packer_fmt(out)  # before hashing: the hash covers the final text
+    return Rendered(out, tuple(files), template_hash(files))
+
+
+def template_hash(files: list[Path] | tuple[Path, ...]) -> str:
+    """sha256 over the rendered files (names and contents), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def write_vars(rendered: Rendered, values: dict[str, Any]) -> Path:
+    """The per-build variable values; never a secret (those come from PKR_VAR_* only)."""
+    path = rendered.directory / VARFILE
+    path.write_text(hcl.attributes(values, indent=0) + "\n", encoding="utf-8")
+    packer_fmt(path)
+    return path
+
+
+def cloud_init_packages(cell: Cell) -> tuple[str, ...]:
+    """What a cloud build installs so that its instances run cloud-init, which the first-boot
+    programs and verification read user-data through. Debian's GCE images have none (they
+    carry google-guest-agent and OS Login instead); every other cloud image has it."""
+    if cell.cloud == "gcp" and oses.get(cell.os).distro == "debian":
+        return ("cloud-init",)
+    return ()
+
+
+def cloud_init_config(cell: Cell) -> str:
+    """The cloud-init settings a cloud build pins: the cloud's own datasource, so that
+    instances do not probe for others at boot. Where imageforge installs cloud-init, the
+    network stays as the image configured it (cloud-init only reads the metadata)."""
+    text = f"datasource_list: [{clouds.get(cell.cloud).datasource}, None]\n"
+    if cloud_init_packages(cell):
+        text += "network: {config: disabled}\n"
+    return text
+
+
+def package_commands(cell: Cell) -> list[str]:
+    """The generated first provisioner of a cloud build: cloud-init where the image lacks it
+    and the flavor's packages, installed in the build VM (local builds get them natively, in
+    the layer), then cloud-init pinned to the cloud's own datasource."""
+    commands = ["set -eu", "export DEBIAN_FRONTEND=noninteractive"]
+    packages = list(
+        dict.fromkeys((*cloud_init_packages(cell), *IMAGE_PACKAGES, *cell.flavor.packages))
+    )
+    if packages:
+        commands += [
+            "apt-get update -q",
+            "apt-get install -y -q --no-install-recommends " + " ".join(packages),
+        ]
+    config = cloud_init_config(cell).replace("\n", "\\n")
+    commands.append(f"printf '{config}' > {DATASOURCE_CFG}")
+    python = cell.flavor.python
+    if python is not None:
+        # What has no wheel for the image's Python is compiled here; the compiler goes after.
+        compilers = [p for p in SOURCE_BUILD_PACKAGES if p not in packages] if python.build else []
+        requirements = " ".join(shlex.quote(r) for r in python.packages)
+        if compilers:
+            commands.append("apt-get install -y -q --no-install-recommends " + " ".join(compilers))
+        commands += [
+            f"python3 -m venv {shlex.quote(python.venv)}",
+            f"{shlex.quote(python.venv)}/bin/pip install --no-cache-dir -q {requirements}",
+        ]
+        if compilers:
+            commands += [
+                "apt-mark auto -q " + " ".join(compilers),
+                "apt-get autoremove -y -q",
+            ]
+    return commands
+
+
+def _steps(cell: Cell) -> list[dict[str, Any]]:
+    if getattr(cell.cloud_settings, "communicator", "ssh") == "none":
+        return []  # nothing can run in the VM: the image is a copy of its source
+    steps = [_step("host", Provisioner(script=HOST_PASSTHROUGH), cell)]
+    if cell.cloud != "local":
+        attributes = {
+            "inline": package_commands(cell),
+            "execute_command": EXECUTE,
+            "environment_vars": _env(cell, Provisioner(script="packages")),
+        }
+        steps.append(
+            {
+                "section": "packages",
+                "attributes": hcl.attributes(attributes, indent=4),
+            }
+        )
+    steps.append(_step("guard", Provisioner(script=METADATA_GUARD), cell))
+    schema = json.dumps(userdata.schema(), sort_keys=True, separators=(",", ":"))
+    library = Provisioner(script=FIRSTBOOT_LIBRARY, env={"IMAGEFORGE_USER_DATA_SCHEMA": schema})
+    steps.append(_step("firstboot", library, cell))
+    sections = (("provision", cell.flavor.provisioners), ("cleanup", cell.flavor.cleanup))
+    for section, items in sections:
+        steps += [_step(section, step, cell) for step in items]
+    return steps
+
+
+def _step(section: str, step: Provisioner, cell: Cell) -> dict[str, Any]:
+    attributes = {
+        "script": step.script,
+        "execute_command": EXECUTE,
+        "environment_vars": _env(cell, step),
+    }
+    return {
+        "section": section,
+        "attributes": hcl.attributes(attributes, indent=4),
+    }
+
+
+def _env(cell: Cell, step: Provisioner) -> list[Any]:
+    ours = {
+        "IMAGEFORGE_FLAVOR": cell.flavor_name,
+        "IMAGEFORGE_CLOUD": cell.cloud,
+        "IMAGEFORGE_OS": cell.os,
+        "IMAGE_USER": cell.flavor.user,
+        "IMAGE_PORTS": " ".join(str(p) for p in cell.flavor.ports),
+    }
+    if cell.flavor.desktop is not None:
+        ours["IMAGEFORGE_DESKTOP"] = cell.flavor.desktop.model_dump_json()
+    if cell.flavor.aiida is not None:
+        ours["IMAGEFORGE_AIIDA"] = cell.flavor.aiida.model_dump_json()
+    if cell.flavor.python is not None:
+        ours["IMAGEFORGE_VENV"] = cell.flavor.python.venv
+    merged = {**ours, **cell.flavor.env, **step.env}
+    env: list[Any] = [f"{key}={value}" for key, value in merged.items()]
+    env.append(Raw('"IMAGEFORGE_BUILD_ID=${var.build_id}"'))
+    env.extend(Raw(f'"{name}=${{var.{name}}}"') for name in PROXY_VARS)
+    return env
