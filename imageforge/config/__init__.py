@@ -207,8 +207,8 @@ def _merge_defaults(raw: dict) -> dict:
         return raw
     # packages add up (see _add_default_packages); every other key is deep-merged.
     trimmed = yamlsource.LocatedDict((k, v) for k, v in defaults.items() if k != "packages")
-    trimmed.mark = getattr(defaults, "mark", None)  # type: ignore[attr-defined]
-    trimmed.marks = getattr(defaults, "marks", {})  # type: ignore[attr-defined]
+    trimmed.mark = getattr(defaults, "mark", None)
+    trimmed.marks = getattr(defaults, "marks", {})
     defaults = trimmed
     merged = yamlsource.LocatedDict(raw)
     merged.mark, merged.marks = raw.mark, raw.marks  # type: ignore[attr-defined]

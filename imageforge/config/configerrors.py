@@ -27,7 +27,7 @@ def dotted(path: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def suggest(word: str, choices: typing.Iterable[str]) -> str:
+def suggest(word: object, choices: typing.Iterable[object]) -> str:
     """'; did you mean X?' for the nearest choice, or nothing."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -10,6 +10,7 @@ from typing import Any
 
 from imageforge import config
 from imageforge.config import CLOUDS, Flavor, Project, suggest
+from imageforge.config.oses import OsName
 from imageforge.errors import ConfigError
 
 
@@ -34,8 +35,9 @@ class Cell:
         return f"{self.flavor_name}-{self.cloud}"
 
     @property
-    def os(self) -> str:
-        return getattr(self.flavor.os, self.cloud)
+    def os(self) -> OsName:
+        os_name: OsName = getattr(self.flavor.os, self.cloud)
+        return os_name
 
     def settings(self) -> dict[str, Any]:
         """What images.yml says of the cell that shapes its image (who it is shared with

@@ -16,7 +16,7 @@ from imageforge import log
 
 OsName = Literal["debian-13", "debian-12", "ubuntu-24.04", "ubuntu-22.04"]
 LocalOsName = Literal["debian-13", "debian-12"]
-DEFAULT_OS = "debian-13"
+DEFAULT_OS: LocalOsName = "debian-13"
 
 
 @dataclass(frozen=True)

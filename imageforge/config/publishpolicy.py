@@ -116,8 +116,11 @@ class Sharing:
 class Policies(Protocol):
     """What policy_for reads of images.yml's model: the top level's policy and each flavor's."""
 
-    publish: PublishPolicy | None
-    flavors: Mapping[str, Any]
+    @property
+    def publish(self) -> PublishPolicy | None: ...
+
+    @property
+    def flavors(self) -> Mapping[str, Any]: ...
 
 
 class AwsPublish(Model):

@@ -196,7 +196,7 @@ class DesktopUserData(Desktop):
     vnc_password: Annotated[str, StringConstraints(pattern=VNC_PASSWORD)] | None = Field(
         None, description="else one is generated once, where none exists"
     )
-    s3fs: S3fsCredentials | None = None  # type: ignore[assignment]
+    s3fs: S3fsCredentials | None = None
 
 
 class UserData(Model):

@@ -45,7 +45,7 @@ class Mark:
 class LocatedDict(dict):
     """A mapping that knows its own position and the position of each key."""
 
-    mark: Mark
+    mark: Mark | None
     marks: dict[Any, Mark]
 
 

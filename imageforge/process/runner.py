@@ -115,7 +115,7 @@ def run(
                 raise CommandError(args, -1, list(tail), what=f"{what or args[0]} (timed out)")
         except (KeyboardInterrupt, Interrupted) as exc:
             stop_group(proc, grace=grace)
-            cause, signum = "interrupted", signal.SIGINT
+            cause, signum = "interrupted", int(signal.SIGINT)
             if isinstance(exc, Interrupted):
                 cause, signum = exc.message, exc.signum
             raise Interrupted(f"{cause} while running {what or args[0]}", signum=signum) from exc

@@ -191,7 +191,8 @@ def builds(
     limit: int | None = None,
 ) -> list[BuildRecord]:
     """Records from the registry, newest first, optionally of one flavor and/or cloud."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for column, value in (("flavor", flavor), ("cloud", cloud)):
         if value is not None:
             where.append(f"{column} = ?")

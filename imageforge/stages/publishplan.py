@@ -68,7 +68,7 @@ def run(
             "one cell: give --image and --cloud too"
         )
     one_cell = image is not None and cloud is not None
-    if one_cell:
+    if image is not None and cloud is not None:
         cell = matrix.find(project, image, cloud)
         asked = Asked(accounts, organizations, public, visibility)
         entries = [one(project, cell, build, asked, revoke=revoke)]
@@ -120,9 +120,9 @@ def _planned(project: Project, cell: Cell) -> Entry:
             cell, sharing=sharing, problem=f"no verified build (newest {newest.id}: {reason})"
         )
     record = verified[-1]
-    reason = state.unbound_reason(record)
-    if reason:
-        return Entry(cell, record, sharing, problem=f"build {record.id}: {reason}")
+    unbound = state.unbound_reason(record)
+    if unbound:
+        return Entry(cell, record, sharing, problem=f"build {record.id}: {unbound}")
     return Entry(cell, record, sharing)
 
 

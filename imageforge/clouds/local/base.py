@@ -173,7 +173,7 @@ def _bootstrap(
         if recipe.python_packages
         else []
     )
-    argv = [
+    argv: list[str | Path] = [
         "mmdebstrap",
         *MMDEBSTRAP_OPTIONS,
         *cache.mmdebstrap_options(outbox),

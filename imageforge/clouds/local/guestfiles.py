@@ -252,9 +252,9 @@ def apply(rootfs: Path, user: str, hostname: str, suite: str) -> None:
         _delete(link)
         link.symlink_to("/dev/null")
     _stamp_updated(rootfs)
-    for relative, target in SYMLINKS_BY_SUITE.get(suite, {}).items():
-        _delete(rootfs / relative)
-        (rootfs / relative).symlink_to(target)
+    for name, points_to in SYMLINKS_BY_SUITE.get(suite, {}).items():
+        _delete(rootfs / name)
+        (rootfs / name).symlink_to(points_to)
     if units := ENABLED_UNITS_BY_SUITE.get(suite):
         runner.run(["systemctl", f"--root={rootfs}", "enable", *units], stream=False)
 

@@ -49,7 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        base = f"http://127.0.0.1:{self.server.server_address[1]}/v3/"
+        port = self.server.server_address[1]  # type: ignore[index]  # an AF_INET (host, port)
+        base = f"http://127.0.0.1:{port}/v3/"
         version = {"id": "v3.14", "status": "stable", "links": [{"rel": "self", "href": base}]}
         self._send(
             200,
