@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
     from imageforge.process.buildsecrets import KeyPair
+    from imageforge.process.qemu import VirtualMachine
     from imageforge.records.state import BuildRecord
 
 # The metadata every image, instance and volume of a build carries, on every cloud.
@@ -65,6 +66,11 @@ class Instance:
     id: str
     address: str  # where its SSH answers (per the cloud's ssh_interface setting)
     where: str  # region, zone or clouds.yaml entry
+    port: int = 22
+    # A VM on this machine (local): its QEMU process, watched while SSH comes up, and the
+    # flavor's other guest ports forwarded to 127.0.0.1 ({guest port: host port}).
+    vm: VirtualMachine | None = None
+    forwards: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,17 @@ verified cloud image is then copied to its other regions, never before.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imageforge import clouds, log
 from imageforge.clouds import Distributor, Launcher
+from imageforge.clouds.common import Instance
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project, settings
 from imageforge.config.matrix import Cell
@@ -84,12 +85,10 @@ def verify(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:
 def _check_verifiable(record: BuildRecord) -> None:
     if record.status == "building":
         raise ImageforgeError(f"build {record.id} is still building; nothing to verify yet")
-    if record.cloud == "local":
-        image = record.directory / "image" / f"{record.flavor}.qcow2"
-        if not image.is_file():
-            raise ImageforgeError(f"build {record.id} is {record.status} and has no image")
-    elif not record.artifact_ids:
-        raise ImageforgeError(f"build {record.id} is {record.status} and made no image")
+    # A cloud build's image is its artifact ids; a local build's is a file, which may be gone.
+    image = record.directory / "image" / f"{record.flavor}.qcow2"
+    if not record.artifact_ids and not image.is_file():
+        raise ImageforgeError(f"build {record.id} is {record.status} and has no image")
 
 
 def _run_checks(
@@ -98,17 +97,17 @@ def _run_checks(
     """Get a machine running the image, run the suites against it, and return the outcome."""
     key = buildsecrets.ssh_keypair(scratch / "ssh", f"imageforge-verify-{record.id}")
     user_data = seed_user_data(key.public, cell.flavor.verify_user_data)
-    machine = _local_machine if record.cloud == "local" else _cloud_machine
+    user = clouds.get(record.cloud).ssh_username(cell.os)
     forbidden = [v for k, v in buildsecrets.host_proxies().items() if k != "no_proxy"]
     with (
-        machine(project, cell, record, key.public, user_data) as m,
-        sshchecks.session(m.host, m.port, m.user, key.private, scratch) as ssh,
+        _machine(project, cell, record, key.public, user_data) as m,
+        sshchecks.session(m.address, m.port, user, key.private, scratch) as ssh,
     ):
         with log.step("boot") as boot:
             if m.vm:
                 m.vm.wait_for_ssh(SSH_TIMEOUT)
             else:
-                qemu.wait_for_ssh(m.port, SSH_TIMEOUT, host=m.host)
+                qemu.wait_for_ssh(m.port, SSH_TIMEOUT, host=m.address)
             sshchecks.wait_for_login(ssh)
         with log.step("wait for a running system; systemd-analyze") as settle:
             startup = sshchecks.startup(ssh, record.directory / BOOT_LOG)
@@ -119,7 +118,7 @@ def _run_checks(
         env = {
             "IMAGEFORGE_BUILD_PUBKEY": record.build_public_key,
             "IMAGEFORGE_VERIFY_PUBKEY": key.public,
-            "IMAGEFORGE_VERIFY_INSTANCE_ID": m.instance_id,
+            "IMAGEFORGE_VERIFY_INSTANCE_ID": m.id,
             "IMAGE_USER": cell.flavor.user,
             "IMAGEFORGE_PORTS": json.dumps({str(g): h for g, h in m.forwards.items()}),
             "IMAGEFORGE_ARTIFACTS": str(record.directory),
@@ -145,77 +144,29 @@ def _run_checks(
         **startup,
         "checks_seconds": checks["seconds"],
     }
-    if record.cloud != "local":
-        outcome["instance"] = {"id": m.instance_id, "where": m.where}
+    if m.vm is None:  # an instance in a cloud, for whoever looks for it there
+        outcome["instance"] = {"id": m.id, "where": m.where}
     return outcome
 
 
-@dataclass(frozen=True)
-class _Machine:
-    """What the checks need of a machine: its SSH endpoint, login user and forwarded ports."""
-
-    host: str
-    port: int
-    user: str
-    instance_id: str
-    where: str
-    vm: qemu.VirtualMachine | None = None
-    forwards: dict[int, int] = field(default_factory=dict)
-
-
 @contextlib.contextmanager
-def _local_machine(
+def _machine(
     project: Project, cell: Cell, record: BuildRecord, public_key: str, user_data: str
-) -> Iterator[_Machine]:
-    """The image in QEMU on a throwaway overlay, with a NoCloud seed carrying user_data."""
-    local = project.images.clouds.local
-    scratch = reap.claim(Path(tempfile.mkdtemp(prefix=f"imageforge-vm-{record.id}-")))
-    try:
-        image = record.directory / "image" / f"{record.flavor}.qcow2"
-        overlay = qemu.overlay(image, scratch / "overlay.qcow2")
-        instance_id = f"imageforge-verify-{record.id}"
-        seed = qemu.make_seed(
-            scratch / "seed.iso",
-            user_data=user_data,
-            meta_data=f"instance-id: {instance_id}\nlocal-hostname: debian\n",
-        )
-        # The flavor's other ports, for suites that use them as a client would (e.g. VNC).
-        forwards = {port: qemu.free_port() for port in cell.flavor.ports if port != 22}
-        vm = qemu.VirtualMachine(
-            forwards=forwards,
-            disk=overlay,
-            serial_log=record.directory / "verify-serial.log",
-            seed=seed,
-            cpus=local.cpus,
-            memory_mb=local.memory_mb,
-            accelerator=local.accelerator,
-            restrict_network=True,
-        )
-        with vm:
-            yield _Machine(
-                qemu.LOCALHOST, vm.ssh_port, "debian", instance_id, "local", vm, forwards
-            )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _cloud_machine(
-    project: Project, cell: Cell, record: BuildRecord, public_key: str, user_data: str
-) -> Iterator[_Machine]:
-    """One verification instance of the build's image, deleted with everything made for it."""
+) -> Iterator[Instance]:
+    """One verification instance of the build's image, from its cloud's Launcher (a local
+    build's is a QEMU VM here), removed with everything made for it on the way out."""
     launcher = clouds.capability(record.cloud, Launcher)
-    user = clouds.get(record.cloud).ssh_username(cell.os)
     ssh_from, via = settings.current().verify_ssh_from, settings.current().verify_ssh_via
     with launcher.launch(
         project, cell, record, public_key=public_key, user_data=user_data, ssh_from=ssh_from
     ) as instance:
-        log.info(f"verification instance {instance.id} in {instance.where}: {instance.address}")
-        host, port = instance.address, 22
-        if via:
-            host, port = _host_port(via)
-            log.info(f"reaching its SSH through {host}:{port} (${SSH_VIA})")
-        yield _Machine(host, port, user, instance.id, instance.where)
+        if instance.vm is None:
+            log.info(f"verification instance {instance.id} in {instance.where}: {instance.address}")
+            if via:
+                host, port = _host_port(via)
+                log.info(f"reaching its SSH through {host}:{port} (${SSH_VIA})")
+                instance = dataclasses.replace(instance, address=host, port=port)
+        yield instance
 
 
 def _host_port(text: str) -> tuple[str, int]:

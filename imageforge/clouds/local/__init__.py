@@ -7,16 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge.clouds.common import BuildEnv, SourceDefaults, metadata
+from imageforge.clouds.common import BuildEnv, Instance, SourceDefaults, metadata
 from imageforge.clouds.local import base
 from imageforge.config import oses
-from imageforge.process import qemu
+from imageforge.process import qemu, reap
 from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
     from imageforge.process.buildsecrets import KeyPair
+    from imageforge.records.state import BuildRecord
 
 
 class LocalCloud(SourceDefaults):
@@ -86,6 +87,46 @@ class LocalCloud(SourceDefaults):
 
     def artifact_ids(self, directory: Path) -> dict[str, str]:
         return {}  # a local build's artifacts are files, bound by their sha256
+
+    @contextlib.contextmanager
+    def launch(
+        self,
+        project: Project,
+        cell: Cell,
+        record: BuildRecord,
+        *,
+        public_key: str,
+        user_data: str,
+        ssh_from: str,
+    ) -> Iterator[Instance]:
+        """The image in QEMU on a throwaway overlay, with a NoCloud seed carrying user_data
+        (which holds public_key); restricted user networking, SSH and the flavor's other ports
+        forwarded on 127.0.0.1 only (ssh_from does not apply). Leaving stops the VM and removes
+        the overlay and the seed."""
+        local = project.images.clouds.local
+        with reap.scratch(f"imageforge-vm-{record.id}-") as scratch:
+            image = record.directory / "image" / f"{record.flavor}.qcow2"
+            overlay = qemu.overlay(image, scratch / "overlay.qcow2")
+            instance_id = f"imageforge-verify-{record.id}"
+            seed = qemu.make_seed(
+                scratch / "seed.iso",
+                user_data=user_data,
+                meta_data=f"instance-id: {instance_id}\nlocal-hostname: debian\n",
+            )
+            # The flavor's other ports, for suites that use them as a client would (e.g. VNC).
+            forwards = {port: qemu.free_port() for port in cell.flavor.ports if port != 22}
+            vm = qemu.VirtualMachine(
+                forwards=forwards,
+                disk=overlay,
+                serial_log=record.directory / "verify-serial.log",
+                seed=seed,
+                cpus=local.cpus,
+                memory_mb=local.memory_mb,
+                accelerator=local.accelerator,
+                restrict_network=True,
+            )
+            with vm:
+                yield Instance(instance_id, qemu.LOCALHOST, self.name, vm.ssh_port, vm, forwards)
 
     @contextlib.contextmanager
     def validation_env(self, project: Project, scratch: Path) -> Iterator[dict[str, str]]:

@@ -22,7 +22,7 @@ ABLE = {
     clouds.Sharer: {"aws", "gcp", "openstack"},
     clouds.Housekeeper: {"aws", "gcp", "openstack"},
     clouds.Importer: {"openstack"},
-    clouds.Launcher: {"aws", "gcp", "openstack"},
+    clouds.Launcher: {"local", "aws", "gcp", "openstack"},  # local: a QEMU VM here
     clouds.Distributor: {"aws"},
 }
 
