@@ -23,8 +23,14 @@ class PackerSource(Protocol):
     builder: ClassVar[str]
     datasource: ClassVar[str]
     packer_grace_seconds: ClassVar[float]
+    # Whether the flavor's packages go in from a step in the build VM (else: the base layer).
+    installs_packages_in_vm: ClassVar[bool]
 
     def ssh_username(self, os_name: str) -> str: ...
+
+    def cloud_init_packages(self, os_name: str) -> tuple[str, ...]:
+        """What a build here installs so that its instances run cloud-init."""
+        ...
 
     def machine(self, settings: Any) -> str:
         """The build machine, as the cost plan names it (an instance type, a local VM's size)."""

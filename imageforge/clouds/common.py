@@ -90,9 +90,18 @@ class SourceDefaults:
     # instance, its key pair and security group, which take minutes to go.
     packer_grace_seconds: float = 300.0
 
+    # Whether the flavor's packages are installed by a step in the build VM (a cloud's image as
+    # it is); local builds get them natively, in the base layer.
+    installs_packages_in_vm: bool = True
+
     def ssh_username(self, os_name: str) -> str:
         """The default login user of os_name's official images on this cloud."""
-        return oses.get(os_name).ssh_user(self.name)
+        return oses.get(os_name).login_user
+
+    def cloud_init_packages(self, os_name: str) -> tuple[str, ...]:
+        """What a build here installs so that its instances run cloud-init, which the first-boot
+        programs and verification read user-data through; nothing where the image has it."""
+        return ()
 
     machine_setting = ""
 

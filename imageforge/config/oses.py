@@ -35,10 +35,6 @@ class OperatingSystem:
         """Whether imageforge builds and boots this OS on the local cloud."""
         return self.name in typing.get_args(LocalOsName)
 
-    def ssh_user(self, cloud: str) -> str:
-        """Who the build logs in as on cloud (local images: the base recipe's user)."""
-        return self.aws_login_user if cloud == "aws" else self.login_user
-
 
 SYSTEMS: dict[str, OperatingSystem] = {
     os.name: os

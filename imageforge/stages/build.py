@@ -271,8 +271,7 @@ def _abandon(record: BuildRecord, status: Literal["failed", "interrupted"], erro
 
 def _wants_box(project: Project, cell: Cell, record: BuildRecord) -> bool:
     """A Vagrant box is derived from every verified local build whose formats ask for one."""
-    formats = project.images.clouds.local.formats
-    return cell.cloud == "local" and "vagrant" in formats and record.verified
+    return "vagrant" in getattr(cell.cloud_settings, "formats", ()) and record.verified
 
 
 def _derive_box(project: Project, cell: Cell, record: BuildRecord) -> BuildRecord:

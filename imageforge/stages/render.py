@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from imageforge import clouds, packer
-from imageforge.config import Project, Provisioner, oses, userdata
+from imageforge.config import Project, Provisioner, userdata
 from imageforge.config.matrix import Cell
 from imageforge.packer import PackerVersion, hcl
 from imageforge.packer.hcl import Raw
@@ -147,12 +147,8 @@ def write_vars(rendered: Rendered, values: dict[str, Any]) -> Path:
 
 
 def cloud_init_packages(cell: Cell) -> tuple[str, ...]:
-    """What a cloud build installs so that its instances run cloud-init, which the first-boot
-    programs and verification read user-data through. Debian's GCE images have none (they
-    carry google-guest-agent and OS Login instead); every other cloud image has it."""
-    if cell.cloud == "gcp" and oses.get(cell.os).distro == "debian":
-        return ("cloud-init",)
-    return ()
+    """What the cell's cloud installs so that its instances run cloud-init (its capability)."""
+    return clouds.get(cell.cloud).cloud_init_packages(cell.os)
 
 
 def cloud_init_config(cell: Cell) -> str:
@@ -203,7 +199,7 @@ def _steps(cell: Cell) -> list[dict[str, Any]]:
     if getattr(cell.cloud_settings, "communicator", "ssh") == "none":
         return []  # nothing can run in the VM: the image is a copy of its source
     steps = [_step("host", Provisioner(script=HOST_PASSTHROUGH), cell)]
-    if cell.cloud != "local":
+    if clouds.get(cell.cloud).installs_packages_in_vm:
         attributes = {
             "inline": package_commands(cell),
             "execute_command": EXECUTE,

@@ -41,22 +41,11 @@ EVERY_CELL = (
     "imageforge/config/userdata.py",  # the user-data schema every image carries
     *render.BUILTIN_SCRIPTS,  # what render adds to every build (the first-boot library...)
 )
-BASE_RECIPE = (
-    "imageforge/clouds/local/recipe.py",
-    "imageforge/clouds/local/base.py",
-    "imageforge/clouds/local/guestfiles.py",
-    "imageforge/clouds/local/disk.py",
-    "imageforge/clouds/local/aptsources.py",
-    "imageforge/clouds/local/debcache.py",
-    "imageforge/clouds/local/pyenv.py",
-)
 
 
 def cloud_files(cloud: str) -> tuple[str, ...]:
-    module = (
-        "imageforge/clouds/local/__init__.py" if cloud == "local" else f"imageforge/clouds/{cloud}/"
-    )
-    return (f"templates/sources/{cloud}.pkr.hcl.j2", module)
+    """The cloud's source template and its package (for local, the base and layer recipe too)."""
+    return (f"templates/sources/{cloud}.pkr.hcl.j2", f"imageforge/clouds/{cloud}/")
 
 
 @dataclass(frozen=True)
@@ -114,8 +103,6 @@ def reasons_for(cell: Cell, files: set[str], before: _Before | str, now: Project
         return [before]
     reasons = []
     watched = [*EVERY_CELL, *cloud_files(cell.cloud), *flavor_files(cell)]
-    if cell.cloud == "local":
-        watched += BASE_RECIPE
     for path in sorted(files):
         if any(path == w or (w.endswith("/") and path.startswith(w)) for w in watched):
             reasons.append(f"{path} changed")

@@ -19,7 +19,7 @@ from imageforge.clouds.common import (
     metadata,
     ssh_source,
 )
-from imageforge.config import settings
+from imageforge.config import oses, settings
 from imageforge.packer import hcl
 
 if TYPE_CHECKING:
@@ -35,6 +35,10 @@ class AwsSource(SourceDefaults):
     datasource = "Ec2"
     machine_setting = "instance_type"
     disk_setting = "volume_size_gb"
+
+    def ssh_username(self, os_name: str) -> str:
+        """The AMIs' own login user (Debian's: admin), not the generic cloud images'."""
+        return oses.get(os_name).aws_login_user
 
     def image_regions(self, settings: Any) -> tuple[str, ...]:
         """Where the verified image is kept."""

@@ -114,7 +114,7 @@ class Verification:
         self.rule = gce_name(f"{verify_prefix(project)}{record.id}")
         self.tag = self.rule
         self.name = gce_name(f"{verify_prefix(project)}{cell.flavor_name}-{record.id}")
-        self.user = oses.get(cell.os).ssh_user("gcp")
+        self.user = oses.get(cell.os).login_user
         tags = build_tags(project, cell, record, self.settings.labels)
         self.labels = {label(k): label(v) for k, v in tags.items()}
 

@@ -16,6 +16,7 @@ from imageforge.clouds.common import (
     manifest_artifacts,
     metadata,
 )
+from imageforge.config import oses
 from imageforge.packer import hcl
 from imageforge.packer.hcl import Raw
 
@@ -31,6 +32,11 @@ class GcpSource(SourceDefaults):
     datasource = "GCE"
     machine_setting = "machine_type"
     disk_setting = "disk_size_gb"
+
+    def cloud_init_packages(self, os_name: str) -> tuple[str, ...]:
+        """Debian's GCE images have no cloud-init (they carry google-guest-agent and OS
+        Login instead): the build installs it."""
+        return ("cloud-init",) if oses.get(os_name).distro == "debian" else ()
 
     def image_regions(self, settings: Any) -> tuple[str, ...]:
         """Where the verified image is kept."""

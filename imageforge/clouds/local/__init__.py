@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class LocalCloud(SourceDefaults):
     name = "local"
+    installs_packages_in_vm = False  # the layer has them, installed natively
     builder = "qemu"
     # cloud-init's datasource on this cloud's own images (datasource_list, then None)
     datasource = "NoCloud"
