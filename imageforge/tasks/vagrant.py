@@ -17,7 +17,7 @@ from imageforge.errors import ConfigError
 from imageforge.process import qemu
 from imageforge.records import state
 from imageforge.tasks.common import friendly, integer, project
-from imageforge.tools import cluster, vagrantcatalog
+from imageforge.tools import cluster, clusterseeds, vagrantcatalog
 
 HELP = {
     "action": "catalog (write the box catalog) or seeds (first-boot user-data for slurm-node)",
@@ -142,10 +142,10 @@ def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") ->
         role = "controller" if index == 0 else "worker"
         seed = qemu.make_seed(
             directory / f"{name}.iso",
-            user_data=cluster.slurm_user_data(role, cluster_name, hosts["ctl"], munge, hosts),
+            user_data=clusterseeds.slurm_user_data(role, cluster_name, hosts["ctl"], munge, hosts),
             meta_data=f"instance-id: vagrant-{cluster_name}-{name}-{secrets.token_hex(4)}\n"
             f"local-hostname: {name}\n",
-            network_config=cluster.network_config(
+            network_config=clusterseeds.network_config(
                 f"52:54:00:12:34:{index:02x}", f"52:54:00:77:00:{index:02x}", hosts[name]
             ),
         )

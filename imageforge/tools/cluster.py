@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -32,10 +31,11 @@ from tenacity import (
 from tenacity.stop import StopBaseT
 
 from imageforge import log
-from imageforge.config import Project, userdata
+from imageforge.config import Project
 from imageforge.errors import ImageforgeError
 from imageforge.process import buildsecrets, console, qemu, reap, runner
 from imageforge.records import state
+from imageforge.tools import clusterseeds
 
 FLAVOR = "slurm-node"
 CLUSTER_NET = "10.77.0"
@@ -222,53 +222,15 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
 
 
 def _user_data(public_key: str, node: Node, cluster: Cluster, munge: str, hosts: dict) -> str:
-    return slurm_user_data(
+    return clusterseeds.slurm_user_data(
         node.role, cluster.name, cluster.controller.address, munge, hosts, public_key
     )
 
 
-def slurm_user_data(
-    role: str,
-    cluster_name: str,
-    controller: str,
-    munge: str,
-    hosts: dict[str, str],
-    public_key: str | None = None,
-) -> str:
-    """The cloud-config that makes a slurm-node instance a controller or a worker."""
-    document: dict[str, object] = {"disable_root": True}  # no ssh_pwauth: see seed_user_data
-    if public_key:
-        document["ssh_authorized_keys"] = [public_key]
-    document["imageforge_slurm"] = {
-        "role": role,
-        "cluster_name": cluster_name,
-        "controller": controller,
-        "munge_key": munge,
-        "hosts": hosts,
-    }
-    try:  # what the node would refuse is refused here, before anything boots
-        userdata.check_blocks(document)
-    except ValueError as exc:
-        raise ImageforgeError(f"a node's user-data would be refused: {exc}") from None
-    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
-
-
 def _network_config(index: int, node: Node) -> str:
-    return network_config(
+    return clusterseeds.network_config(
         f"52:54:00:12:34:{index:02x}", f"52:54:00:77:00:{index:02x}", node.address
     )
-
-
-def network_config(nat_mac: str, cluster_mac: str, address: str) -> str:
-    """cloud-init network config: DHCP on the NIC with nat_mac, address on cluster_mac's."""
-    document = {
-        "version": 2,
-        "ethernets": {
-            "nat": {"match": {"macaddress": nat_mac}, "dhcp4": True},
-            "cluster": {"match": {"macaddress": cluster_mac}, "addresses": [f"{address}/24"]},
-        },
-    }
-    return yaml.safe_dump(document, sort_keys=False)
 
 
 def _read_pid(path: Path, timeout: float = 10.0) -> int:
