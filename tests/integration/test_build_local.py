@@ -161,7 +161,7 @@ def test_failing_provisioner_is_named_and_cleaned_up(faulty: Path) -> None:
     assert temp_leftovers(record["id"]) == []
 
 
-# SIGINT only: SIGTERM takes the same path (tests/unit/test_signals.py covers both), and each
+# SIGINT only: SIGTERM takes the same path (tests/unit/process/test_signals.py covers both), and each
 # case is a VM boot of CI's time.
 @pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])
 def test_signal_during_provisioning_stops_everything(faulty: Path, sig: signal.Signals) -> None:

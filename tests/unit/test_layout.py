@@ -93,3 +93,24 @@ def test_imageforge_modules_are_imported_at_the_top_only() -> None:
                 ):
                     late.append(f"{name}:{node.lineno}")
     assert late == []
+
+
+MAX_LINES = 350
+
+
+def test_every_module_reads_in_one_sitting() -> None:
+    long = {}
+    for name, path in modules().items():
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_LINES:
+            long[name] = lines
+    assert long == {}
+
+
+def test_the_top_level_holds_packages_by_stage_and_few_modules() -> None:
+    """New code goes into the package of its stage (README: how the code is laid out)."""
+    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert packages == [
+        "clouds", "config", "packer", "process", "records", "stages", "tasks", "tools"
+    ]  # fmt: skip
+    assert sorted(p.stem for p in PACKAGE.glob("*.py")) == ["__init__", "errors", "log", "vnc"]

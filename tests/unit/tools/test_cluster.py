@@ -19,8 +19,8 @@ from imageforge.errors import ImageforgeError
 from imageforge.process import reap, runner
 from imageforge.tools import cluster
 
-from . import guestprograms
-from .conftest import write
+from .. import guestprograms
+from ..conftest import write
 
 PROVISIONER = "provisioners/slurm-node/20-slurm.py"
 SLURM_VERSIONS = {"debian-12": "slurm-wlm 22.05.8\n", "debian-13": "slurm-wlm 24.11.5\n"}

@@ -13,7 +13,7 @@ import pytest
 from imageforge.records import builddiff, registry, state
 from tests.records import make_record
 
-from .conftest import write
+from ..conftest import write
 
 IMAGES_YML = "flavors:\n  slurm-node: {}\n  other: {}\nmatrix:\n  clouds: [local, aws]\n"
 OLD = "20260101-000000-abcdef0-000001"
@@ -29,7 +29,7 @@ def invoke(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def project(scratch: Path) -> Path:
     write(scratch, IMAGES_YML)
-    (scratch / "tasks.py").write_text((Path(__file__).parents[2] / "tasks.py").read_text())
+    (scratch / "tasks.py").write_text((Path(__file__).parents[3] / "tasks.py").read_text())
     return scratch
 
 

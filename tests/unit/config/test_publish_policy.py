@@ -24,7 +24,7 @@ from imageforge.stages.publishplan import Unpublished
 from imageforge.tasks import sharing as sharing_tasks
 from tests.records import make_record
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 AMI = "ami-0123456789abcdef0"
 POLICY = """\

@@ -23,7 +23,7 @@ from imageforge.stages import sbom
 from imageforge.tools import report
 from tests.records import make_record
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE_TEST = "test_name[<script>alert('x')</script>]"

@@ -12,7 +12,7 @@ from imageforge.config import yamlsource
 from imageforge.config.yamlsource import Mark
 from imageforge.errors import ConfigError
 
-from .conftest import write
+from ..conftest import write
 
 
 def load_error(text: str | bytes, tmp_path: Path) -> str:

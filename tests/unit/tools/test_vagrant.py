@@ -17,7 +17,7 @@ from imageforge.stages import vagrantbox
 from imageforge.tools import vagrantcatalog
 from tests.records import make_record
 
-from .conftest import write
+from ..conftest import write
 
 ETC = {
     "passwd": "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000::/home/debian:/bin/bash\n",
@@ -66,7 +66,7 @@ def test_box_metadata_rounds_the_virtual_size_up_to_whole_gib() -> None:
 
 
 def test_the_embedded_vagrantfile_does_not_force_emulation() -> None:
-    text = (Path(__file__).parents[2] / vagrantbox.BOX_VAGRANTFILE).read_text()
+    text = (Path(__file__).parents[3] / vagrantbox.BOX_VAGRANTFILE).read_text()
     assert "/dev/kvm" in text and 'libvirt.driver = "qemu"\n' not in text
 
 
@@ -126,7 +126,7 @@ def test_a_changed_or_unverified_box_is_not_catalogued(tmp_path: Path) -> None:
 
 def test_invoke_vagrant_refuses_unknown_actions_and_worker_counts(scratch: Path) -> None:
     write(scratch, "flavors:\n  slurm-node: {}\nmatrix:\n  clouds: [local]\n")
-    (scratch / "tasks.py").write_text((Path(__file__).parents[2] / "tasks.py").read_text())
+    (scratch / "tasks.py").write_text((Path(__file__).parents[3] / "tasks.py").read_text())
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

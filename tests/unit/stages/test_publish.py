@@ -15,7 +15,7 @@ from imageforge.records import state
 from imageforge.stages import publish
 from tests.records import make_record
 
-from .conftest import write
+from ..conftest import write
 
 IDS = {"eu-west-1": "ami-0123456789abcdef0"}
 

@@ -14,7 +14,7 @@ import pytest
 
 from imageforge.process import signals
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # A task as invoke runs it: friendly around a body that runs a command (which ignores SIGINT,
 # as a busy Packer would for a while) and cleans up in `finally`.

@@ -12,7 +12,7 @@ from imageforge import config
 from imageforge.config import matrix
 from imageforge.errors import ConfigError
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 MALFORMED = {
     "yaml syntax": (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PARTS = ("provisioners", "templates", "packer", "vagrant", "tests/infra", "imageforge")
 ALL = {
     f"{flavor}-{cloud}"

@@ -13,7 +13,7 @@ from imageforge.config import matrix
 from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.stages import render
 
-from .conftest import ROOT, write
+from ...conftest import ROOT, write
 
 
 def test_hooks_install_offline_from_the_wheels(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from imageforge.config import schema
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 
 def test_committed_schema_is_current() -> None:

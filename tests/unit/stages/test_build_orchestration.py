@@ -20,7 +20,7 @@ from imageforge.records import state
 from imageforge.stages import build, verify
 from tests.fakes.runner import FakeRunner
 
-from .conftest import write
+from ..conftest import write
 
 
 class FakeLocal:

@@ -19,7 +19,7 @@ from imageforge.records import state
 from imageforge.stages import sshchecks, verify
 from tests.records import make_record
 
-from .conftest import write
+from ..conftest import write
 
 IDS = {"eu-west-1": "ami-0123456789abcdef0"}
 PASSED = {"passed": 9, "failed": 0, "errors": 0, "skipped": 0, "failures": []}

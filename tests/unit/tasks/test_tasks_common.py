@@ -18,7 +18,7 @@ from imageforge.errors import ConfigError, Interrupted
 from imageforge.process import reap
 from imageforge.tasks import common
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_os_errors_name_the_file_and_exit_2() -> None:

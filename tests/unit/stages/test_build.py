@@ -13,7 +13,7 @@ from imageforge.packer import PackerVersion
 from imageforge.records import state
 from imageforge.stages import build, render
 
-from .conftest import write
+from ..conftest import write
 
 V = PackerVersion(1, 6, 6)
 

@@ -13,7 +13,7 @@ from imageforge import config
 from imageforge.config import matrix
 from imageforge.tools import cost
 
-from .conftest import write
+from ..conftest import write
 
 IMAGES_YML = """\
 clouds:
@@ -37,7 +37,7 @@ matrix:
 @pytest.fixture
 def project(scratch: Path) -> Path:
     write(scratch, IMAGES_YML)
-    (scratch / "tasks.py").write_text((Path(__file__).parents[2] / "tasks.py").read_text())
+    (scratch / "tasks.py").write_text((Path(__file__).parents[3] / "tasks.py").read_text())
     return scratch
 
 

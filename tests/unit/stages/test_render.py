@@ -18,7 +18,7 @@ from imageforge.packer import PackerVersion
 from imageforge.process import runner
 from imageforge.stages import render
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 OLD = PackerVersion(1, 6, 6)
 NEW = PackerVersion(1, 11, 2)

@@ -18,7 +18,7 @@ from imageforge.tasks import images as image_tasks
 from imageforge.tasks import lifecycle
 from tests.records import make_record
 
-from .conftest import write
+from ..conftest import write
 
 # Two Ubuntu cells on two clouds, one on another Ubuntu, and Debian everywhere else.
 MIXED = """\

@@ -14,7 +14,7 @@ from imageforge import config
 from imageforge.config import matrix
 from imageforge.errors import ConfigError
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 
 def expected_cells(path: Path) -> set[tuple[str, str]]:
