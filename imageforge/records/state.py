@@ -13,10 +13,12 @@ build time. Publish, import and reuse recheck that binding with `require_bound`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,6 +195,33 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Within one command (one_command), each artifact is hashed once: a publish checks the binding
+# at each step (plan, publish, record), and an image can be gigabytes.
+_hashed: dict[tuple[str, int, int, int, int], str] | None = None
+
+
+@contextlib.contextmanager
+def one_command() -> Iterator[None]:
+    """Hash each artifact at most once until the end of the block (a task's run), unless it
+    changes: its path, identity, size and modification time are the key."""
+    global _hashed
+    outer, _hashed = _hashed, {} if _hashed is None else _hashed
+    try:
+        yield
+    finally:
+        _hashed = outer
+
+
+def _sha256_now(path: Path) -> str:
+    if _hashed is None:
+        return sha256(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _hashed:
+        _hashed[key] = sha256(path)
+    return _hashed[key]
+
+
 def describe(path: Path, root: Path) -> dict[str, Any]:
     """An artifact's entry: path relative to the build directory, size and sha256."""
     return {
@@ -208,7 +237,7 @@ def _mismatch(record: BuildRecord) -> str | None:
         path = record.directory / artifact.path
         if not path.is_file():
             return f"{artifact.path} is missing"
-        if path.stat().st_size != artifact.size or sha256(path) != artifact.sha256:
+        if path.stat().st_size != artifact.size or _sha256_now(path) != artifact.sha256:
             return f"{artifact.path} changed since it was built (sha256 differs)"
     return None
 

@@ -16,6 +16,7 @@ from imageforge import config, log
 from imageforge.config import matrix
 from imageforge.errors import ConfigError, ImageforgeError, Interrupted
 from imageforge.process import reap, signals
+from imageforge.records import state
 
 # stdout: what a task is asked for (a table, a list); not a terminal (a pipe, a file, a CI log):
 # wide enough that no name is cut.
@@ -36,7 +37,7 @@ def friendly(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with signals.handled():
+        with signals.handled(), state.one_command():
             try:
                 return func(*args, **kwargs)
             except Exit:

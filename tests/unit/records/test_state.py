@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,24 @@ def test_only_a_verified_image_is_ever_recorded_as_copied(tmp_path: Path) -> Non
     copied = state.distributed(verified, {"eu-central-1": "ami-2"})
     assert state.load(copied.directory).copies == {"eu-central-1": "ami-2"}
     assert state.unbound_reason(copied) is None  # copies do not disturb the binding
+
+
+def test_one_command_hashes_an_artifact_once_unless_it_changes(tmp_path: Path, monkeypatch) -> None:
+    record = make_record(tmp_path)
+    hashed: list[Path] = []
+    real = state.sha256
+    monkeypatch.setattr(state, "sha256", lambda path: hashed.append(path) or real(path))
+    with state.one_command():
+        for _ in range(3):
+            state.require_bound(record)
+        assert len(hashed) == 1
+        image = record.directory / record.artifacts[0].path
+        data = bytearray(image.read_bytes())
+        data[-1] ^= 1  # same size, other content, a later modification time
+        image.write_bytes(bytes(data))
+        os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+        with pytest.raises(ImageforgeError, match="sha256 differs"):
+            state.require_bound(record)
+        assert len(hashed) == 2
+    state.unbound_reason(record)  # outside a command: hashed every time
+    assert len(hashed) == 3
