@@ -10,7 +10,7 @@ import pytest
 
 from imageforge.records import state
 from tests.integration.conftest import invoke
-from tests.unit.test_report import CHROMIUM, is_a_rendering, ocr, render_png
+from tests.unit.tools.test_report import CHROMIUM, is_a_rendering, ocr, render_png
 
 pytestmark = pytest.mark.integration
 
