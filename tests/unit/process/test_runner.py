@@ -15,6 +15,8 @@ import pytest
 from imageforge.errors import CommandError, Interrupted
 from imageforge.process import runner
 
+from .processes import alive
+
 
 def test_failure_carries_command_code_and_tail(tmp_path: Path) -> None:
     script = "import sys\nfor i in range(40): print('line', i)\nsys.exit(3)"
@@ -61,15 +63,6 @@ def test_interrupt_kills_the_whole_group(tmp_path: Path) -> None:
     child = int(pidfile.read_text())
     time.sleep(0.2)
     assert not alive(child)
-
-
-def alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie nobody has reaped yet."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_missing_binary_is_a_command_error() -> None:

@@ -14,6 +14,8 @@ import pytest
 
 from imageforge.process import signals
 
+from .processes import alive
+
 ROOT = Path(__file__).resolve().parents[3]
 
 # A task as invoke runs it: friendly around a body that runs a command (which ignores SIGINT,
@@ -72,15 +74,6 @@ def wait_for_pids(path: Path, proc: subprocess.Popen[str]) -> list[int]:
         time.sleep(0.05)
     proc.kill()
     raise AssertionError("the task's command did not start")
-
-
-def alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie nobody has reaped yet."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def gone_soon(pids: list[int], seconds: float = 2.0) -> bool:
