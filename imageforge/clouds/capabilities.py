@@ -6,7 +6,14 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, Sharing
+from imageforge.clouds.common import (
+    BuildEnv,
+    Instance,
+    LaunchRequest,
+    Outcome,
+    Published,
+    Sharing,
+)
 
 if TYPE_CHECKING:
     from imageforge.config import Project
@@ -111,21 +118,10 @@ class Importer(Protocol):
 
 @runtime_checkable
 class Launcher(Protocol):
-    def launch(
-        self,
-        project: Project,
-        cell: Cell,
-        record: BuildRecord,
-        *,
-        public_key: str,
-        user_data: str,
-        ssh_from: str,
-    ) -> contextlib.AbstractContextManager[Instance]:
-        """One instance of the build's image (its build-region id in record.artifact_ids) with
-        a fresh key pair for public_key, the cloud-config user_data, and a firewall rule that
-        admits SSH (tcp/22) from the CIDR ssh_from only; everything tagged with the build id.
-        Leaving the context (however: success, error, Ctrl-C) deletes all of it, waiting until
-        the instance is gone."""
+    def launch(self, request: LaunchRequest) -> contextlib.AbstractContextManager[Instance]:
+        """The requested instance, with a firewall rule that admits SSH from request.ssh_from
+        only; everything tagged with the build id. Leaving the context (however: success,
+        error, Ctrl-C) deletes all of it, waiting until the instance is gone."""
         ...
 
 

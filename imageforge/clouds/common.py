@@ -74,6 +74,20 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class LaunchRequest:
+    """One verification instance to launch: the build's image (its build-region id in
+    record.artifact_ids) with a fresh key pair for public_key and the cloud-config user_data,
+    reachable over SSH (tcp/22) from the CIDR ssh_from only (a local VM's 127.0.0.1 instead)."""
+
+    project: Project
+    cell: Cell
+    record: BuildRecord
+    public_key: str
+    user_data: str
+    ssh_from: str
+
+
+@dataclass(frozen=True)
 class Published:
     """What publish (or unpublish) did, and the complete bookkeeping of what it added that
     is still in place (JSON-serialisable; {} when nothing is left)."""
@@ -317,11 +331,9 @@ def torn_down(verification: Removable) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def launched(
-    verification: Verifying, *, public_key: str, user_data: str, ssh_from: str
-) -> Iterator[Instance]:
-    """Every cloud's verification launch: the instance, SSH from ssh_from (else this machine),
-    and everything deleted on every way out (what a killed run left, first)."""
-    source = ssh_source(ssh_from, verification.endpoint)
+def launched(verification: Verifying, request: LaunchRequest) -> Iterator[Instance]:
+    """Every cloud's verification launch: the instance, SSH from request.ssh_from (else this
+    machine), and everything deleted on every way out (what a killed run left, first)."""
+    source = ssh_source(request.ssh_from, verification.endpoint)
     with torn_down(verification):
-        yield verification.start(public_key, user_data, source)
+        yield verification.start(request.public_key, request.user_data, source)

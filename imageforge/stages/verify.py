@@ -21,7 +21,7 @@ from typing import Any
 
 from imageforge import clouds, log
 from imageforge.clouds import Distributor, Launcher
-from imageforge.clouds.common import Instance
+from imageforge.clouds.common import Instance, LaunchRequest
 from imageforge.clouds.local import seed_user_data
 from imageforge.config import Project, settings
 from imageforge.config.matrix import Cell
@@ -157,9 +157,8 @@ def _machine(
     build's is a QEMU VM here), removed with everything made for it on the way out."""
     launcher = clouds.capability(record.cloud, Launcher)
     ssh_from, via = settings.current().verify_ssh_from, settings.current().verify_ssh_via
-    with launcher.launch(
-        project, cell, record, public_key=public_key, user_data=user_data, ssh_from=ssh_from
-    ) as instance:
+    request = LaunchRequest(project, cell, record, public_key, user_data, ssh_from)
+    with launcher.launch(request) as instance:
         if instance.vm is None:
             log.info(f"verification instance {instance.id} in {instance.where}: {instance.address}")
             if via:

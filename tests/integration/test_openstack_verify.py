@@ -12,6 +12,7 @@ import pytest
 
 from imageforge import clouds
 from imageforge.clouds import Launcher
+from imageforge.clouds.common import LaunchRequest
 from imageforge.config import matrix
 from imageforge.records import state
 from tests.fakes.nova import FakeCompute, serve
@@ -83,9 +84,8 @@ def test_a_verification_server_of_a_glance_image_comes_and_goes(
     record = state.load(record.directory)
     cell = matrix.find(project, FLAVOR, "openstack")
     launcher = clouds.capability("openstack", Launcher)
-    with launcher.launch(
-        project, cell, record, public_key=KEY, user_data="#cloud-config\n", ssh_from="127.0.0.1"
-    ) as instance:
+    request = LaunchRequest(project, cell, record, KEY, "#cloud-config\n", "127.0.0.1")
+    with launcher.launch(request) as instance:
         (server,) = nova.servers.values()
         assert server["image"]["id"] == image_id  # the image Glance holds for this build
         assert instance.id == server["id"] and instance.address

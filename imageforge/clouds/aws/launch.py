@@ -20,6 +20,7 @@ from imageforge.clouds.aws.client import IMDS_V2_ONLY, ec2, errors
 from imageforge.clouds.common import (
     BUILD_KEY,
     Instance,
+    LaunchRequest,
     build_tags,
     launched,
     verify_prefix,
@@ -47,18 +48,8 @@ GROUP_FREE_TIMEOUT_SECONDS = 300.0
 
 
 class AwsLauncher:
-    def launch(
-        self,
-        project: Project,
-        cell: Cell,
-        record: BuildRecord,
-        *,
-        public_key: str,
-        user_data: str,
-        ssh_from: str,
-    ) -> contextlib.AbstractContextManager[Instance]:
-        verification = Verification(project, cell, record)
-        return launched(verification, public_key=public_key, user_data=user_data, ssh_from=ssh_from)
+    def launch(self, request: LaunchRequest) -> contextlib.AbstractContextManager[Instance]:
+        return launched(Verification(request.project, request.cell, request.record), request)
 
 
 def permission(source: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from imageforge.clouds.common import (
     BUILD_KEY,
     WIDEST_SSH_SOURCE,
     Instance,
+    LaunchRequest,
     build_tags,
     described_build,
     label,
@@ -89,18 +90,8 @@ def gce_name(text: str) -> str:
 
 
 class GcpLauncher:
-    def launch(
-        self,
-        project: Project,
-        cell: Cell,
-        record: BuildRecord,
-        *,
-        public_key: str,
-        user_data: str,
-        ssh_from: str,
-    ) -> contextlib.AbstractContextManager[Instance]:
-        verification = Verification(project, cell, record)
-        return launched(verification, public_key=public_key, user_data=user_data, ssh_from=ssh_from)
+    def launch(self, request: LaunchRequest) -> contextlib.AbstractContextManager[Instance]:
+        return launched(Verification(request.project, request.cell, request.record), request)
 
 
 class Verification:

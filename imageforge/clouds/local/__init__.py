@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge.clouds.common import BuildEnv, Instance, SourceDefaults, metadata
+from imageforge.clouds.common import BuildEnv, Instance, LaunchRequest, SourceDefaults, metadata
 from imageforge.clouds.local import base
 from imageforge.config import oses
 from imageforge.process import qemu, reap
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
     from imageforge.process.buildsecrets import KeyPair
-    from imageforge.records.state import BuildRecord
 
 
 class LocalCloud(SourceDefaults):
@@ -90,28 +89,20 @@ class LocalCloud(SourceDefaults):
         return {}  # a local build's artifacts are files, bound by their sha256
 
     @contextlib.contextmanager
-    def launch(
-        self,
-        project: Project,
-        cell: Cell,
-        record: BuildRecord,
-        *,
-        public_key: str,
-        user_data: str,
-        ssh_from: str,
-    ) -> Iterator[Instance]:
-        """The image in QEMU on a throwaway overlay, with a NoCloud seed carrying user_data
-        (which holds public_key); restricted user networking, SSH and the flavor's other ports
-        forwarded on 127.0.0.1 only (ssh_from does not apply). Leaving stops the VM and removes
-        the overlay and the seed."""
-        local = project.images.clouds.local
+    def launch(self, request: LaunchRequest) -> Iterator[Instance]:
+        """The image in QEMU on a throwaway overlay, with a NoCloud seed carrying the user-data
+        (which holds the public key); restricted user networking, SSH and the flavor's other
+        ports forwarded on 127.0.0.1 only (ssh_from does not apply). Leaving stops the VM and
+        removes the overlay and the seed."""
+        record, cell = request.record, request.cell
+        local = request.project.images.clouds.local
         with reap.scratch(f"imageforge-vm-{record.id}-") as scratch:
             image = record.directory / "image" / f"{record.flavor}.qcow2"
             overlay = qemu.overlay(image, scratch / "overlay.qcow2")
             instance_id = f"imageforge-verify-{record.id}"
             seed = qemu.make_seed(
                 scratch / "seed.iso",
-                user_data=user_data,
+                user_data=request.user_data,
                 meta_data=f"instance-id: {instance_id}\nlocal-hostname: debian\n",
             )
             # The flavor's other ports, for suites that use them as a client would (e.g. VNC).

@@ -23,6 +23,7 @@ from imageforge import log
 from imageforge.clouds.common import (
     BUILD_KEY,
     Instance,
+    LaunchRequest,
     build_tags,
     described_build,
     launched,
@@ -44,18 +45,8 @@ GROUP_FREE_SECONDS = 120.0
 
 
 class OpenstackLauncher:
-    def launch(
-        self,
-        project: Project,
-        cell: Cell,
-        record: BuildRecord,
-        *,
-        public_key: str,
-        user_data: str,
-        ssh_from: str,
-    ) -> contextlib.AbstractContextManager[Instance]:
-        verification = Verification(project, cell, record)
-        return launched(verification, public_key=public_key, user_data=user_data, ssh_from=ssh_from)
+    def launch(self, request: LaunchRequest) -> contextlib.AbstractContextManager[Instance]:
+        return launched(Verification(request.project, request.cell, request.record), request)
 
 
 class Verification:

@@ -15,7 +15,7 @@ import pytest
 
 from imageforge import config
 from imageforge.clouds import aws as aws_cloud
-from imageforge.clouds.common import Sharing
+from imageforge.clouds.common import LaunchRequest, Sharing
 from imageforge.errors import ImageforgeError
 from imageforge.records import state
 from imageforge.records.state import BuildRecord
@@ -172,9 +172,8 @@ def test_sweep_spares_a_verification_that_is_running(project, scratch) -> None:
 
     record = record_of(scratch, "built")
     cell = matrix.find(project, "slurm-node", "aws")
-    with aws_cloud.CLOUD.launch(
-        project, cell, record, public_key=PUBLIC_KEY, user_data="", ssh_from="192.0.2.1"
-    ) as instance:
+    request = LaunchRequest(project, cell, record, PUBLIC_KEY, "", "192.0.2.1")
+    with aws_cloud.CLOUD.launch(request) as instance:
         outcomes = aws_cloud.CLOUD.sweep(project, apply=True, min_age_minutes=120)
         assert [o.changes for o in outcomes if o.changes] == []
         kept = [o.subject for o in outcomes]

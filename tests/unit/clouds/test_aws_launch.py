@@ -22,7 +22,7 @@ from imageforge import config
 from imageforge.clouds import aws as aws_cloud
 from imageforge.clouds import capabilities
 from imageforge.clouds.aws import launch as aws_launch
-from imageforge.clouds.common import Instance
+from imageforge.clouds.common import Instance, LaunchRequest
 from imageforge.config import matrix
 from imageforge.errors import ImageforgeError, Interrupted
 from imageforge.process import signals
@@ -97,7 +97,7 @@ NOTHING: dict[str, list[str]] = {"instances": [], "key pairs": [], "groups": []}
 
 def launch(project, cell, record, **overrides: str) -> Any:
     args = {"public_key": PUBLIC_KEY, "user_data": USER_DATA, "ssh_from": SSH_FROM, **overrides}
-    return aws_cloud.CLOUD.launch(project, cell, record, **args)
+    return aws_cloud.CLOUD.launch(LaunchRequest(project, cell, record, **args))
 
 
 def test_aws_can_launch_and_distribute() -> None:

@@ -11,6 +11,7 @@ import pytest
 from imageforge import config
 from imageforge.clouds import gcp
 from imageforge.clouds.capabilities import Launcher
+from imageforge.clouds.common import LaunchRequest
 from imageforge.clouds.gcp import launch
 from imageforge.config import matrix
 from imageforge.errors import ImageforgeError, Interrupted
@@ -40,9 +41,7 @@ def cell(project: config.Project) -> matrix.Cell:
 
 
 def launched(project: config.Project, build: BuildRecord, ssh_from: str = SSH_FROM):
-    return gcp.CLOUD.launch(
-        project, cell(project), build, public_key=KEY, user_data=USER_DATA, ssh_from=ssh_from
-    )
+    return gcp.CLOUD.launch(LaunchRequest(project, cell(project), build, KEY, USER_DATA, ssh_from))
 
 
 def leftovers(fake: FakeGce) -> tuple[set[str], set[str], set[str]]:

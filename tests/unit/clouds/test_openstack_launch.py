@@ -22,6 +22,7 @@ from imageforge import config
 from imageforge.clouds import common
 from imageforge.clouds import openstack as os_cloud
 from imageforge.clouds.capabilities import Launcher
+from imageforge.clouds.common import LaunchRequest
 from imageforge.clouds.openstack import launch
 from imageforge.config import matrix
 from imageforge.errors import ImageforgeError, Interrupted
@@ -115,9 +116,7 @@ def build(scratch: Path, cloud: FakeCloud, nova: FakeCompute) -> BuildRecord:
 
 def launched(project: config.Project, build: BuildRecord, ssh_from: str = SSH_FROM) -> Any:
     cell = matrix.find(project, FLAVOR, "openstack")
-    return os_cloud.CLOUD.launch(
-        project, cell, build, public_key=KEY, user_data=USER_DATA, ssh_from=ssh_from
-    )
+    return os_cloud.CLOUD.launch(LaunchRequest(project, cell, build, KEY, USER_DATA, ssh_from))
 
 
 def test_openstack_is_a_launcher() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from imageforge import clouds, config
 from imageforge.clouds import Instance
+from imageforge.clouds.common import LaunchRequest
 from imageforge.config import matrix, settings
 from imageforge.errors import ImageforgeError, Interrupted
 from imageforge.process import qemu
@@ -39,8 +40,8 @@ class FakeCloud:
         return "admin"
 
     @contextlib.contextmanager
-    def launch(self, project: Any, cell: Any, record: Any, **kwargs: Any) -> Iterator[Instance]:
-        self.launched.append(kwargs)
+    def launch(self, request: LaunchRequest) -> Iterator[Instance]:
+        self.launched.append(dict(vars(request)))
         try:
             yield Instance("i-1", "203.0.113.9", "eu-west-1")
         except BaseException as exc:
