@@ -284,11 +284,19 @@ def build_tags(
         **project.images.defaults.tags,
         **cell.flavor.tags,
         **cloud_tags,
-        FLAVOR_KEY: cell.flavor_name,
+        **build_keys(record),
+    }
+
+
+def build_keys(record: BuildRecord, version: str = __version__) -> dict[str, str]:
+    """A build's own keys, the same on every cloud's resources and images (version: the
+    imageforge that built it)."""
+    return {
+        FLAVOR_KEY: record.flavor,
         BUILD_KEY: record.id,
         COMMIT_KEY: record.git_commit or "unknown",
         TEMPLATE_KEY: record.template_hash or "unknown",
-        VERSION_KEY: __version__,
+        VERSION_KEY: version,
     }
 
 

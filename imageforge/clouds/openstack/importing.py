@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 from imageforge import __version__, log
 from imageforge.clouds.common import (
     BUILD_KEY,
-    COMMIT_KEY,
     FLAVOR_KEY,
-    TEMPLATE_KEY,
     VERSION_KEY,
+    build_keys,
     manifest_artifacts,
     name,
 )
@@ -58,13 +57,7 @@ def build_properties(record: BuildRecord) -> dict[str, str]:
     version = __version__
     for build in manifest_artifacts(record.directory, "qemu"):
         version = (build.get("custom_data") or {}).get(VERSION_KEY) or version
-    return {
-        FLAVOR_KEY: record.flavor,
-        BUILD_KEY: record.id,
-        COMMIT_KEY: record.git_commit or "unknown",
-        TEMPLATE_KEY: record.template_hash or "unknown",
-        VERSION_KEY: version,
-    }
+    return build_keys(record, version)
 
 
 def _existing_import(conn: Any, record: BuildRecord) -> str | None:
