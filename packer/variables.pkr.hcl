@@ -38,6 +38,24 @@ variable "base_image_checksum" {
   default = "none"
 }
 
+variable "qmp_socket" {
+  type        = string
+  default     = ""
+  description = "Local builds: QEMU's monitor socket, for the step cache's disk copies"
+}
+
+variable "step_hook" {
+  type        = string
+  default     = ":"
+  description = "Local builds: the command that saves a step's disk (: when nothing caches)"
+}
+
+variable "resume_after" {
+  type        = number
+  default     = 0
+  description = "Local builds: the number of steps whose disk came from the step cache"
+}
+
 variable "accelerator" {
   type    = string
   default = "tcg"

@@ -32,6 +32,8 @@ class PackerSource(Protocol):
     packer_grace_seconds: ClassVar[float]
     # Whether the flavor's packages go in from a step in the build VM (else: the base layer).
     installs_packages_in_vm: ClassVar[bool]
+    # Whether a build keeps its disk after each step, and resumes from the last kept one.
+    caches_steps: ClassVar[bool]
 
     def ssh_username(self, os_name: str) -> str: ...
 
@@ -58,6 +60,10 @@ class PackerSource(Protocol):
     def build_env(
         self, project: Project, cell: Cell, build_id: str, scratch: Path, key: KeyPair
     ) -> BuildEnv: ...
+
+    def finish_artifacts(self, directory: Path, flavor: str) -> None:
+        """Make Packer's output the artifact it ships, once Packer has finished."""
+        ...
 
     def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
         """The build's files as state.describe() entries, once Packer has finished."""

@@ -75,9 +75,8 @@ class Instance:
 
 @dataclass(frozen=True)
 class LaunchRequest:
-    """One verification instance to launch: the build's image (its build-region id in
-    record.artifact_ids) with a fresh key pair for public_key and the cloud-config user_data,
-    reachable over SSH (tcp/22) from the CIDR ssh_from only (a local VM's 127.0.0.1 instead)."""
+    """One verification instance of the build's image, with a fresh key pair for public_key and
+    the cloud-config user_data, reachable over SSH (tcp/22) from the CIDR ssh_from only."""
 
     project: Project
     cell: Cell
@@ -104,9 +103,10 @@ class SourceDefaults:
     # instance, its key pair and security group, which take minutes to go.
     packer_grace_seconds: float = 300.0
 
-    # Whether the flavor's packages are installed by a step in the build VM (a cloud's image as
-    # it is); local builds get them natively, in the base layer.
+    # Whether the flavor's packages go in from a step in the build VM (else: the base layer).
     installs_packages_in_vm: bool = True
+    # Whether a build keeps its disk after each step (imageforge.stages.stepcache).
+    caches_steps: bool = False
 
     def ssh_username(self, os_name: str) -> str:
         """The default login user of os_name's official images on this cloud."""
@@ -135,6 +135,9 @@ class SourceDefaults:
         self, project: Project, cell: Cell, build_id: str, scratch: Path, key: KeyPair
     ) -> BuildEnv:
         return BuildEnv()
+
+    def finish_artifacts(self, directory: Path, flavor: str) -> None:
+        """Make Packer's output the artifact it ships (local: one compressed qcow2)."""
 
     def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
         return []

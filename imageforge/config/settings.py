@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imageforge.errors import ConfigError
@@ -63,6 +63,8 @@ class Settings(BaseSettings):
 
     debug: Annotated[bool, BeforeValidator(_flag)] = False
     cache_dir: Path | None = None
+    # The step cache's size limit (GiB); 0 turns it off.
+    step_cache_gb: Annotated[float, Field(ge=0)] = 20.0
     packer: str = "packer"
     packer_version: str | None = None
     verify_ssh_from: Annotated[str, AfterValidator(_cidr)] = ""

@@ -52,6 +52,16 @@ class Publication(_Strict):
     at: str
 
 
+class StepRun(_Strict):
+    """A step of a local build: its key in the step cache, and whether it ran or its disk
+    came from the cache."""
+
+    index: int = Field(ge=1)
+    script: str
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    source: Literal["ran", "cache"]
+
+
 class BuildRecord(_Strict):
     """Everything imageforge knows about one build."""
 
@@ -77,6 +87,7 @@ class BuildRecord(_Strict):
     finished_at: str = ""
     timings: dict[str, float] = Field(default_factory=dict)
     boot: dict[str, float] = Field(default_factory=dict)  # seconds to SSH in the build VM
+    steps: list[StepRun] = Field(default_factory=list)  # local builds: the step cache's account
     artifacts: list[Artifact] = Field(default_factory=list)
     artifact_ids: dict[str, str] = Field(default_factory=dict)  # recorded once, at build time
     imported: dict[str, str] = Field(default_factory=dict)  # place: image id

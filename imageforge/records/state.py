@@ -91,7 +91,7 @@ def started(directory: Path, **facts: Any) -> BuildRecord:
 
 def noted(record: BuildRecord, **facts: Any) -> BuildRecord:
     """Facts learned while building (key, accelerator, boot times); status unchanged."""
-    allowed = {"build_public_key", "accelerator", "qemu_version", "boot", "timings"}
+    allowed = {"build_public_key", "accelerator", "qemu_version", "boot", "timings", "steps"}
     if record.status != "building" or not set(facts) <= allowed:
         raise ImageforgeError(f"build {record.id}: cannot note {sorted(facts)} now")
     return _change(record, **facts)

@@ -6,6 +6,7 @@ flavor settings) returns the existing verified build at once; `force` builds ane
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -25,7 +26,7 @@ from imageforge.errors import CommandError, ImageforgeError, Interrupted
 from imageforge.process import buildsecrets, console, locks, reap, runner
 from imageforge.records import buildinfo, state
 from imageforge.records.state import BuildRecord
-from imageforge.stages import render, vagrantbox
+from imageforge.stages import render, steps, vagrantbox
 from imageforge.stages import verify as verification
 
 
@@ -132,9 +133,15 @@ def _build(
     render.write_vars(
         rendered, buildinfo.packer_vars(project.root, build_id, rendered.template_hash)
     )
+    plan = steps.plan(cell.flavor_name, rendered, base, fresh=force or refresh)
     try:
-        with log.step(f"packer build {cell.name}") as t, _scratch(build_id) as scratch:
-            record = _packer_build(project, cell, cloud, rendered, record, scratch)
+        with (
+            log.step(f"packer build {cell.name}") as t,
+            _scratch(build_id) as scratch,
+            plan.cache.reading() if plan else contextlib.nullcontext(),  # its chain stays
+        ):
+            record = _packer_build(project, cell, cloud, rendered, record, scratch, plan)
+            cloud.finish_artifacts(directory, cell.flavor_name)
         return state.built(
             record,
             artifacts=cloud.collect_artifacts(directory, cell.flavor_name),
@@ -147,6 +154,9 @@ def _build(
     except BaseException as exc:
         _abandon(record, "failed", str(exc) or type(exc).__name__)
         raise
+    finally:
+        if plan is not None:
+            steps.evict(plan)
 
 
 @contextmanager
@@ -167,8 +177,10 @@ def _packer_build(
     rendered: render.Rendered,
     record: BuildRecord,
     scratch: Path,
+    plan: steps.StepPlan | None,
 ) -> BuildRecord:
-    """Run `packer build`; returns the record with what the build learned on the way."""
+    """Run `packer build` (resuming after the plan's cached steps); returns the record with
+    what the build learned on the way."""
     key = buildsecrets.ssh_keypair(scratch / "ssh", f"imageforge-build-{record.id}")
     proxies = buildsecrets.host_proxies()
     certificates = buildsecrets.host_ca_certificates()
@@ -189,7 +201,11 @@ def _packer_build(
         **{f"PKR_VAR_{name}": value for name, value in proxies.items()},
         **cloud_env.env,
     }
+    if plan is not None:
+        env |= plan.packer_env(scratch, record.directory / "image" / f"{cell.flavor_name}.qcow2")
+        steps.announce(plan)
     tracker = _ProvisionerTracker()
+    finished = False
     try:
         runner.run(
             [
@@ -208,11 +224,15 @@ def _packer_build(
             what=f"packer build {cell.name}",
             grace=cloud.packer_grace_seconds,
         )
+        finished = True
     except CommandError as exc:
         raise BuildFailed(tracker.explain(exc, record.directory / "serial.log")) from None
     finally:
         if tracker.seconds_to_ssh is not None:
             record = state.noted(record, boot={"packer_to_ssh_seconds": tracker.seconds_to_ssh})
+        if plan is not None:  # on failure: the steps whose disk got into the cache
+            done = len(plan.keys) if finished else plan.cache.resume_point(plan.keys)
+            record = state.noted(record, steps=plan.record(done))
     return record
 
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 VARFILE = "imageforge.auto.pkrvars.hcl"
 EXECUTE = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
+# A cached step: its disk is copied right after, so what it wrote is flushed first.
+EXECUTE_SYNCED = EXECUTE + " && sync"
 HOST_PASSTHROUGH = "provisioners/common/00-host-passthrough.sh"
 # In every image, whatever its flavor lists: only root reaches the metadata service.
 METADATA_GUARD = "provisioners/common/05-metadata-guard.sh"
@@ -48,12 +50,24 @@ SOURCE_BUILD_PACKAGES = ("python3-dev", "gcc", "libc6-dev")
 
 
 @dataclass(frozen=True)
+class StepDefinition:
+    """A step the step cache keeps the disk after: its number, script and what defines it."""
+
+    number: int
+    script: str
+    definition: str  # its provisioner block and its script's bytes (as sha256)
+
+
+@dataclass(frozen=True)
 class Rendered:
-    """A rendered template directory."""
+    """A rendered template directory; with a step-caching cloud, its cached steps, and what
+    defines the disk before the first of them (the source, the variables, the host step)."""
 
     directory: Path
     files: tuple[Path, ...]
     template_hash: str
+    steps: tuple[StepDefinition, ...] = ()
+    start: str = ""
 
 
 def environment(root: Path) -> jinja2.Environment:
@@ -113,10 +127,11 @@ def render(
     texts["source.pkr.hcl"] = env.get_template(f"sources/{cell.cloud}.pkr.hcl.j2").render(
         source_name=source_name, plugins=version.has_plugins, **cloud.source(project, cell)
     )
+    steps = _steps(project, cell, cloud.caches_steps)
     texts["build.pkr.hcl"] = env.get_template("build.pkr.hcl.j2").render(
         build_name=cell.flavor_name,
         source_ref=f"source.{cloud.builder}.{source_name}",
-        steps=list(_steps(cell)),
+        steps=steps,
         manifest_custom_data=hcl.attributes(
             {"custom_data": clouds.metadata(project, cell, {})}, indent=4
         ),
@@ -127,7 +142,10 @@ def render(
         path.write_text(text, encoding="utf-8")
         files.append(path)
     packer_fmt(out)  # before hashing: the hash covers the final text
-    return Rendered(out, tuple(files), template_hash(files))
+    cached = [s["cached"] for s in steps if s.get("cached")]
+    start = "".join(s["cached_by"] for s in steps if s["section"] == "host")
+    start += "".join(f"{p.name}\0{p.read_text()}" for p in files if p.name != "build.pkr.hcl")
+    return Rendered(out, tuple(files), template_hash(files), tuple(cached), start)
 
 
 def template_hash(files: list[Path] | tuple[Path, ...]) -> str:
@@ -195,10 +213,13 @@ def package_commands(cell: Cell) -> list[str]:
     return commands
 
 
-def _steps(cell: Cell) -> list[dict[str, Any]]:
+def _steps(project: Project, cell: Cell, caching: bool) -> list[dict[str, Any]]:
+    """The build's provisioners. With a step-caching cloud, every step between the host step
+    and cleanup is numbered: it runs unless the build resumes after it, and a hook on this
+    machine then saves the disk (imageforge.stages.stephook)."""
     if getattr(cell.cloud_settings, "communicator", "ssh") == "none":
         return []  # nothing can run in the VM: the image is a copy of its source
-    steps = [_step("host", Provisioner(script=HOST_PASSTHROUGH), cell)]
+    steps = [_step(project, "host", Provisioner(script=HOST_PASSTHROUGH), cell)]
     if clouds.get(cell.cloud).installs_packages_in_vm:
         attributes = {
             "inline": package_commands(cell),
@@ -211,26 +232,40 @@ def _steps(cell: Cell) -> list[dict[str, Any]]:
                 "attributes": hcl.attributes(attributes, indent=4),
             }
         )
-    steps.append(_step("guard", Provisioner(script=METADATA_GUARD), cell))
     schema = json.dumps(userdata.schema(), sort_keys=True, separators=(",", ":"))
     library = Provisioner(script=FIRSTBOOT_LIBRARY, env={"IMAGEFORGE_USER_DATA_SCHEMA": schema})
-    steps.append(_step("firstboot", library, cell))
-    sections = (("provision", cell.flavor.provisioners), ("cleanup", cell.flavor.cleanup))
-    for section, items in sections:
-        steps += [_step(section, step, cell) for step in items]
+    cached = [
+        ("guard", Provisioner(script=METADATA_GUARD)),
+        ("firstboot", library),
+        *(("provision", step) for step in cell.flavor.provisioners),
+    ]
+    for number, (section, step) in enumerate(cached, 1):
+        steps.append(_step(project, section, step, cell, number if caching else None))
+    steps += [_step(project, "cleanup", step, cell) for step in cell.flavor.cleanup]
     return steps
 
 
-def _step(section: str, step: Provisioner, cell: Cell) -> dict[str, Any]:
+def _step(
+    project: Project, section: str, step: Provisioner, cell: Cell, number: int | None = None
+) -> dict[str, Any]:
+    execute: Raw = hcl.string(EXECUTE)
+    if number is not None:  # skipped when the build resumes after it; the disk synced after
+        resume_after = Raw("${var.resume_after}")
+        tail = " ]; then exit 0; fi; " + EXECUTE_SYNCED
+        execute = hcl.template(f"if [ {number} -le ", resume_after, tail)
     attributes = {
         "script": step.script,
-        "execute_command": EXECUTE,
+        "execute_command": execute,
         "environment_vars": _env(cell, step),
     }
-    return {
-        "section": section,
-        "attributes": hcl.attributes(attributes, indent=4),
-    }
+    text = hcl.attributes(attributes, indent=4)
+    script = hashlib.sha256((project.root / step.script).read_bytes()).hexdigest()
+    rendered: dict[str, Any] = {"section": section, "attributes": text}
+    rendered["cached_by"] = f"{text}\0{script}"
+    if number is not None:
+        rendered["cached"] = StepDefinition(number, step.script, rendered["cached_by"])
+        rendered["hook"] = hcl.value([hcl.template(Raw("${var.step_hook}"), f" {number}")])
+    return rendered
 
 
 def _env(cell: Cell, step: Provisioner) -> list[Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds.common import BuildEnv, Instance, LaunchRequest, SourceDefaults, metadata
-from imageforge.clouds.local import base
+from imageforge.clouds.local import base, disk
 from imageforge.config import oses
 from imageforge.process import qemu, reap
 from imageforge.records import state
@@ -26,6 +26,7 @@ class LocalCloud(SourceDefaults):
     # cloud-init's datasource on this cloud's own images (datasource_list, then None)
     datasource = "NoCloud"
     packer_grace_seconds = 20.0  # a local VM is gone at once
+    caches_steps = True
 
     def machine(self, settings: Any) -> str:
         return f"QEMU, {settings.cpus} CPUs, {settings.memory_mb} MiB"
@@ -79,6 +80,17 @@ class LocalCloud(SourceDefaults):
             "PKR_VAR_seed_iso": str(seed),
         }
         return BuildEnv(env, {"accelerator": accelerator, "qemu_version": qemu.qemu_version()})
+
+    def finish_artifacts(self, directory: Path, flavor: str) -> None:
+        """Packer leaves an overlay of the layer (or of a cached step's disk): the artifact is
+        that chain flattened into one compressed qcow2, written beside it, then renamed."""
+        image = directory / "image" / f"{flavor}.qcow2"
+        flat = image.with_name(f".{image.name}.flat")
+        try:
+            disk.to_qcow2(image, flat, directory / "build.log", compress=True)
+            flat.replace(image)
+        finally:
+            flat.unlink(missing_ok=True)
 
     def collect_artifacts(self, directory: Path, flavor: str) -> list[dict[str, Any]]:
         names = [f"image/{flavor}.qcow2", "manifest.json"]

@@ -4,6 +4,7 @@ interrupt and lock, in milliseconds. Packer, QEMU and the layer never run here."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,10 +52,20 @@ def packer_makes_an_image(argv: list[str], kwargs: dict[str, Any]) -> str:
     return "Build 'a' finished"
 
 
+def flattened(argv: list[str], kwargs: dict[str, Any]) -> str:
+    """What `qemu-img convert` of Packer's overlay leaves: the artifact (a copy here)."""
+    shutil.copyfile(argv[-2], argv[-1])
+    return ""
+
+
 @pytest.fixture
-def fake(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
+def fake(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> FakeRunner:
     real_run = runner.run
+    monkeypatch.setenv("IMAGEFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     fake = FakeRunner().on("packer", "version", answer="Packer v1.6.6")
+    fake.on("qemu-img", "convert", answer=flattened)
     fake.on("git", answer=CommandError(["git"], 128, ["not a git repository"]))
     for real in (("ssh-keygen",), ("packer", "fmt")):  # quick, local, and part of the result
         fake.on(*real, answer=lambda argv, kwargs: real_run(argv, **kwargs).output)

@@ -69,7 +69,11 @@ def test_parsed_source_matches_model(shipped: config.Project, tmp_path: Path, cl
         assert source["cpus"] == settings_.cpus
         assert source["memory"] == settings_.memory_mb
         assert source["disk_image"] is True
-        assert "use_backing_file" not in source  # broken with QEMU 7.2 on Packer 1.6.6
+        # An overlay of the layer (or a cached step's disk), with the -F that QEMU 7.2 needs
+        # and Packer 1.6.6 leaves out; its monitor, for the step cache's copies.
+        assert source["use_backing_file"] is True
+        assert source["qemu_img_args"][0]["create"] == ["-F", "qcow2"]
+        assert source["qmp_enable"] is True and source["qmp_socket_path"] == "${var.qmp_socket}"
         assert any("hostfwd=tcp:127.0.0.1:" in arg for args in source["qemuargs"] for arg in args)
     if tags_key:
         tags = source[tags_key]

@@ -1,0 +1,72 @@
+"""The step cache's hook in a local build: Packer runs it on this machine after each step.
+
+    python3 -m imageforge.stages.stephook PLAN N
+
+copies the build VM's disk as step N left it into the step cache (imageforge.process.qmp), or
+does nothing for a step that came from the cache. PLAN is the build's plan (a JSON file in
+its private scratch directory, written by imageforge.stages.steps). A copy that fails costs
+the cache, never the build: the hook says so, and later steps of the build are not saved.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from imageforge.process import qemu, qmp
+from imageforge.stages.stepcache import Entry, StepCache
+
+BROKEN = "step-cache-broken"
+
+
+def save(plan_path: Path, index: int) -> str:
+    """Save step index's disk; the line to print."""
+    plan = json.loads(plan_path.read_text())
+    step = plan["steps"][index - 1]
+    label = f"step {index}/{len(plan['steps'])} {step['script']}"
+    if index <= plan["resume_after"]:
+        return f"imageforge: {label}: from the step cache"
+    broken = plan_path.parent / BROKEN
+    if broken.exists():
+        return f"imageforge: {label}: not saved (an earlier copy failed)"
+    cache = StepCache(Path(plan["cache"]), plan["limit"])
+    first = index == plan["resume_after"] + 1
+    parent = "" if index == 1 else plan["steps"][index - 2]["key"]
+    backing = Path(plan["start_backing"]) if first else cache.disk(parent)
+    partial = cache.partial(step["key"])
+    started = time.monotonic()
+    try:
+        qemu.overlay(backing, partial)
+        qmp.backup(Path(plan["socket"]), Path(plan["disk"]), partial, first=first)
+    except Exception as exc:  # the cache is an optimisation: the build goes on without it
+        partial.unlink(missing_ok=True)
+        broken.touch()
+        return f"imageforge: {label}: not saved in the step cache: {exc}"
+    entry = Entry(
+        key=step["key"],
+        parent=parent,
+        backing=str(backing),
+        flavor=plan["flavor"],
+        index=index,
+        script=step["script"],
+        created=time.time(),
+        size=0,
+    )
+    entry = cache.add(entry, partial)
+    seconds = time.monotonic() - started
+    size = f"{entry.size / 2**20:.0f} MiB"
+    return f"imageforge: {label}: saved in the step cache ({size}, {seconds:.1f}s)"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python3 -m imageforge.stages.stephook PLAN N", file=sys.stderr)
+        return 2
+    print(save(Path(argv[0]), int(argv[1])), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""A local build's steps against the step cache: where it resumes, and what each step did.
+
+The plan is made after render (the steps' definitions) and the layer (their start). The build
+hands it to Packer as variables: the disk to start from, how many steps to skip, and the hook
+that saves each later step's disk (imageforge.stages.stephook).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imageforge import log
+from imageforge.clouds.local import recipe
+from imageforge.config import settings
+from imageforge.stages.render import Rendered
+from imageforge.stages.stepcache import CacheBusy, StepCache, step_keys
+
+SUBDIR = "steps"
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    cache: StepCache
+    flavor: str
+    scripts: tuple[str, ...]
+    keys: tuple[str, ...]
+    resume_after: int
+    start_backing: Path  # the disk the build VM's overlay stands on
+
+    def packer_env(self, scratch: Path, disk: Path) -> dict[str, str]:
+        """PKR_VAR_* for the build, with the plan written where the hook reads it."""
+        plan = scratch / "steps.json"
+        steps = [{"script": s, "key": k} for s, k in zip(self.scripts, self.keys, strict=True)]
+        plan.write_text(
+            json.dumps(
+                {
+                    "cache": str(self.cache.root),
+                    "limit": self.cache.limit_bytes,
+                    "socket": str(scratch / "qmp.sock"),
+                    "disk": str(disk),
+                    "flavor": self.flavor,
+                    "resume_after": self.resume_after,
+                    "start_backing": str(self.start_backing),
+                    "steps": steps,
+                }
+            )
+        )
+        hook = [sys.executable, "-m", "imageforge.stages.stephook", str(plan)]
+        env = {
+            "PKR_VAR_step_hook": shlex.join(hook),
+            "PKR_VAR_resume_after": str(self.resume_after),
+            "PKR_VAR_qmp_socket": str(scratch / "qmp.sock"),
+        }
+        if self.resume_after:
+            env["PKR_VAR_base_image"] = str(self.start_backing)
+            env["PKR_VAR_base_image_checksum"] = f"sha256:{_sha256(self.start_backing)}"
+        return env
+
+    def record(self, completed: int) -> list[dict[str, Any]]:
+        """The first `completed` steps, each with its key and where its disk came from."""
+        return [
+            {
+                "index": index,
+                "script": script,
+                "key": key,
+                "source": "cache" if index <= self.resume_after else "ran",
+            }
+            for index, (script, key) in enumerate(zip(self.scripts, self.keys, strict=True), 1)
+            if index <= completed
+        ]
+
+
+def cache() -> StepCache:
+    """This user's step cache, with its size limit ($IMAGEFORGE_STEP_CACHE_GB)."""
+    limit = int(settings.current().step_cache_gb * 2**30)
+    return StepCache(recipe.cache_dir() / SUBDIR, limit)
+
+
+def plan(flavor: str, rendered: Rendered, layer: dict[str, Any], *, fresh: bool) -> StepPlan | None:
+    """The build's plan; None when nothing is cached (a cloud, or a cache limit of 0).
+    fresh (--force, --refresh) starts from the layer and saves every step anew."""
+    store = cache()
+    if not rendered.steps or store.limit_bytes <= 0:
+        return None
+    start = hashlib.sha256(f"{layer['sha256']}\0{rendered.start}".encode()).hexdigest()
+    keys = step_keys(start, [s.definition for s in rendered.steps])
+    resume_after = 0 if fresh else store.resume_point(keys)
+    backing = store.disk(keys[resume_after - 1]) if resume_after else Path(layer["path"])
+    for key in keys[:resume_after]:
+        store.used(key)
+    scripts = tuple(s.script for s in rendered.steps)
+    return StepPlan(store, flavor, scripts, tuple(keys), resume_after, backing)
+
+
+def announce(plan: StepPlan) -> None:
+    for index, script in enumerate(plan.scripts, 1):
+        where = "from the step cache" if index <= plan.resume_after else "runs"
+        log.info(f"step {index}/{len(plan.scripts)} {script}: {where}")
+
+
+def evict(plan: StepPlan) -> None:
+    """Keep the cache within its limit, oldest use first (not while another build reads)."""
+    try:
+        with plan.cache.exclusive():
+            plan.cache.tidy()
+            for entry in plan.cache.evict():
+                log.info(f"step cache: dropped {entry.flavor} step {entry.index} {entry.script}")
+    except CacheBusy:
+        log.info("step cache: another build is using it; not trimmed this time")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
