@@ -16,8 +16,9 @@ from imageforge.clouds.capabilities import (
     Preflight,
     Sharer,
 )
-from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, Sharing, metadata
-from imageforge.config import CLOUDS
+from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, metadata
+from imageforge.config.configtypes import CLOUDS
+from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ConfigError
 
 __all__ = [

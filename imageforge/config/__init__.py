@@ -31,7 +31,6 @@ from imageforge.config.configtypes import (
     Environment,
     FlavorName,
     Model,
-    OsName,
     Package,
     Port,
     ProjectPath,
@@ -40,7 +39,7 @@ from imageforge.config.configtypes import (
     Text,
     UserName,
 )
-from imageforge.config.oses import DEFAULT_OS, LocalOsName
+from imageforge.config.oses import DEFAULT_OS, LocalOsName, OsName
 from imageforge.config.prices import Prices
 from imageforge.config.publishpolicy import PublishPolicy
 from imageforge.config.yamlsource import Mark

@@ -9,8 +9,9 @@ from invoke import task
 from rich.markup import escape
 from rich.table import Table
 
-from imageforge.config import CLOUDS, Project
+from imageforge.config import Project
 from imageforge.config.configerrors import suggest
+from imageforge.config.configtypes import CLOUDS
 from imageforge.errors import ConfigError
 from imageforge.records import builddiff, registry
 from imageforge.records.record import BuildRecord

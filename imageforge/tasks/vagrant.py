@@ -16,6 +16,7 @@ from imageforge.config.configerrors import suggest
 from imageforge.errors import ConfigError
 from imageforge.process import qemu
 from imageforge.records import state
+from imageforge.records.record import artifacts_root
 from imageforge.tasks.common import friendly, integer, project
 from imageforge.tools import cluster, clusterseeds, vagrantcatalog
 
@@ -48,7 +49,7 @@ def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config
         check_base_url(base_url)
     if action == "catalog":
         flavors = sorted({cell.flavor_name for cell in matrix.selected(proj, image, "local")})
-        out = Path(output) if output else state.artifacts_root(proj.root) / "vagrant"
+        out = Path(output) if output else artifacts_root(proj.root) / "vagrant"
         prefix = proj.images.settings.name_prefix
         for flavor in flavors:
             description = proj.images.flavors[flavor].description

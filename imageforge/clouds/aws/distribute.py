@@ -17,7 +17,7 @@ from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 # Copies take minutes to an hour, depending on the image's size and the regions.
 WAIT = {"Delay": 15, "MaxAttempts": 240}

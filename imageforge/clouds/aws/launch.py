@@ -30,7 +30,7 @@ from imageforge.errors import ImageforgeError
 if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 VERIFY_PREFIX = "imageforge-verify-"
 ADDRESS = {

@@ -15,13 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds.aws.client import ec2
-from imageforge.clouds.common import Outcome, Published, Sharing, added_before, merge_added
+from imageforge.clouds.common import Outcome, Published, added_before, merge_added
 from imageforge.clouds.sdkerrors import errors_into, why
+from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 Permission = dict[str, str]
 NOT_OFFERED = ("InvalidAction", "NotImplemented", "UnsupportedOperation")

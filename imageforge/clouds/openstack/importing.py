@@ -27,7 +27,7 @@ from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 
 class OpenstackImporter:

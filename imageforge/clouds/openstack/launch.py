@@ -35,7 +35,7 @@ from imageforge.errors import ImageforgeError
 if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 DESCRIPTION = "imageforge verification SSH; " + BUILD_KEY + "={build}"
 SERVER_WAIT_SECONDS = 900
