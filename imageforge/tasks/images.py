@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from invoke import task
+from invoke.tasks import task
 from rich.table import Table
 
 from imageforge import clouds, log, packer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from invoke import task
+from invoke.tasks import task
 from rich.markup import escape
 from rich.table import Table
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import task
+from invoke.tasks import task
 
 from imageforge import log
 from imageforge.records import registry

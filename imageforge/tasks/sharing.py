@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke.tasks import task
 
 from imageforge import clouds, log
 from imageforge.clouds import Housekeeper, Importer, Preflight

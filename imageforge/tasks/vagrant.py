@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from invoke import task
+from invoke.tasks import task
 
 from imageforge import log
 from imageforge.config import matrix
