@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from invoke.context import Context
 from invoke.tasks import task
 
 from imageforge import log
@@ -35,7 +36,15 @@ MAX_WORKERS = 8
 
 @task(help=HELP, positional=["action"])
 @friendly
-def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config=None):
+def vagrant(
+    c: Context,
+    action: str,
+    image: str | None = None,
+    output: str | None = None,
+    base_url: str | None = None,
+    workers: int = 1,
+    config: str | None = None,
+) -> None:
     """Vagrant for desktop users: `invoke vagrant catalog` writes `metadata.json` box catalogs
     that `vagrant box add URL/metadata.json` reads; `invoke vagrant seeds` makes the cluster's
     first-boot user-data for vagrant/slurm-node/Vagrantfile."""
