@@ -199,7 +199,7 @@ def _add_default_packages(images: ImagesFile) -> ImagesFile:
     return images.model_copy(update={"flavors": flavors})
 
 
-def _merge_defaults(raw: dict) -> dict:
+def _merge_defaults(raw: dict[Any, Any]) -> dict[Any, Any]:
     flavors = raw.get("flavors")
     defaults = raw.get("defaults")
     if not isinstance(flavors, dict) or not isinstance(defaults, dict):

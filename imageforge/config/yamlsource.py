@@ -42,14 +42,14 @@ class Mark:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-class LocatedDict(dict):
+class LocatedDict(dict[Any, Any]):
     """A mapping that knows its own position and the position of each key."""
 
     mark: Mark | None
     marks: dict[Any, Mark]
 
 
-class LocatedList(list):
+class LocatedList(list[Any]):
     """A sequence that knows its own position and the position of each item."""
 
     mark: Mark

@@ -222,7 +222,9 @@ def _start(project: Project, cluster: Cluster, record: BuildRecord) -> None:
             _save(cluster)
 
 
-def _user_data(public_key: str, node: Node, cluster: Cluster, munge: str, hosts: dict) -> str:
+def _user_data(
+    public_key: str, node: Node, cluster: Cluster, munge: str, hosts: dict[str, str]
+) -> str:
     return clusterseeds.slurm_user_data(
         node.role, cluster.name, cluster.controller.address, munge, hosts, public_key
     )
