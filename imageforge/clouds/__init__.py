@@ -49,7 +49,7 @@ def get(name: str) -> PackerSource:
         close = difflib.get_close_matches(name, CLOUDS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else None
         raise ConfigError(f"unknown cloud {name!r}; known: {', '.join(CLOUDS)}", hint=hint)
-    cloud: Any = importlib.import_module(f"imageforge.clouds.{name}").CLOUD
+    cloud: PackerSource = importlib.import_module(f"imageforge.clouds.{name}").CLOUD
     return cloud
 
 

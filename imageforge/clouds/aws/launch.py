@@ -85,7 +85,8 @@ class Verification:
 
     @property
     def endpoint(self) -> str:
-        return self.client.meta.endpoint_url
+        url: str = self.client.meta.endpoint_url
+        return url
 
     def ami(self) -> str:
         ami = self.record.artifact_ids.get(self.region)
@@ -163,7 +164,7 @@ class Verification:
 
     def address(self, instance: dict[str, Any]) -> str:
         interface = self.settings.ssh_interface
-        address = instance.get(ADDRESS[interface])
+        address: str | None = instance.get(ADDRESS[interface])
         if not address:
             raise ImageforgeError(
                 f"instance {instance['InstanceId']} has no {ADDRESS[interface]} "

@@ -73,7 +73,8 @@ class Verification:
 
     @property
     def endpoint(self) -> str:
-        return self.conn.compute.get_endpoint()
+        url: str = self.conn.compute.get_endpoint()
+        return url
 
     # --- creation ---------------------------------------------------------------------------
 
