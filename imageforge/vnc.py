@@ -6,6 +6,7 @@ on a command line), and the text on the desktop is read by OCR (tesseract).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -66,12 +67,12 @@ def handshake(port: int, choose: int = SECURITY_NONE, *, timeout: float = 10.0) 
         return Handshake(version.strip(), types, not failed, _reason(stream) if failed else "")
 
 
-def _reason(stream: object) -> str:
-    raw = stream.read(4)  # type: ignore[attr-defined]
+def _reason(stream: io.BufferedRWPair) -> str:
+    raw = stream.read(4)
     if len(raw) < 4:
         return "connection closed"
     length = struct.unpack(">I", raw)[0]
-    return stream.read(min(length, 1024)).decode(errors="replace")  # type: ignore[attr-defined]
+    return stream.read(min(length, 1024)).decode(errors="replace")
 
 
 def capture(port: int, password: str, path: Path, *, timeout: float = 60.0) -> tuple[bool, str]:

@@ -16,8 +16,9 @@ from imageforge.clouds.capabilities import (
     Preflight,
     Sharer,
 )
-from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, Sharing, metadata
-from imageforge.config import CLOUDS
+from imageforge.clouds.common import BuildEnv, Instance, Outcome, Published, metadata
+from imageforge.config.configtypes import CLOUDS
+from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ConfigError
 
 __all__ = [
@@ -48,7 +49,7 @@ def get(name: str) -> PackerSource:
         close = difflib.get_close_matches(name, CLOUDS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else None
         raise ConfigError(f"unknown cloud {name!r}; known: {', '.join(CLOUDS)}", hint=hint)
-    cloud: Any = importlib.import_module(f"imageforge.clouds.{name}").CLOUD
+    cloud: PackerSource = importlib.import_module(f"imageforge.clouds.{name}").CLOUD
     return cloud
 
 

@@ -6,20 +6,14 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from imageforge.clouds.common import (
-    BuildEnv,
-    Instance,
-    LaunchRequest,
-    Outcome,
-    Published,
-    Sharing,
-)
+from imageforge.clouds.common import BuildEnv, Instance, LaunchRequest, Outcome, Published
+from imageforge.config.publishpolicy import Sharing
 
 if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
     from imageforge.process.buildsecrets import KeyPair
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from imageforge.config.matrix import Cell
     from imageforge.process.buildsecrets import KeyPair
     from imageforge.process.qemu import VirtualMachine
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 # The metadata every image, instance and volume of a build carries, on every cloud.
 FLAVOR_KEY = "imageforge-flavor"

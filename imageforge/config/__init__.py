@@ -31,7 +31,6 @@ from imageforge.config.configtypes import (
     Environment,
     FlavorName,
     Model,
-    OsName,
     Package,
     Port,
     ProjectPath,
@@ -40,7 +39,7 @@ from imageforge.config.configtypes import (
     Text,
     UserName,
 )
-from imageforge.config.oses import DEFAULT_OS, LocalOsName
+from imageforge.config.oses import DEFAULT_OS, LocalOsName, OsName
 from imageforge.config.prices import Prices
 from imageforge.config.publishpolicy import PublishPolicy
 from imageforge.config.yamlsource import Mark
@@ -200,7 +199,7 @@ def _add_default_packages(images: ImagesFile) -> ImagesFile:
     return images.model_copy(update={"flavors": flavors})
 
 
-def _merge_defaults(raw: dict) -> dict:
+def _merge_defaults(raw: dict[Any, Any]) -> dict[Any, Any]:
     flavors = raw.get("flavors")
     defaults = raw.get("defaults")
     if not isinstance(flavors, dict) or not isinstance(defaults, dict):

@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt
 
-from imageforge.config.configtypes import HclName, Model, NamePattern, OsName, Size, TagKey, Text
+from imageforge.config.configtypes import HclName, Model, NamePattern, Size, TagKey, Text
+from imageforge.config.oses import OsName
 
 
 class AwsSourceAmi(Model):

@@ -8,6 +8,7 @@ import typing
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from imageforge.config import yamlsource
 from imageforge.config.yamlsource import Mark
@@ -68,7 +69,7 @@ def explain(
     return ConfigError(f"{mark}: {where}: {message}{more}")
 
 
-def _human(error: Any) -> str:
+def _human(error: ErrorDetails) -> str:
     """pydantic's message in this file's words."""
     kind, ctx = error["type"], error.get("ctx", {})
     if kind == "string_pattern_mismatch":

@@ -25,7 +25,6 @@ from pydantic import (
 )
 
 from imageforge.config.configerrors import suggest
-from imageforge.config.oses import OsName  # noqa: F401 (part of the model's vocabulary)
 
 CloudName = Literal["local", "aws", "gcp", "openstack"]
 CLOUDS: tuple[str, ...] = typing.get_args(CloudName)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from imageforge import config
-from imageforge.config import CLOUDS, Flavor, Project, suggest
+from imageforge.config import Flavor, Project
+from imageforge.config.configerrors import suggest
+from imageforge.config.configtypes import CLOUDS
 from imageforge.config.oses import OsName
 from imageforge.errors import ConfigError
 

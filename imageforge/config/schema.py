@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from imageforge.config import ImagesFile
 
 
-def document() -> dict:
+def document() -> dict[str, Any]:
     schema = ImagesFile.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "imageforge images.yml"

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml import YAML
 from ruamel.yaml import events as ev
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
@@ -42,14 +42,14 @@ class Mark:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-class LocatedDict(dict):
+class LocatedDict(dict[Any, Any]):
     """A mapping that knows its own position and the position of each key."""
 
     mark: Mark | None
     marks: dict[Any, Mark]
 
 
-class LocatedList(list):
+class LocatedList(list[Any]):
     """A sequence that knows its own position and the position of each item."""
 
     mark: Mark

@@ -25,7 +25,7 @@ from imageforge.config.matrix import Cell
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
 from imageforge.process import buildsecrets, console, locks, reap, runner
 from imageforge.records import buildinfo, state
-from imageforge.records.state import BuildRecord
+from imageforge.records.record import RECORD, BuildRecord, artifacts_root, load
 from imageforge.stages import render, steps, vagrantbox
 from imageforge.stages import verify as verification
 
@@ -66,14 +66,14 @@ def build(
     version = packer.version(packer_version)
     build_id = buildinfo.new_build_id(project.root)
     with locks.cell(project.root, cell.flavor_name, cell.cloud, f"build {build_id}"):
-        directory = state.artifacts_root(project.root) / cell.flavor_name / build_id
+        directory = artifacts_root(project.root) / cell.flavor_name / build_id
         directory.parent.mkdir(parents=True, exist_ok=True)
         directory.mkdir(mode=0o750)  # a fresh id: never an existing directory
         directory.chmod(0o750)  # whatever the umask: logs and artifacts are not for everyone
         try:
             record = _build(project, cell, cloud, version, directory, force, refresh)
         finally:
-            if not (directory / state.RECORD).exists():  # reused, or failed before a record
+            if not (directory / RECORD).exists():  # reused, or failed before a record
                 shutil.rmtree(directory, ignore_errors=True)
         if verify and record.directory == directory:
             record = verification.verify(project, cell, record)
@@ -279,14 +279,14 @@ class _ProvisionerTracker:
 def _abandon(record: BuildRecord, status: Literal["failed", "interrupted"], error: str) -> None:
     """A failed or interrupted build keeps its record, logs and rendered template, and nothing
     else."""
-    keep = (state.RECORD, "build.log", "serial.log", "packer")
+    keep = (RECORD, "build.log", "serial.log", "packer")
     for child in record.directory.iterdir():
         if child.name not in keep:
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
-    state.abandoned(state.load(record.directory), status, error)  # with what it noted
+    state.abandoned(load(record.directory), status, error)  # with what it noted
 
 
 def _wants_box(project: Project, cell: Cell, record: BuildRecord) -> bool:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from imageforge import clouds, log
 from imageforge.clouds.capabilities import Sharer
-from imageforge.clouds.common import Outcome, Sharing
+from imageforge.clouds.common import Outcome
 from imageforge.config import Project
+from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ImageforgeError
 from imageforge.records import state
-from imageforge.records.state import BuildRecord
+from imageforge.records.record import BuildRecord
 
 
 def candidates(project: Project, flavor: str, cloud: str) -> list[BuildRecord]:

@@ -22,7 +22,7 @@ from imageforge.config import Project, matrix, oses, publishpolicy
 from imageforge.config.matrix import Cell
 from imageforge.errors import ConfigError, ImageforgeError, Interrupted
 from imageforge.records import state
-from imageforge.records.state import BuildRecord
+from imageforge.records.record import BuildRecord
 from imageforge.stages import publish as publishing
 
 

@@ -31,7 +31,7 @@ from imageforge.errors import Interrupted
 if TYPE_CHECKING:
     from imageforge.config.matrix import Cell
     from imageforge.process.runner import CommandResult
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 FILE = "sbom.cdx.json"
 SYSTEM_PYTHON = "python3"

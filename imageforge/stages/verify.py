@@ -28,7 +28,7 @@ from imageforge.config.matrix import Cell
 from imageforge.errors import ImageforgeError, Interrupted
 from imageforge.process import buildsecrets, locks, qemu, reap
 from imageforge.records import state
-from imageforge.records.state import BuildRecord
+from imageforge.records.record import BuildRecord
 from imageforge.stages import sbom, sshchecks
 
 COMMON_SUITE = "tests/infra/test_common.py"

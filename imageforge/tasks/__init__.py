@@ -1,7 +1,7 @@
 """The Invoke task tree: one collection per concern, assembled for tasks.py."""
 
-from invoke import Collection, Exit
-from invoke.exceptions import ParseError
+from invoke.collection import Collection
+from invoke.exceptions import Exit, ParseError
 from invoke.program import Program
 
 from imageforge.tasks import cluster, images, lifecycle, registry, report, sharing, vagrant

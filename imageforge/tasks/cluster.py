@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from invoke import task
+from invoke.context import Context
+from invoke.tasks import task
 
 from imageforge import log
 from imageforge.errors import ImageforgeError
@@ -22,7 +23,9 @@ ACTIONS = ("up", "status", "down")
 
 @task(help=HELP, positional=["action"])
 @friendly
-def cluster(c, action, image="slurm-node", workers=2, config=None):
+def cluster(
+    c: Context, action: str, image: str = "slurm-node", workers: int = 2, config: str | None = None
+) -> None:
     """A Slurm cluster from the slurm-node build: `invoke cluster up|status|down`."""
     if action not in ACTIONS:
         raise ImageforgeError(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")

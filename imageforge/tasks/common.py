@@ -8,8 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from invoke import Exit
-from invoke.exceptions import ParseError, UnexpectedExit
+from invoke.exceptions import Exit, ParseError, UnexpectedExit
 from rich.console import Console
 
 from imageforge import config, log

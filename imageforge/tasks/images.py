@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from invoke import task
+from invoke.context import Context
+from invoke.tasks import task
 from rich.table import Table
 
 from imageforge import clouds, log, packer
@@ -35,7 +36,7 @@ def helps(*names: str) -> dict[str, str]:
 
 @task(name="list", help=helps("config"))
 @friendly
-def list_(c, config=None):
+def list_(c: Context, config: str | None = None) -> None:
     """Show the matrix: each flavor × cloud cell, with what it builds."""
     proj = project(config)
     enabled = {(cell.flavor_name, cell.cloud): cell for cell in matrix.cells(proj)}
@@ -54,7 +55,13 @@ def list_(c, config=None):
 
 @task(name="render", help=helps("image", "cloud", "config", "packer_version"))
 @friendly
-def render_(c, image=None, cloud=None, config=None, packer_version=None):
+def render_(
+    c: Context,
+    image: str | None = None,
+    cloud: str | None = None,
+    config: str | None = None,
+    packer_version: str | None = None,
+) -> None:
     """Write build/<flavor>-<cloud>/*.pkr.hcl and the .pkrvars.hcl for the chosen cells."""
     proj = project(config)
     version = packer.version(packer_version)
@@ -72,7 +79,13 @@ def render_(c, image=None, cloud=None, config=None, packer_version=None):
 
 @task(help=helps("image", "cloud", "config", "packer_version"))
 @friendly
-def validate(c, image=None, cloud=None, config=None, packer_version=None):
+def validate(
+    c: Context,
+    image: str | None = None,
+    cloud: str | None = None,
+    config: str | None = None,
+    packer_version: str | None = None,
+) -> None:
     """Render every chosen cell and run the real `packer validate` and `packer fmt -check`."""
     proj = project(config)
     version = packer.version(packer_version)
@@ -87,7 +100,14 @@ def validate(c, image=None, cloud=None, config=None, packer_version=None):
 
 @task(name="matrix", help=helps("format", "config", "image", "cloud", "changed_since"))
 @friendly
-def matrix_(c, format="github", config=None, image=None, cloud=None, changed_since=None):
+def matrix_(
+    c: Context,
+    format: str = "github",
+    config: str | None = None,
+    image: str | None = None,
+    cloud: str | None = None,
+    changed_since: str | None = None,
+) -> None:
     """Print the enabled cells for CI: `--format github` gives a strategy.matrix include list."""
     proj = project(config)
     if format not in ("github", "json", "table"):
@@ -118,7 +138,7 @@ def matrix_(c, format="github", config=None, image=None, cloud=None, changed_sin
     help={"check": "fail if schema/images.schema.json is out of date instead of writing it"},
 )
 @friendly
-def schema_(c, check=False):
+def schema_(c: Context, check: bool = False) -> None:
     """Write the JSON Schema of images.yml (schema/images.schema.json) for editors."""
     path = Path("schema/images.schema.json")
     text = schema.text()

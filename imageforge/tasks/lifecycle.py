@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke.context import Context
+from invoke.tasks import task
 
 from imageforge.config import matrix
 from imageforge.config.oses import warn_unverified
@@ -30,16 +31,16 @@ HELP = {
 @task(help={k: v for k, v in HELP.items() if k != "build"})
 @friendly
 def build(
-    c,
-    image=None,
-    cloud="local",
-    config=None,
-    force=False,
-    refresh=False,
-    no_verify=False,
-    packer_version=None,
-    dry_run=False,
-):
+    c: Context,
+    image: str | None = None,
+    cloud: str = "local",
+    config: str | None = None,
+    force: bool = False,
+    refresh: bool = False,
+    no_verify: bool = False,
+    packer_version: str | None = None,
+    dry_run: bool = False,
+) -> None:
     """Build an image with Packer (local: QEMU) and verify it with testinfra."""
     proj = project(config)
     if dry_run:
@@ -61,7 +62,13 @@ def build(
 
 @task(help={k: HELP[k] for k in ("image", "cloud", "build", "config")})
 @friendly
-def verify(c, image, cloud="local", build=None, config=None):
+def verify(
+    c: Context,
+    image: str,
+    cloud: str = "local",
+    build: str | None = None,
+    config: str | None = None,
+) -> None:
     """Boot a build (local: QEMU; cloud: a verification instance) and run the suites in it."""
     proj = project(config)
     cell = matrix.find(proj, image, cloud)

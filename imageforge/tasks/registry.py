@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from invoke import task
+from invoke.context import Context
+from invoke.tasks import task
 from rich.markup import escape
 from rich.table import Table
 
-from imageforge.config import CLOUDS, Project
+from imageforge.config import Project
 from imageforge.config.configerrors import suggest
+from imageforge.config.configtypes import CLOUDS
 from imageforge.errors import ConfigError
 from imageforge.records import builddiff, registry
 from imageforge.records.record import BuildRecord
@@ -42,7 +44,13 @@ def shown(text: str) -> str:
 
 @task(help=pick("image", "cloud", "limit", "config"))
 @friendly
-def history(c, image=None, cloud=None, limit="20", config=None):
+def history(
+    c: Context,
+    image: str | None = None,
+    cloud: str | None = None,
+    limit: str = "20",
+    config: str | None = None,
+) -> None:
     """Every build, local or cloud, from the registry, newest first."""
     proj = project(config)
     count = integer(limit, "--limit", minimum=1)
@@ -69,7 +77,7 @@ def history(c, image=None, cloud=None, limit="20", config=None):
 
 @task(help=pick("build", "config"))
 @friendly
-def show(c, build, config=None):
+def show(c: Context, build: str, config: str | None = None) -> None:
     """One build: status, timings per stage, artifacts, verification, publications, error."""
     proj = project(config)
     record = registry.find(proj.root, build)
@@ -137,7 +145,7 @@ def _sections(record: BuildRecord) -> dict[str, list[str]]:
 
 @task(name="diff", help={**pick("config", "format"), "a": "older build id", "b": "newer build id"})
 @friendly
-def diff_(c, a, b, format="text", config=None):
+def diff_(c: Context, a: str, b: str, format: str = "text", config: str | None = None) -> None:
     """What changed from build A to build B: packages, Python packages and configuration."""
     if format not in ("text", "json"):
         raise ConfigError(f"unknown format {format!r}; allowed: text, json")

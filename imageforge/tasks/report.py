@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import task
+from invoke.context import Context
+from invoke.tasks import task
 
 from imageforge import log
 from imageforge.records import registry
@@ -20,7 +21,7 @@ HELP = {
 
 @task(help=HELP)
 @friendly
-def report(c, build, output=None, config=None):
+def report(c: Context, build: str, output: str | None = None, config: str | None = None) -> None:
     """Write a build's report: status, timings, tests, SBOM, publishing, screenshot (one file)."""
     proj = project(config)
     record = registry.find(proj.root, build)

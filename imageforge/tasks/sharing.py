@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke.context import Context
+from invoke.tasks import task
 
 from imageforge import clouds, log
 from imageforge.clouds import Housekeeper, Importer, Preflight
@@ -33,7 +34,7 @@ def pick(*names: str) -> dict[str, str]:
 
 @task(help=pick("cloud", "image", "config"))
 @friendly
-def doctor(c, cloud, image=None, config=None):
+def doctor(c: Context, cloud: str, image: str | None = None, config: str | None = None) -> None:
     """Check credentials, region/project and source image before a cloud build."""
     proj = project(config)
     for cell in matrix.selected(proj, image, cloud):
@@ -58,18 +59,18 @@ PUBLISH_HELP = {
 @task(help=PUBLISH_HELP, iterable=["account", "organization"])
 @friendly
 def publish(
-    c,
-    image=None,
-    cloud=None,
-    build=None,
-    account=None,
-    organization=None,
-    public=False,
-    visibility=None,
-    revoke=False,
-    dry_run=False,
-    config=None,
-):
+    c: Context,
+    image: str | None = None,
+    cloud: str | None = None,
+    build: str | None = None,
+    account: list[str] | None = None,
+    organization: list[str] | None = None,
+    public: bool = False,
+    visibility: str | None = None,
+    revoke: bool = False,
+    dry_run: bool = False,
+    config: str | None = None,
+) -> None:
     """Share verified builds as images.yml's `publish:` says; a plan first, then the changes.
 
     Bare (or with only --image or --cloud): the newest verified build of each cell, shared per
@@ -95,7 +96,13 @@ def publish(
 
 @task(name="import", help=pick("image", "cloud", "build", "config"))
 @friendly
-def import_(c, image, cloud="openstack", build=None, config=None):
+def import_(
+    c: Context,
+    image: str,
+    cloud: str = "openstack",
+    build: str | None = None,
+    config: str | None = None,
+) -> None:
     """Upload a verified local build (qcow2) to OpenStack Glance with its metadata."""
     proj = project(config)
     record = state.find(proj.root, image, "local", build)
@@ -107,7 +114,14 @@ def import_(c, image, cloud="openstack", build=None, config=None):
 
 @task(help=pick("cloud", "image", "keep", "yes", "config"))
 @friendly
-def prune(c, cloud, keep="3", image=None, yes=False, config=None):
+def prune(
+    c: Context,
+    cloud: str,
+    keep: str = "3",
+    image: str | None = None,
+    yes: bool = False,
+    config: str | None = None,
+) -> None:
     """Delete this pipeline's old images beyond the newest N per flavor (dry run without --yes)."""
     count = rules.keep_count(keep)
     proj = project(config)
@@ -121,7 +135,13 @@ def prune(c, cloud, keep="3", image=None, yes=False, config=None):
 
 @task(help=pick("cloud", "yes", "min_age", "config"))
 @friendly
-def sweep(c, cloud, yes=False, min_age=str(rules.SWEEP_MIN_AGE_MINUTES), config=None):
+def sweep(
+    c: Context,
+    cloud: str,
+    yes: bool = False,
+    min_age: str = str(rules.SWEEP_MIN_AGE_MINUTES),
+    config: str | None = None,
+) -> None:
     """Find what killed builds left behind (instances, keys, groups, volumes); --yes removes it."""
     minutes = rules.min_age(min_age)
     proj = project(config)

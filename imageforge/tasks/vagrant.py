@@ -8,7 +8,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from invoke import task
+from invoke.context import Context
+from invoke.tasks import task
 
 from imageforge import log
 from imageforge.config import matrix
@@ -16,6 +17,7 @@ from imageforge.config.configerrors import suggest
 from imageforge.errors import ConfigError
 from imageforge.process import qemu
 from imageforge.records import state
+from imageforge.records.record import artifacts_root
 from imageforge.tasks.common import friendly, integer, project
 from imageforge.tools import cluster, clusterseeds, vagrantcatalog
 
@@ -34,7 +36,15 @@ MAX_WORKERS = 8
 
 @task(help=HELP, positional=["action"])
 @friendly
-def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config=None):
+def vagrant(
+    c: Context,
+    action: str,
+    image: str | None = None,
+    output: str | None = None,
+    base_url: str | None = None,
+    workers: int = 1,
+    config: str | None = None,
+) -> None:
     """Vagrant for desktop users: `invoke vagrant catalog` writes `metadata.json` box catalogs
     that `vagrant box add URL/metadata.json` reads; `invoke vagrant seeds` makes the cluster's
     first-boot user-data for vagrant/slurm-node/Vagrantfile."""
@@ -48,7 +58,7 @@ def vagrant(c, action, image=None, output=None, base_url=None, workers=1, config
         check_base_url(base_url)
     if action == "catalog":
         flavors = sorted({cell.flavor_name for cell in matrix.selected(proj, image, "local")})
-        out = Path(output) if output else state.artifacts_root(proj.root) / "vagrant"
+        out = Path(output) if output else artifacts_root(proj.root) / "vagrant"
         prefix = proj.images.settings.name_prefix
         for flavor in flavors:
             description = proj.images.flavors[flavor].description

@@ -35,6 +35,7 @@ from imageforge.config import Project
 from imageforge.errors import ImageforgeError
 from imageforge.process import buildsecrets, console, qemu, reap, runner
 from imageforge.records import state
+from imageforge.records.record import BuildRecord
 from imageforge.tools import clusterseeds
 
 FLAVOR = "slurm-node"
@@ -151,7 +152,7 @@ def up(project: Project, workers: int, name: str = "imageforge") -> Cluster:
     return cluster
 
 
-def _newest_verified(project: Project) -> state.BuildRecord:
+def _newest_verified(project: Project) -> BuildRecord:
     found = [r for r in state.records(project.root, FLAVOR, "local") if r.verified]
     if not found:
         raise ImageforgeError(
@@ -161,7 +162,7 @@ def _newest_verified(project: Project) -> state.BuildRecord:
     return found[-1]
 
 
-def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> None:
+def _start(project: Project, cluster: Cluster, record: BuildRecord) -> None:
     directory = Path(cluster.directory)
     key = buildsecrets.ssh_keypair(directory / "ssh", f"imageforge-cluster-{cluster.name}")
     munge_key = base64.b64encode(secrets.token_bytes(1024)).decode()
@@ -221,7 +222,9 @@ def _start(project: Project, cluster: Cluster, record: state.BuildRecord) -> Non
             _save(cluster)
 
 
-def _user_data(public_key: str, node: Node, cluster: Cluster, munge: str, hosts: dict) -> str:
+def _user_data(
+    public_key: str, node: Node, cluster: Cluster, munge: str, hosts: dict[str, str]
+) -> str:
     return clusterseeds.slurm_user_data(
         node.role, cluster.name, cluster.controller.address, munge, hosts, public_key
     )

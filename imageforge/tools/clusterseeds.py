@@ -33,7 +33,8 @@ def slurm_user_data(
         userdata.check_blocks(document)
     except ValueError as exc:
         raise ImageforgeError(f"a node's user-data would be refused: {exc}") from None
-    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
+    dumped: str = yaml.safe_dump(document, sort_keys=False)
+    return "#cloud-config\n" + dumped
 
 
 def network_config(nat_mac: str, cluster_mac: str, address: str) -> str:
@@ -45,4 +46,5 @@ def network_config(nat_mac: str, cluster_mac: str, address: str) -> str:
             "cluster": {"match": {"macaddress": cluster_mac}, "addresses": [f"{address}/24"]},
         },
     }
-    return yaml.safe_dump(document, sort_keys=False)
+    dumped: str = yaml.safe_dump(document, sort_keys=False)
+    return dumped

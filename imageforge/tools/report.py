@@ -17,7 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from imageforge import __version__
 from imageforge.records import junit, state
-from imageforge.records.state import BuildRecord
+from imageforge.records.record import BuildRecord
 from imageforge.stages import sbom
 
 TEMPLATE = "report.html.j2"

@@ -17,7 +17,7 @@ from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 # Copies take minutes to an hour, depending on the image's size and the regions.
 WAIT = {"Delay": 15, "MaxAttempts": 240}
@@ -91,7 +91,7 @@ class Source:
         """Start a copy and tag it at once, so that even an unfinished copy is found again."""
         client = ec2(region)
         with errors(client, f"copy {self.ami} from {self.region}"):
-            copy = client.copy_image(
+            copy: str = client.copy_image(
                 SourceRegion=self.region,
                 SourceImageId=self.ami,
                 Name=self.image["Name"],

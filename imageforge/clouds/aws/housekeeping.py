@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds import housekeeping
@@ -105,7 +106,7 @@ class RegionSweep:
     def why_kept(self, resource: dict[str, Any], created: Any) -> str:
         return still_needed(tags(resource).get(BUILD_KEY, ""), created, self.minutes, self.builds)
 
-    def key_pairs(self, doomed: list[dict], kept: list[dict]) -> dict[str, str]:
+    def key_pairs(self, doomed: list[dict[str, Any]], kept: list[dict[str, Any]]) -> dict[str, str]:
         """Temporary key pairs of our builds: by tag and age, or used by a doomed instance."""
         used = {i.get("KeyName") for i in doomed}
         busy = {i.get("KeyName") for i in kept}
@@ -120,11 +121,13 @@ class RegionSweep:
                 found[name] = self.why_kept(key, key.get("CreateTime"))
         return found
 
-    def security_groups(self, doomed: list[dict], kept: list[dict]) -> dict[str, str]:
+    def security_groups(
+        self, doomed: list[dict[str, Any]], kept: list[dict[str, Any]]
+    ) -> dict[str, str]:
         """Temporary groups (they have no creation time): those of a doomed instance, or
         tagged with a build that ended here, in neither case used by another instance."""
 
-        def group_ids(instances: list[dict]) -> set[str]:
+        def group_ids(instances: list[dict[str, Any]]) -> set[str]:
             """The instances' groups, their network interfaces' included (moto lists a group
             given through NetworkInterfaces only there)."""
             interfaces = [n for i in instances for n in i.get("NetworkInterfaces", [])]
@@ -167,7 +170,7 @@ class RegionSweep:
             self.client.get_waiter("instance_terminated").wait(
                 InstanceIds=instances, WaiterConfig={"Delay": 2, "MaxAttempts": 150}
             )
-        steps = [
+        steps: list[tuple[str, Callable[[], object]]] = [
             *((f"key pair {k}", lambda k=k: self.client.delete_key_pair(KeyName=k)) for k in keys),
             *((f"security group {g}", lambda g=g: self.client.delete_security_group(GroupId=g))
               for g in groups),

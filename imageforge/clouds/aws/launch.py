@@ -31,7 +31,7 @@ from imageforge.errors import ImageforgeError
 if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 VERIFY_PREFIX = "imageforge-verify-"
 ADDRESS = {
@@ -76,7 +76,8 @@ class Verification:
 
     @property
     def endpoint(self) -> str:
-        return self.client.meta.endpoint_url
+        url: str = self.client.meta.endpoint_url
+        return url
 
     def ami(self) -> str:
         ami = self.record.artifact_ids.get(self.region)
@@ -154,7 +155,7 @@ class Verification:
 
     def address(self, instance: dict[str, Any]) -> str:
         interface = self.settings.ssh_interface
-        address = instance.get(ADDRESS[interface])
+        address: str | None = instance.get(ADDRESS[interface])
         if not address:
             raise ImageforgeError(
                 f"instance {instance['InstanceId']} has no {ADDRESS[interface]} "

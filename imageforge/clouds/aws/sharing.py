@@ -15,13 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds.aws.client import ec2
-from imageforge.clouds.common import Outcome, Published, Sharing, added_before, merge_added
+from imageforge.clouds.common import Outcome, Published, added_before, merge_added
 from imageforge.clouds.sdkerrors import errors_into, why
+from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 Permission = dict[str, str]
 NOT_OFFERED = ("InvalidAction", "NotImplemented", "UnsupportedOperation")
@@ -91,7 +92,8 @@ class AmiSharing:
         self.region, self.ami, self.client = region, ami, ec2(region)
 
     def describe(self) -> dict[str, Any]:
-        return self.client.describe_images(ImageIds=[self.ami])["Images"][0]
+        images: list[dict[str, Any]] = self.client.describe_images(ImageIds=[self.ami])["Images"]
+        return images[0]
 
     def snapshots(self, image: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         image = image or self.describe()
@@ -105,7 +107,9 @@ class AmiSharing:
     def block_public_access(self) -> str | None:
         """The account's image block-public-access state, where the API offers it."""
         try:
-            return self.client.get_image_block_public_access_state()["ImageBlockPublicAccessState"]
+            found = self.client.get_image_block_public_access_state()
+            state: str = found["ImageBlockPublicAccessState"]
+            return state
         except Exception as exc:
             if why(exc).split(":")[0] in NOT_OFFERED or "parse" in str(exc):
                 return None
@@ -119,13 +123,15 @@ class AmiSharing:
 
     def launch_permissions(self) -> list[Permission]:
         attr = self.client.describe_image_attribute(ImageId=self.ami, Attribute="launchPermission")
-        return attr.get("LaunchPermissions", [])
+        permissions: list[Permission] = attr.get("LaunchPermissions", [])
+        return permissions
 
     def volume_permissions(self, snapshot: str) -> list[Permission]:
         attr = self.client.describe_snapshot_attribute(
             SnapshotId=snapshot, Attribute="createVolumePermission"
         )
-        return attr.get("CreateVolumePermissions", [])
+        permissions: list[Permission] = attr.get("CreateVolumePermissions", [])
+        return permissions
 
     def check_public(self, snapshots: list[dict[str, Any]]) -> None:
         encrypted = [s["SnapshotId"] for s in snapshots if s.get("Encrypted")]

@@ -37,7 +37,7 @@ from imageforge.errors import ImageforgeError
 if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 GCE_NAME_LENGTH = 63
 # The firewall rule's description names its build: sweep reads it back.

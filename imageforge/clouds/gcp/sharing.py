@@ -19,7 +19,6 @@ from imageforge.clouds.common import (
     FLAVOR_KEY,
     Outcome,
     Published,
-    Sharing,
     added_before,
     label,
     merge_added,
@@ -28,11 +27,12 @@ from imageforge.clouds.common import (
 from imageforge.clouds.gcp.connection import Gce, project_id
 from imageforge.clouds.housekeeping import owned, verified_builds
 from imageforge.clouds.sdkerrors import errors_into
+from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 PLACE = "gcp"
 IMAGE_USER = "roles/compute.imageUser"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds.common import BuildEnv, Instance, LaunchRequest, SourceDefaults, metadata
 from imageforge.clouds.local import base, disk
+from imageforge.clouds.local.recipe import BaseRecipe
 from imageforge.config import oses
 from imageforge.process import qemu, reap
 from imageforge.records import state
@@ -50,7 +51,7 @@ class LocalCloud(SourceDefaults):
     def base_image(self, project: Project, cell: Cell, *, refresh: bool = False) -> dict[str, Any]:
         """The flavor's layer: the base recipe plus its declared packages, built natively."""
         python = cell.flavor.python
-        recipe = base.BaseRecipe(
+        recipe = BaseRecipe(
             suite=oses.get(cell.os).suite,
             extra_packages=cell.flavor.packages,
             python_venv=python.venv if python else "",

@@ -18,7 +18,7 @@ from imageforge.errors import ImageforgeError
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 PLACE = "openstack"
 IMPORTED = "openstack:"

@@ -26,7 +26,7 @@ from imageforge.records import state
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 
 class OpenstackImporter:

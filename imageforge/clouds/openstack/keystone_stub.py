@@ -12,9 +12,10 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
-def token_body() -> dict:
+def token_body() -> dict[str, Any]:
     """A Keystone v3 token document, as /v3/auth/tokens returns it (keystoneauth1's fixture)."""
     from keystoneauth1 import fixture
 
@@ -38,7 +39,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

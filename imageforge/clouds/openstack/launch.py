@@ -36,7 +36,7 @@ from imageforge.errors import ImageforgeError
 if TYPE_CHECKING:
     from imageforge.config import Project
     from imageforge.config.matrix import Cell
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 DESCRIPTION = "imageforge verification SSH; " + BUILD_KEY + "={build}"
 SERVER_WAIT_SECONDS = 900
@@ -64,7 +64,8 @@ class Verification:
 
     @property
     def endpoint(self) -> str:
-        return self.conn.compute.get_endpoint()
+        url: str = self.conn.compute.get_endpoint()
+        return url
 
     # --- creation ---------------------------------------------------------------------------
 

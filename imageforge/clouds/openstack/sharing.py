@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from imageforge.clouds.common import Outcome, Published, Sharing, added_before
+from imageforge.clouds.common import Outcome, Published, added_before
 from imageforge.clouds.openstack.connection import (
     PLACE,
     cloud_name,
@@ -23,10 +23,11 @@ from imageforge.clouds.openstack.connection import (
     owned_image,
 )
 from imageforge.clouds.sdkerrors import errors_into, why
+from imageforge.config.publishpolicy import Sharing
 
 if TYPE_CHECKING:
     from imageforge.config import Project
-    from imageforge.records.state import BuildRecord
+    from imageforge.records.record import BuildRecord
 
 
 class OpenstackSharing:
