@@ -9,12 +9,12 @@ was at each point, and each file only what changed since the one before it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ExecuteError
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp import QMPClient, QMPError
 
 from imageforge.errors import ImageforgeError
 
@@ -27,32 +27,22 @@ class BackupFailed(ImageforgeError):
     """QEMU could not copy the disk."""
 
 
-def disk_device(monitor: QEMUMonitorProtocol, image: Path) -> str:
-    """The block device whose top image is image (Packer names its drive, not us)."""
-    wanted = image.resolve()
-    devices: Any = monitor.cmd("query-block")
-    for device in devices:
-        inserted = device.get("inserted") or {}
-        if inserted.get("file") and Path(inserted["file"]).resolve() == wanted:
-            return str(device["device"])
-    raise BackupFailed(f"no drive of the VM has {image} as its image")
-
-
 def backup(socket_path: Path, image: Path, target: Path, *, first: bool) -> None:
     """Copy the VM's disk (whose top image is image) as it is now into target, an existing
     qcow2 overlay of the previous copy (first: of image's own backing file), and wait for it."""
-    monitor = QEMUMonitorProtocol(str(socket_path))
-    deadline = time.monotonic() + CONNECT_SECONDS
-    while True:
-        try:
-            monitor.connect(negotiate=True)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BackupFailed(f"QEMU's monitor at {socket_path} does not answer") from None
-            time.sleep(0.5)
     try:
-        device = disk_device(monitor, image)
+        asyncio.run(_backup(socket_path, image, target, first))
+    except (TimeoutError, QMPError, OSError) as exc:
+        raise BackupFailed(
+            f"QEMU's monitor at {socket_path}: {exc or type(exc).__name__}"
+        ) from None
+
+
+async def _backup(socket_path: Path, image: Path, target: Path, first: bool) -> None:
+    monitor = QMPClient("imageforge-steps")
+    await asyncio.wait_for(monitor.connect(str(socket_path)), CONNECT_SECONDS)
+    try:
+        device = _device(await monitor.execute("query-block"), image)
         job = f"imageforge-{target.stem}"[:60]
         common: dict[str, Any] = {"device": device, "target": str(target), "mode": "existing"}
         common |= {"format": "qcow2", "job-id": job, "auto-dismiss": False}
@@ -64,27 +54,35 @@ def backup(socket_path: Path, image: Path, target: Path, *, first: bool) -> None
         else:
             sync = {"sync": "incremental", "bitmap": BITMAP}
             actions = [{"type": "drive-backup", "data": {**common, **sync}}]
-        monitor.cmd("transaction", actions=actions)
-        _wait(monitor, job)
-    except ExecuteError as exc:
-        raise BackupFailed(f"QEMU refused the disk copy: {exc}") from None
+        await monitor.execute("transaction", {"actions": actions})
+        await _wait(monitor, job)
     finally:
-        monitor.close()
+        await monitor.disconnect()
 
 
-def _wait(monitor: QEMUMonitorProtocol, job: str) -> None:
+def _device(devices: Any, image: Path) -> str:
+    """The block device whose top image is image (Packer names its drive, not us)."""
+    wanted = image.resolve()
+    for device in devices:
+        inserted = device.get("inserted") or {}
+        if inserted.get("file") and Path(inserted["file"]).resolve() == wanted:
+            return str(device["device"])
+    raise BackupFailed(f"no drive of the VM has {image} as its image")
+
+
+async def _wait(monitor: QMPClient, job: str) -> None:
     """Until the job has concluded; then dismiss it, failing with QEMU's own reason."""
     deadline = time.monotonic() + JOB_SECONDS
     while time.monotonic() < deadline:
-        jobs: Any = monitor.cmd("query-jobs")
+        jobs: Any = await monitor.execute("query-jobs")
         mine = [j for j in jobs if j["id"] == job]
         if not mine:
             raise BackupFailed(f"the disk copy {job} vanished")
         if mine[0]["status"] == "concluded":
-            monitor.cmd("job-dismiss", id=job)
+            await monitor.execute("job-dismiss", {"id": job})
             if mine[0].get("error"):
                 raise BackupFailed(f"the disk copy failed: {mine[0]['error']}")
             return
-        time.sleep(0.2)
-    monitor.cmd("job-cancel", id=job)
+        await asyncio.sleep(0.2)
+    await monitor.execute("job-cancel", {"id": job})
     raise BackupFailed(f"the disk copy {job} took over {JOB_SECONDS:.0f}s")

@@ -240,6 +240,7 @@ class _ProvisionerTracker:
     """Follows Packer's output to name the provisioner that failed."""
 
     STARTED = re.compile(r"Provisioning with shell script: (\S+)")
+    HOOK = "Running local shell script:"
     SSH_WAIT = "Waiting for SSH to become available"
     SSH_UP = "Connected to SSH!"
     FAILED = re.compile(r"Script exited with non-zero exit status: (\d+)")
@@ -258,6 +259,8 @@ class _ProvisionerTracker:
             self.seconds_to_ssh = round(time.monotonic() - self.ssh_wait_started, 1)
         if match := self.STARTED.search(line):
             self.script, self.lines = match.group(1), []
+        elif self.HOOK in line and self.script:  # the step cache's hook (imageforge's own)
+            self.script, self.lines = f"the step cache's hook after {self.script}", []
         elif match := self.FAILED.search(line):
             self.exit_code = int(match.group(1))
         elif self.script and self.exit_code is None:

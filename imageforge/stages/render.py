@@ -37,8 +37,10 @@ HOST_PASSTHROUGH = "provisioners/common/00-host-passthrough.sh"
 METADATA_GUARD = "provisioners/common/05-metadata-guard.sh"
 # In every image: the library its first-boot programs share, and the user-data schema.
 FIRSTBOOT_LIBRARY = "provisioners/common/06-firstboot.py"
+# After the flavor's steps, never cached: the build's id, the only per-build content.
+BUILD_ID_STEP = "provisioners/common/80-build-id.sh"
 # The scripts render adds to every build, whatever its flavor lists.
-BUILTIN_SCRIPTS = (HOST_PASSTHROUGH, METADATA_GUARD, FIRSTBOOT_LIBRARY)
+BUILTIN_SCRIPTS = (HOST_PASSTHROUGH, METADATA_GUARD, FIRSTBOOT_LIBRARY, BUILD_ID_STEP)
 # Packages every image needs for what imageforge itself installs (the guard's nft).
 IMAGE_PACKAGES = ("nftables",)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
@@ -241,6 +243,7 @@ def _steps(project: Project, cell: Cell, caching: bool) -> list[dict[str, Any]]:
     ]
     for number, (section, step) in enumerate(cached, 1):
         steps.append(_step(project, section, step, cell, number if caching else None))
+    steps.append(_step(project, "identity", Provisioner(script=BUILD_ID_STEP), cell))
     steps += [_step(project, "cleanup", step, cell) for step in cell.flavor.cleanup]
     return steps
 
@@ -256,7 +259,8 @@ def _step(
     attributes = {
         "script": step.script,
         "execute_command": execute,
-        "environment_vars": _env(cell, step),
+        # The build id only where a step can never come from the step cache.
+        "environment_vars": _env(cell, step, build_id=section in ("host", "identity", "cleanup")),
     }
     text = hcl.attributes(attributes, indent=4)
     script = hashlib.sha256((project.root / step.script).read_bytes()).hexdigest()
@@ -268,7 +272,7 @@ def _step(
     return rendered
 
 
-def _env(cell: Cell, step: Provisioner) -> list[Any]:
+def _env(cell: Cell, step: Provisioner, build_id: bool = True) -> list[Any]:
     ours = {
         "IMAGEFORGE_FLAVOR": cell.flavor_name,
         "IMAGEFORGE_CLOUD": cell.cloud,
@@ -284,6 +288,7 @@ def _env(cell: Cell, step: Provisioner) -> list[Any]:
         ours["IMAGEFORGE_VENV"] = cell.flavor.python.venv
     merged = {**ours, **cell.flavor.env, **step.env}
     env: list[Any] = [f"{key}={value}" for key, value in merged.items()]
-    env.append(Raw('"IMAGEFORGE_BUILD_ID=${var.build_id}"'))
+    if build_id:
+        env.append(Raw('"IMAGEFORGE_BUILD_ID=${var.build_id}"'))
     env.extend(Raw(f'"{name}=${{var.{name}}}"') for name in PROXY_VARS)
     return env

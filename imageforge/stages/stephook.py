@@ -38,7 +38,7 @@ def save(plan_path: Path, index: int) -> str:
     partial = cache.partial(step["key"])
     started = time.monotonic()
     try:
-        qemu.overlay(backing, partial)
+        qemu.overlay(backing, partial, size=qemu.virtual_size(Path(plan["disk"])))
         qmp.backup(Path(plan["socket"]), Path(plan["disk"]), partial, first=first)
     except Exception as exc:  # the cache is an optimisation: the build goes on without it
         partial.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imageforge import log
-from imageforge.clouds.local import recipe
+from imageforge.clouds.local import QMP_SOCKET, recipe
 from imageforge.config import settings
 from imageforge.stages.render import Rendered
 from imageforge.stages.stepcache import CacheBusy, StepCache, step_keys
@@ -42,7 +42,7 @@ class StepPlan:
                 {
                     "cache": str(self.cache.root),
                     "limit": self.cache.limit_bytes,
-                    "socket": str(scratch / "qmp.sock"),
+                    "socket": str(scratch / QMP_SOCKET),
                     "disk": str(disk),
                     "flavor": self.flavor,
                     "resume_after": self.resume_after,
@@ -55,7 +55,6 @@ class StepPlan:
         env = {
             "PKR_VAR_step_hook": shlex.join(hook),
             "PKR_VAR_resume_after": str(self.resume_after),
-            "PKR_VAR_qmp_socket": str(scratch / "qmp.sock"),
         }
         if self.resume_after:
             env["PKR_VAR_base_image"] = str(self.start_backing)

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from imageforge.config.matrix import Cell
     from imageforge.process.buildsecrets import KeyPair
 
+# The build VM's monitor in the build's scratch: the step cache copies its disk through it.
+QMP_SOCKET = "qmp.sock"
+
 
 class LocalCloud(SourceDefaults):
     name = "local"
@@ -79,6 +82,7 @@ class LocalCloud(SourceDefaults):
             "PKR_VAR_base_image_checksum": f"sha256:{layer['sha256']}",
             "PKR_VAR_accelerator": accelerator,
             "PKR_VAR_seed_iso": str(seed),
+            "PKR_VAR_qmp_socket": str(scratch / QMP_SOCKET),
         }
         return BuildEnv(env, {"accelerator": accelerator, "qemu_version": qemu.qemu_version()})
 

@@ -59,11 +59,8 @@ def flattened(argv: list[str], kwargs: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def fake(
-    scratch: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> FakeRunner:
+def fake(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
     real_run = runner.run
-    monkeypatch.setenv("IMAGEFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     fake = FakeRunner().on("packer", "version", answer="Packer v1.6.6")
     fake.on("qemu-img", "convert", answer=flattened)
     fake.on("git", answer=CommandError(["git"], 128, ["not a git repository"]))

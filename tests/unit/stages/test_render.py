@@ -70,10 +70,11 @@ def test_parsed_source_matches_model(shipped: config.Project, tmp_path: Path, cl
         assert source["memory"] == settings_.memory_mb
         assert source["disk_image"] is True
         # An overlay of the layer (or a cached step's disk), with the -F that QEMU 7.2 needs
-        # and Packer 1.6.6 leaves out; its monitor, for the step cache's copies.
+        # and Packer 1.6.6 leaves out; a monitor of its own, for the step cache's copies.
         assert source["use_backing_file"] is True
         assert source["qemu_img_args"][0]["create"] == ["-F", "qcow2"]
-        assert source["qmp_enable"] is True and source["qmp_socket_path"] == "${var.qmp_socket}"
+        assert ["-qmp", "unix:${var.qmp_socket},server=on,wait=off"] in source["qemuargs"]
+        assert "qmp_enable" not in source  # Packer's own monitor takes its only client
         assert any("hostfwd=tcp:127.0.0.1:" in arg for args in source["qemuargs"] for arg in args)
     if tags_key:
         tags = source[tags_key]
@@ -88,10 +89,10 @@ def test_build_block_runs_steps_in_order(shipped: config.Project, tmp_path: Path
     cell = matrix.find(shipped, "slurm-node", "local")
     build = parsed(render.render(shipped, cell, OLD, tmp_path), "build.pkr.hcl")["build"][0]
     scripts = [p["shell"]["script"] for p in build["provisioner"] if "shell" in p]
-    expected = [s.script for s in cell.flavor.provisioners] + [
-        s.script for s in cell.flavor.cleanup
-    ]
-    assert scripts == [*render.BUILTIN_SCRIPTS, *expected]
+    builtin = [render.HOST_PASSTHROUGH, render.METADATA_GUARD, render.FIRSTBOOT_LIBRARY]
+    flavor = [s.script for s in cell.flavor.provisioners]
+    cleanup = [s.script for s in cell.flavor.cleanup]
+    assert scripts == [*builtin, *flavor, render.BUILD_ID_STEP, *cleanup]
     library = next(
         p["shell"]
         for p in build["provisioner"]
@@ -125,6 +126,7 @@ def test_cloud_builds_install_the_declared_packages_first(
         render.METADATA_GUARD,
         render.FIRSTBOOT_LIBRARY,
         *(s.script for s in cell.flavor.provisioners),
+        render.BUILD_ID_STEP,
         *(s.script for s in cell.flavor.cleanup),
     ]
 
