@@ -86,7 +86,7 @@ class StepCache:
     def entries(self) -> list[Entry]:
         """Every complete entry, oldest use first."""
         found = [self.get(meta.stem) for meta in self.root.glob("*.json")]
-        return sorted((e for e in found if e), key=self._used)
+        return sorted((e for e in found if e), key=self.last_used)
 
     def resume_point(self, keys: Sequence[str]) -> int:
         """How many of the steps (from the first) have their disk here."""
@@ -102,7 +102,7 @@ class StepCache:
         with contextlib.suppress(OSError):
             os.utime(self._meta(key))
 
-    def _used(self, entry: Entry) -> float:
+    def last_used(self, entry: Entry) -> float:
         try:
             return self._meta(entry.key).stat().st_mtime
         except OSError:

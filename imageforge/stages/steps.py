@@ -18,6 +18,7 @@ from typing import Any
 from imageforge import log
 from imageforge.clouds.local import QMP_SOCKET, recipe
 from imageforge.config import settings
+from imageforge.records import state
 from imageforge.stages.render import Rendered
 from imageforge.stages.stepcache import CacheBusy, StepCache, step_keys
 
@@ -58,7 +59,7 @@ class StepPlan:
         }
         if self.resume_after:
             env["PKR_VAR_base_image"] = str(self.start_backing)
-            env["PKR_VAR_base_image_checksum"] = f"sha256:{_sha256(self.start_backing)}"
+            env["PKR_VAR_base_image_checksum"] = f"sha256:{state.sha256(self.start_backing)}"
         return env
 
     def record(self, completed: int) -> list[dict[str, Any]]:
@@ -112,11 +113,3 @@ def evict(plan: StepPlan) -> None:
                 log.info(f"step cache: dropped {entry.flavor} step {entry.index} {entry.script}")
     except CacheBusy:
         log.info("step cache: another build is using it; not trimmed this time")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -4,10 +4,19 @@ from invoke.collection import Collection
 from invoke.exceptions import Exit, ParseError
 from invoke.program import Program
 
-from imageforge.tasks import cluster, images, lifecycle, registry, report, sharing, vagrant
+from imageforge.tasks import (
+    cache,
+    cluster,
+    images,
+    lifecycle,
+    registry,
+    report,
+    sharing,
+    vagrant,
+)
 
 namespace = Collection()
-for module in (images, lifecycle, sharing, cluster, registry, report, vagrant):
+for module in (images, lifecycle, sharing, cluster, registry, report, vagrant, cache):
     for task in module.TASKS:
         namespace.add_task(task)
 

@@ -73,9 +73,12 @@ def test_parsed_source_matches_model(shipped: config.Project, tmp_path: Path, cl
         # and Packer 1.6.6 leaves out; a monitor of its own, for the step cache's copies.
         assert source["use_backing_file"] is True
         assert source["qemu_img_args"][0]["create"] == ["-F", "qcow2"]
-        assert ["-qmp", "unix:${var.qmp_socket},server=on,wait=off"] in source["qemuargs"]
-        assert "qmp_enable" not in source  # Packer's own monitor takes its only client
-        assert any("hostfwd=tcp:127.0.0.1:" in arg for args in source["qemuargs"] for arg in args)
+        # QEMU's arguments: concat() of the fixed ones and, when imageforge runs the build,
+        # a monitor socket of its own (Packer's QMP, when on, takes its only client).
+        qemuargs = source["qemuargs"]
+        assert qemuargs.startswith("${concat([") and "qmp_enable" not in source
+        assert 'var.qmp_socket == "" ? [] : [["-qmp", "unix:${var.qmp_socket},' in qemuargs
+        assert '"user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"' in qemuargs
     if tags_key:
         tags = source[tags_key]
         assert tags["imageforge-flavor"] == "slurm-node"
