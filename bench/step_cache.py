@@ -75,8 +75,12 @@ def main() -> None:
         runs["without_cache"] = build(project, args.image, "--force", "--no-verify", cache_gb="0")
         runs["with_cache"] = build(project, args.image, "--force", "--no-verify")
         runs["warm_full_build_verify"] = build(project, args.image, "--force")
-        last.write_text(original + "\nraise SystemExit('bench: the last step fails')\n")
+        # Fails as it starts (a line after the shebang), whatever the script does at its end.
+        shebang, _, body = original.partition("\n")
+        last.write_text(f"{shebang}\nraise SystemExit('bench: the last step fails')\n{body}")
         runs["failing_last_step"] = build(project, args.image)
+        if runs["failing_last_step"]["exit"] == 0:
+            sys.exit("the last step was meant to fail, and did not")
         last.write_text(original + f"\n# fixed {time.time()}\n")
         runs["resumed_build_verify"] = build(project, args.image)
         store = steps.cache()
