@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from imageforge.clouds.local import seed_user_data  # noqa: E402
-from imageforge.process import qemu, reap  # noqa: E402
+from imageforge.process import qcow2, qemu, reap  # noqa: E402
 from imageforge.stages import sshchecks  # noqa: E402
 
 MODELS = {"max": "max", "tcg_cpu": qemu.TCG_CPU}
@@ -61,7 +61,7 @@ def newest_verified_image() -> Path:
 def boot(image: Path, model: str, user: str, scratch: Path) -> dict[str, float]:
     key = scratch / "key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
-    disk = qemu.overlay(image, scratch / "overlay.qcow2")
+    disk = qcow2.overlay(image, scratch / "overlay.qcow2")
     seed = qemu.make_seed(
         scratch / "seed.iso",
         user_data=seed_user_data(key.with_suffix(".pub").read_text().strip()),

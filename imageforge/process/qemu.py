@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import socket
 import subprocess
@@ -180,36 +179,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOCALHOST, 0))
         return int(sock.getsockname()[1])
-
-
-def overlay(base: Path, path: Path, size: int | None = None) -> Path:
-    """Create a qcow2 copy-on-write overlay at path on top of the qcow2 image base (with
-    size: that many bytes, else base's size)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    argv: list[str | Path] = [
-        QEMU_IMG,
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "qcow2",
-        "-b",
-        base.resolve(),
-        path,
-    ]
-    runner.run(
-        [*argv, *([str(size)] if size is not None else [])],
-        stream=False,
-        what="creating a qcow2 overlay",
-    )
-    return path
-
-
-def virtual_size(image: Path) -> int:
-    """The disk size (bytes) of a qcow2 image, even one a running VM holds."""
-    info = runner.output([QEMU_IMG, "info", "-U", "--output=json", image])
-    return int(json.loads(info)["virtual-size"])
 
 
 def ssh_banner(port: int, *, timeout: float = 3.0, host: str = LOCALHOST) -> str | None:

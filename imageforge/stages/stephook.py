@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from imageforge.process import qemu, qmp
+from imageforge.process import qcow2, qmp
 from imageforge.stages.stepcache import Entry, StepCache
 
 BROKEN = "step-cache-broken"
@@ -38,7 +38,7 @@ def save(plan_path: Path, index: int) -> str:
     partial = cache.partial(step["key"])
     started = time.monotonic()
     try:
-        qemu.overlay(backing, partial, size=qemu.virtual_size(Path(plan["disk"])))
+        qcow2.overlay(backing, partial, size=qcow2.virtual_size(Path(plan["disk"])))
         qmp.backup(Path(plan["socket"]), Path(plan["disk"]), partial, first=first)
     except Exception as exc:  # the cache is an optimisation: the build goes on without it
         partial.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from tenacity.stop import StopBaseT
 from imageforge import log
 from imageforge.config import Project
 from imageforge.errors import ImageforgeError
-from imageforge.process import buildsecrets, console, qemu, reap, runner
+from imageforge.process import buildsecrets, console, qcow2, qemu, reap, runner
 from imageforge.records import state
 from imageforge.records.record import BuildRecord
 from imageforge.tools import clusterseeds
@@ -184,7 +184,7 @@ def _start(project: Project, cluster: Cluster, record: BuildRecord) -> None:
     image = record.directory / "image" / f"{FLAVOR}.qcow2"
     for index, node in enumerate(cluster.nodes):
         with log.step(f"start {node.name} ({node.role}, {node.address})"):
-            overlay = qemu.overlay(image, directory / f"{node.name}.qcow2")
+            overlay = qcow2.overlay(image, directory / f"{node.name}.qcow2")
             seed = qemu.make_seed(
                 directory / f"{node.name}-seed.iso",
                 user_data=_user_data(key.public, node, cluster, munge_key, hosts),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imageforge.clouds.local import seed_user_data
-from imageforge.process import buildsecrets, qemu
+from imageforge.process import buildsecrets, qcow2, qemu
 
 USER = "debian"
 
@@ -81,7 +81,7 @@ def booted(
         meta_data=f"instance-id: {instance_id}\nlocal-hostname: {instance_id}\n",
     )
     vm = qemu.VirtualMachine(
-        disk=qemu.overlay(image, scratch / "overlay.qcow2"),
+        disk=qcow2.overlay(image, scratch / "overlay.qcow2"),
         serial_log=scratch / "serial.log",
         seed=seed,
         memory_mb=2048,

@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from imageforge.process import qemu
+from imageforge.process import qcow2, qemu
 
 from .conftest import copy_project, invoke, processes_mentioning
 
@@ -97,7 +97,7 @@ class StandIn:
                 meta_data=f"instance-id: {self.instance_id}\nlocal-hostname: stand-in\n",
             )
             vm = qemu.VirtualMachine(
-                disk=qemu.overlay(self.image, self.scratch / "overlay.qcow2"),
+                disk=qcow2.overlay(self.image, self.scratch / "overlay.qcow2"),
                 serial_log=self.scratch / "stand-in-serial.log",
                 seed=seed,
                 memory_mb=2048,

@@ -15,7 +15,7 @@ import pytest
 
 from imageforge.clouds.local import aptsources, base, guestfiles, seed_user_data
 from imageforge.errors import ImageforgeError
-from imageforge.process import qemu, runner
+from imageforge.process import qcow2, qemu, runner
 from imageforge.process.runner import CommandResult
 
 SSH_TIMEOUT = 600.0
@@ -56,7 +56,7 @@ def guest(base_image: base.BaseImage, tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("guest")
     key = tmp / "id_ed25519"
     runner.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imageforge-test", "-f", key])
-    disk = qemu.overlay(base_image.path, tmp / "disk.qcow2")
+    disk = qcow2.overlay(base_image.path, tmp / "disk.qcow2")
     # The way packer's disk_size grows the disk: cloud-init must grow the root filesystem.
     runner.run(["qemu-img", "resize", "-q", disk, f"{RESIZED_GIB}G"], stream=False)
     instance_id = f"imageforge-test-{int(time.time())}"

@@ -11,7 +11,7 @@ from imageforge.clouds.common import BuildEnv, Instance, LaunchRequest, SourceDe
 from imageforge.clouds.local import base, disk
 from imageforge.clouds.local.recipe import BaseRecipe
 from imageforge.config import oses
-from imageforge.process import qemu, reap
+from imageforge.process import qcow2, qemu, reap
 from imageforge.records import state
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class LocalCloud(SourceDefaults):
         local = request.project.images.clouds.local
         with reap.scratch(f"imageforge-vm-{record.id}-") as scratch:
             image = record.directory / "image" / f"{record.flavor}.qcow2"
-            overlay = qemu.overlay(image, scratch / "overlay.qcow2")
+            overlay = qcow2.overlay(image, scratch / "overlay.qcow2")
             instance_id = f"imageforge-verify-{record.id}"
             seed = qemu.make_seed(
                 scratch / "seed.iso",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from imageforge.process import qemu, qmp
+from imageforge.process import qcow2, qmp
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def vm(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     write = ["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 4M", layer]
     subprocess.run(write, check=True, stdout=subprocess.DEVNULL)
     # Packer grows the build VM's overlay to disk_size: larger than the layer.
-    disk = qemu.overlay(layer, tmp_path / "disk.qcow2", size=128 * 2**20)
+    disk = qcow2.overlay(layer, tmp_path / "disk.qcow2", size=128 * 2**20)
     socket = tmp_path / "qmp.sock"
     argv = ["qemu-system-x86_64", "-S", "-nodefaults", "-display", "none"]
     argv += ["-drive", f"file={disk},if=virtio,format=qcow2"]
@@ -70,12 +70,12 @@ def data_extents(image: Path) -> list[tuple[int, int]]:
 def test_each_copy_holds_the_disk_at_its_point_and_only_what_changed(vm, tmp_path: Path) -> None:
     layer, disk, socket = vm
     guest_writes(socket, 0x22, 1)
-    size = qemu.virtual_size(disk)
+    size = qcow2.virtual_size(disk)
     assert size == 128 * 2**20
-    first = qemu.overlay(layer, tmp_path / "step1.qcow2", size=size)
+    first = qcow2.overlay(layer, tmp_path / "step1.qcow2", size=size)
     qmp.backup(socket, disk, first, first=True)
     guest_writes(socket, 0x33, 2)
-    second = qemu.overlay(first, tmp_path / "step2.qcow2", size=size)
+    second = qcow2.overlay(first, tmp_path / "step2.qcow2", size=size)
     qmp.backup(socket, disk, second, first=False)
     guest_writes(socket, 0x44, 3)  # after the last copy: in neither
     assert holds(first, 0x22, 1) and holds(first, 0x11, 2) and holds(first, 0x11, 3)
@@ -87,7 +87,7 @@ def test_each_copy_holds_the_disk_at_its_point_and_only_what_changed(vm, tmp_pat
 
 def test_a_disk_the_vm_does_not_have_is_a_clear_error(vm, tmp_path: Path) -> None:
     layer, _, socket = vm
-    target = qemu.overlay(layer, tmp_path / "t.qcow2")
+    target = qcow2.overlay(layer, tmp_path / "t.qcow2")
     with pytest.raises(qmp.BackupFailed, match="no drive of the VM"):
         qmp.backup(socket, tmp_path / "other.qcow2", target, first=True)
 
