@@ -83,6 +83,8 @@ def main() -> None:
             sys.exit("the last step was meant to fail, and did not")
         last.write_text(original + f"\n# fixed {time.time()}\n")
         runs["resumed_build_verify"] = build(project, args.image)
+        if runs["resumed_build_verify"]["status"] != "verified":
+            sys.exit(f"the resumed build did not verify: {runs['resumed_build_verify']}")
         store = steps.cache()
         flavor = [e for e in store.entries() if e.flavor == args.image]
     # The packer stage (boot, steps, copies, flattening): the first run may also make the layer.

@@ -6,7 +6,6 @@ flavor settings) returns the existing verified build at once; `force` builds ane
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -133,13 +132,16 @@ def _build(
     render.write_vars(
         rendered, buildinfo.packer_vars(project.root, build_id, rendered.template_hash)
     )
-    plan = steps.plan(cell.flavor_name, rendered, base, fresh=force or refresh)
+    plan: steps.StepPlan | None = None
     try:
         with (
             log.step(f"packer build {cell.name}") as t,
             _scratch(build_id) as scratch,
-            plan.cache.reading() if plan else contextlib.nullcontext(),  # its chain stays
+            # The plan's chain stays (nothing is evicted) until the artifact is made.
+            steps.reading(cloud.caches_steps) as cache_usable,
         ):
+            if cache_usable:
+                plan = steps.plan(cell, rendered, base, fresh=force or refresh)
             record = _packer_build(project, cell, cloud, rendered, record, scratch, plan)
             cloud.finish_artifacts(directory, cell.flavor_name)
         return state.built(

@@ -117,23 +117,43 @@ class StepCache:
         self._ensure()
         return self.root / f".partial-{key}-{os.getpid()}.qcow2"
 
-    def add(self, entry: Entry, partial: Path) -> Entry:
-        """Make a complete copy an entry: the disk first, then its description, each by an
-        atomic rename, so an interrupted add leaves no entry (and no half of one)."""
+    def add(self, entry: Entry, partial: Path) -> Entry | None:
+        """Make a complete copy an entry: synced, the disk first, then its description, each
+        by an atomic rename, so an interrupted add leaves no entry (and no half of one).
+        An entry is never replaced (what stands on it was made from its disk): with one
+        already there, the copy is dropped and None returned."""
+        if self.get(entry.key) is not None:
+            partial.unlink(missing_ok=True)
+            return None
+        for stale in self._described(parent=entry.key):  # made on a disk now gone
+            self.remove(stale)
         partial.chmod(0o600)
+        _fsync(partial)
         entry = Entry(**{**asdict(entry), "size": partial.stat().st_blocks * 512})
         os.replace(partial, self.disk(entry.key))
         meta = self.root / f".partial-{entry.key}-{os.getpid()}.json"
         fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(asdict(entry), handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(meta, self._meta(entry.key))
+        _fsync(self.root)
         return entry
+
+    def _described(self, parent: str) -> list[str]:
+        """The keys of every description naming parent, complete entries or not."""
+        keys = []
+        for meta in self.root.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if json.loads(meta.read_text()).get("parent") == parent:
+                    keys.append(meta.stem)
+        return keys
 
     def remove(self, key: str) -> None:
         """An entry and every entry that stands on it."""
-        for child in [e for e in self.entries() if e.parent == key]:
-            self.remove(child.key)
+        for child in self._described(parent=key):
+            self.remove(child)
         self._meta(key).unlink(missing_ok=True)  # the description first: no half entry is used
         self.disk(key).unlink(missing_ok=True)
 
@@ -156,7 +176,13 @@ class StepCache:
         dropped: list[Entry] = []
         entries = self.entries()
         total = sum(e.size for e in entries)
-        for entry in entries:
+        # A chain is as recent as its most recently used step: its first step is used by every
+        # resume, yet only the last one's use is marked.
+        last = {
+            e.key: max(self.last_used(d) for d in entries if _stands_on(d, e.key, self))
+            for e in entries
+        }
+        for entry in sorted(entries, key=lambda e: last[e.key]):
             if total <= self.limit_bytes:
                 break
             if self.get(entry.key) is None:  # already gone with a parent
@@ -227,6 +253,14 @@ def _writer_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def age(entry: Entry) -> float:

@@ -10,6 +10,7 @@ the cache, never the build: the hook says so, and later steps of the build are n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -22,41 +23,43 @@ BROKEN = "step-cache-broken"
 
 
 def save(plan_path: Path, index: int) -> str:
-    """Save step index's disk; the line to print."""
-    plan = json.loads(plan_path.read_text())
-    step = plan["steps"][index - 1]
-    label = f"step {index}/{len(plan['steps'])} {step['script']}"
-    if index <= plan["resume_after"]:
-        return f"imageforge: {label}: from the step cache"
+    """Save step index's disk; the line to print. Never raises: the cache is an optimisation,
+    and whatever goes wrong here (a full disk, a vanished monitor) costs it, not the build."""
     broken = plan_path.parent / BROKEN
-    if broken.exists():
-        return f"imageforge: {label}: not saved (an earlier copy failed)"
-    cache = StepCache(Path(plan["cache"]), plan["limit"])
-    first = index == plan["resume_after"] + 1
-    parent = "" if index == 1 else plan["steps"][index - 2]["key"]
-    backing = Path(plan["start_backing"]) if first else cache.disk(parent)
-    partial = cache.partial(step["key"])
-    started = time.monotonic()
+    partial: Path | None = None
+    label = f"step {index}"
     try:
+        plan = json.loads(plan_path.read_text())
+        step = plan["steps"][index - 1]
+        label = f"step {index}/{len(plan['steps'])} {step['script']}"
+        if index <= plan["resume_after"]:
+            return f"imageforge: {label}: from the step cache"
+        if broken.exists():
+            return f"imageforge: {label}: not saved (an earlier step was not)"
+        cache = StepCache(Path(plan["cache"]), plan["limit"])
+        first = index == plan["resume_after"] + 1
+        parent = "" if index == 1 else plan["steps"][index - 2]["key"]
+        backing = Path(plan["start_backing"]) if first else cache.disk(parent)
+        partial = cache.partial(step["key"])
+        started = time.monotonic()
         qcow2.overlay(backing, partial, size=qcow2.virtual_size(Path(plan["disk"])))
         qmp.backup(Path(plan["socket"]), Path(plan["disk"]), partial, first=first)
-    except Exception as exc:  # the cache is an optimisation: the build goes on without it
-        partial.unlink(missing_ok=True)
-        broken.touch()
+        made = Entry(
+            step["key"], parent, str(backing), plan["flavor"], index, step["script"], time.time(), 0
+        )
+        entry = cache.add(made, partial)
+    except Exception as exc:  # see above
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            broken.touch()
         return f"imageforge: {label}: not saved in the step cache: {exc}"
-    entry = Entry(
-        key=step["key"],
-        parent=parent,
-        backing=str(backing),
-        flavor=plan["flavor"],
-        index=index,
-        script=step["script"],
-        created=time.time(),
-        size=0,
-    )
-    entry = cache.add(entry, partial)
-    seconds = time.monotonic() - started
+    if entry is None:  # what stands on the cached one was made from its disk, not this one
+        with contextlib.suppress(OSError):
+            broken.touch()
+        return f"imageforge: {label}: already in the step cache (kept; later steps not saved)"
     size = f"{entry.size / 2**20:.0f} MiB"
+    seconds = time.monotonic() - started
     return f"imageforge: {label}: saved in the step cache ({size}, {seconds:.1f}s)"
 
 

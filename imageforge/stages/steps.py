@@ -7,10 +7,12 @@ that saves each later step's disk (imageforge.stages.stephook).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 from imageforge import log
 from imageforge.clouds.local import QMP_SOCKET, recipe
 from imageforge.config import settings
+from imageforge.config.matrix import Cell
+from imageforge.process import qemu
 from imageforge.records import state
 from imageforge.stages.render import Rendered
 from imageforge.stages.stepcache import CacheBusy, StepCache, step_keys
@@ -82,20 +86,43 @@ def cache() -> StepCache:
     return StepCache(recipe.cache_dir() / SUBDIR, limit)
 
 
-def plan(flavor: str, rendered: Rendered, layer: dict[str, Any], *, fresh: bool) -> StepPlan | None:
-    """The build's plan; None when nothing is cached (a cloud, or a cache limit of 0).
-    fresh (--force, --refresh) starts from the layer and saves every step anew."""
+@contextlib.contextmanager
+def reading(wanted: bool = True) -> Iterator[bool]:
+    """Hold the step cache for a build that wants it (nothing is evicted meanwhile); whether
+    it is usable. A cache that cannot be opened (its directory unwritable, say) costs the
+    cache only."""
     store = cache()
-    if not rendered.steps or store.limit_bytes <= 0:
+    stack = contextlib.ExitStack()
+    usable = wanted and store.limit_bytes > 0
+    if usable:
+        try:
+            stack.enter_context(store.reading())
+        except OSError as exc:
+            log.info(f"step cache {store.root} unusable ({exc}); this build saves no steps")
+            usable = False
+    with stack:
+        yield usable
+
+
+def plan(cell: Cell, rendered: Rendered, layer: dict[str, Any], *, fresh: bool) -> StepPlan | None:
+    """The build's plan, made while reading() is held; None when nothing is cached (a cloud).
+    fresh (--force, --refresh) starts from the layer; a step already cached keeps its entry."""
+    store = cache()
+    if not rendered.steps:
         return None
-    start = hashlib.sha256(f"{layer['sha256']}\0{rendered.start}".encode()).hexdigest()
-    keys = step_keys(start, [s.definition for s in rendered.steps])
+    # What decides the disk before the first step: the layer, the source and host step, and
+    # the CPU the steps run on (a step may build for it): the accelerator chooses it.
+    accelerator = qemu.probe_accelerator(cell.cloud_settings.accelerator)
+    start = f"{layer['sha256']}\0{rendered.start}\0{accelerator}"
+    keys = step_keys(
+        hashlib.sha256(start.encode()).hexdigest(), [s.definition for s in rendered.steps]
+    )
     resume_after = 0 if fresh else store.resume_point(keys)
     backing = store.disk(keys[resume_after - 1]) if resume_after else Path(layer["path"])
     for key in keys[:resume_after]:
         store.used(key)
     scripts = tuple(s.script for s in rendered.steps)
-    return StepPlan(store, flavor, scripts, tuple(keys), resume_after, backing)
+    return StepPlan(store, cell.flavor_name, scripts, tuple(keys), resume_after, backing)
 
 
 def announce(plan: StepPlan) -> None:
@@ -113,3 +140,5 @@ def evict(plan: StepPlan) -> None:
                 log.info(f"step cache: dropped {entry.flavor} step {entry.index} {entry.script}")
     except CacheBusy:
         log.info("step cache: another build is using it; not trimmed this time")
+    except OSError as exc:  # the build's result stands; only the trimming failed
+        log.info(f"step cache: not trimmed ({exc})")

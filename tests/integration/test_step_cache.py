@@ -33,7 +33,13 @@ FAILING = (
     "print('about to fail in Python', sys.version_info[:2], flush=True)\n"
     "raise SystemExit(3)\n"
 )
-FIXED = "#!/usr/bin/python3\nprint('imageforge-test: three ran')\n"
+# Fixed, it also proves the resumed disk holds what the cached step before it wrote.
+FIXED = (
+    "#!/usr/bin/python3\nimport os, sys\n"
+    "if not os.path.exists('/var/lib/imageforge-test/two'):\n"
+    "    sys.exit('imageforge-test: the cached step two left nothing')\n"
+    "print('imageforge-test: three ran')\n"
+)
 
 
 def records(project: Path) -> list[dict]:
@@ -55,7 +61,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tests = root / "provisioners" / "test"
     tests.mkdir()
     # Unique to this run: its keys are new, so nothing comes from an earlier run's cache.
-    (tests / "20-two.sh").write_text(f"#!/bin/sh\necho 'imageforge-test: two ran'\n# {root}\n")
+    (tests / "20-two.sh").write_text(
+        "#!/bin/sh\nset -e\necho 'imageforge-test: two ran'\n"
+        f"mkdir -p /var/lib/imageforge-test\necho '{root}' > /var/lib/imageforge-test/two\n"
+    )
     (tests / "30-three.py").write_text(FAILING)
     return root
 
@@ -87,9 +96,12 @@ def test_a_failing_step_is_named_cleaned_up_and_the_steps_before_it_cached(
     assert [name for name, _ in sources(record)] == names
     assert sources(record)[-1] == ("20-two.sh", "ran")
     cache = StepCache(step_cache(base_cache), 0)
-    for step in record["steps"]:
-        assert cache.get(step["key"]) is not None, step
-        assert stat.S_IMODE(cache.disk(step["key"]).stat().st_mode) == 0o600
+    keys = [step["key"] for step in record["steps"]]
+    for index, key in enumerate(keys):  # one chain, in the record's order, on the layer
+        entry = cache.get(key)
+        assert entry is not None and entry.parent == (keys[index - 1] if index else ""), entry
+        assert stat.S_IMODE(cache.disk(key).stat().st_mode) == 0o600
+    assert cache.get(keys[0]).backing == record["base_image"]["path"]
     assert stat.S_IMODE(step_cache(base_cache).stat().st_mode) == 0o700
     assert not list(step_cache(base_cache).glob(".partial-*"))
 

@@ -16,7 +16,7 @@ from imageforge import clouds, config
 from imageforge.clouds.common import BuildEnv
 from imageforge.config import matrix
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
-from imageforge.process import locks, runner
+from imageforge.process import locks, qemu, runner
 from imageforge.records import state
 from imageforge.stages import build, verify
 from tests.fakes.runner import FakeRunner
@@ -61,6 +61,7 @@ def flattened(argv: list[str], kwargs: dict[str, Any]) -> str:
 @pytest.fixture
 def fake(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
     real_run = runner.run
+    monkeypatch.setattr(qemu, "probe_accelerator", lambda requested="auto": "tcg")
     fake = FakeRunner().on("packer", "version", answer="Packer v1.6.6")
     fake.on("qemu-img", "convert", answer=flattened)
     fake.on("git", answer=CommandError(["git"], 128, ["not a git repository"]))

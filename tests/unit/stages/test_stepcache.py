@@ -3,6 +3,7 @@ there, eviction that takes what stands on an entry with it, and nothing left hal
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 from imageforge import config
 from imageforge.config import matrix
 from imageforge.packer import PackerVersion
-from imageforge.stages import render, steps
+from imageforge.process import qemu
+from imageforge.stages import render, stephook, steps
 from imageforge.stages.stepcache import CacheBusy, Entry, StepCache, step_keys
 
 from ..conftest import write
@@ -92,9 +94,9 @@ def test_an_interrupted_add_leaves_no_entry_and_tidy_removes_its_copy(tmp_path: 
     assert cache.tidy() == [] and cache.resume_point([key]) == 1
 
 
-def test_eviction_drops_the_oldest_with_what_stands_on_it(tmp_path: Path) -> None:
+def test_eviction_drops_the_least_recently_used_chain_first(tmp_path: Path) -> None:
     base = layer(tmp_path)
-    cache = StepCache(tmp_path / "steps", 5 * MiB)
+    cache = StepCache(tmp_path / "steps", 3 * MiB)
     old = step_keys("old", ["a", "b"])
     new = step_keys("new", ["a"])
     add(cache, old[0], "", base, data=2)
@@ -103,13 +105,18 @@ def test_eviction_drops_the_oldest_with_what_stands_on_it(tmp_path: Path) -> Non
     past = time.time() - 3600
     for key in old:
         os.utime(tmp_path / "steps" / f"{key}.json", (past, past))
-    cache.used(old[1])  # using the newest step of a chain does not protect its parent
-    assert cache.size() > 5 * MiB
+    assert cache.size() > 3 * MiB
     dropped = {e.key for e in cache.evict()}
-    # old[0] was used longest ago: it goes, and old[1], which stands on it, with it.
+    # The old chain goes, its last step first; the new one, used since, stays.
     assert dropped == set(old)
     assert [e.key for e in cache.entries()] == new
-    assert cache.size() <= 5 * MiB
+    assert cache.size() <= 3 * MiB
+    # Using a chain's last step keeps its first: a chain is as recent as its latest use.
+    cache.limit_bytes = 5 * MiB  # room for one chain of two steps
+    add(cache, old[0], "", base, data=2)
+    add(cache, old[1], old[0], cache.disk(old[0]), data=2)
+    os.utime(tmp_path / "steps" / f"{old[0]}.json", (past, past))
+    assert {e.key for e in cache.evict()} == set(new)
 
 
 def test_clear_waits_for_no_build_and_then_empties_the_cache(tmp_path: Path) -> None:
@@ -124,7 +131,8 @@ def test_clear_waits_for_no_build_and_then_empties_the_cache(tmp_path: Path) -> 
 
 
 @pytest.fixture
-def project(scratch: Path) -> config.Project:
+def project(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> config.Project:
+    monkeypatch.setattr(qemu, "probe_accelerator", lambda requested="auto": "tcg")
     for name in ("10-one.sh", "20-two.sh"):
         (scratch / "provisioners" / name).write_text(f"#!/bin/sh\necho {name}\n")
     flavor = "flavors:\n  f:\n    provisioners: [provisioners/10-one.sh, provisioners/20-two.sh]\n"
@@ -179,7 +187,8 @@ def test_a_changed_script_moves_its_key_and_the_later_ones(project: config.Proje
 
     def keys() -> tuple[str, ...]:
         out = project.root / "out"
-        plan = steps.plan("f", rendered(project, "local", out), layer, fresh=False)
+        cell = matrix.find(project, "f", "local")
+        plan = steps.plan(cell, rendered(project, "local", out), layer, fresh=False)
         assert plan is not None
         return plan.keys
 
@@ -199,8 +208,69 @@ def test_a_changed_script_moves_its_key_and_the_later_ones(project: config.Proje
 def test_a_limit_of_zero_turns_the_cache_off(
     project: config.Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with steps.reading() as usable:
+        assert usable
     monkeypatch.setenv("IMAGEFORGE_STEP_CACHE_GB", "0")
-    layer = {"sha256": "1" * 64, "path": "/layer.qcow2"}
-    assert (
-        steps.plan("f", rendered(project, "local", project.root / "o"), layer, fresh=False) is None
+    with steps.reading() as usable:
+        assert not usable
+    with steps.reading(wanted=False) as usable:  # a cloud build
+        assert not usable
+
+
+def test_an_entry_is_never_replaced_and_stale_children_go(tmp_path: Path) -> None:
+    """What stands on an entry was made from its disk: a second copy of the same step (a
+    --force build) is dropped, and a parent made anew drops children left from the old one."""
+    cache = StepCache(tmp_path / "steps", 100 * MiB)
+    base = layer(tmp_path)
+    keys = step_keys("start", ["a", "b"])
+    first = add(cache, keys[0], "", base)
+    add(cache, keys[1], keys[0], cache.disk(keys[0]))
+    again = cache.partial(keys[0])
+    again.write_bytes(b"another copy")
+    assert cache.add(first, again) is None and not again.exists()
+    assert cache.resume_point(keys) == 2
+    # The parent's description lost (a crash between its renames): its child is stale.
+    (tmp_path / "steps" / f"{keys[0]}.json").unlink()
+    assert cache.resume_point(keys) == 0
+    add(cache, keys[0], "", base)
+    assert cache.resume_point(keys) == 1
+    assert not (tmp_path / "steps" / f"{keys[1]}.json").exists()
+
+
+def test_eviction_takes_a_chains_last_steps_first(tmp_path: Path) -> None:
+    base = layer(tmp_path)
+    cache = StepCache(tmp_path / "steps", 3 * MiB)
+    keys = step_keys("start", ["a", "b"])
+    add(cache, keys[0], "", base, data=2)
+    add(cache, keys[1], keys[0], cache.disk(keys[0]), data=2)
+    past = time.time() - 3600
+    os.utime(tmp_path / "steps" / f"{keys[1]}.json", (past, past))  # used long ago
+    assert {e.key for e in cache.evict()} == {keys[1]}
+    assert cache.resume_point(keys) == 1
+
+
+def test_the_hook_never_fails_the_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy that cannot be made costs the cache: the hook says so, exits 0, and saves no
+    later step (which would stand on the missing one)."""
+    base = layer(tmp_path)
+    keys = step_keys("start", ["a", "b"])
+    plan = tmp_path / "steps.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "cache": str(tmp_path / "steps"),
+                "limit": 10 * MiB,
+                "socket": str(tmp_path / "no-monitor.sock"),
+                "disk": str(base),
+                "flavor": "f",
+                "resume_after": 0,
+                "start_backing": str(base),
+                "steps": [{"script": "a.sh", "key": keys[0]}, {"script": "b.sh", "key": keys[1]}],
+            }
+        )
     )
+    assert stephook.main([str(plan), "1"]) == 0
+    assert "not saved in the step cache" in capsys.readouterr().out
+    assert "not saved (an earlier step was not)" in stephook.save(plan, 2)
+    assert not list((tmp_path / "steps").glob(".partial-*"))
+    assert "not saved in the step cache" in stephook.save(tmp_path / "missing.json", 1)
