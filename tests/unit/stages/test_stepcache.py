@@ -23,6 +23,7 @@ from imageforge.stages.stepcache import CacheBusy, Entry, StepCache, step_keys
 from ..conftest import write
 
 MiB = 2**20
+FLAVOR_SCRIPTS = ["provisioners/10-one.sh", "provisioners/20-two.sh"]
 
 
 def test_a_changed_step_changes_its_key_and_every_later_one_only() -> None:
@@ -148,7 +149,7 @@ def rendered(project: config.Project, cloud: str, out: Path) -> render.Rendered:
 def test_local_steps_are_numbered_guarded_and_saved_after(project: config.Project) -> None:
     result = rendered(project, "local", project.root / "out")
     scripts = [s.script for s in result.steps]
-    assert scripts == [render.METADATA_GUARD, render.FIRSTBOOT_LIBRARY, *_flavor_scripts()]
+    assert scripts == [render.METADATA_GUARD, render.FIRSTBOOT_LIBRARY, *FLAVOR_SCRIPTS]
     text = (result.directory / "build.pkr.hcl").read_text()
     options = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
     build = hcl2.loads(text, serialization_options=options)["build"][0]
@@ -168,10 +169,6 @@ def test_local_steps_are_numbered_guarded_and_saved_after(project: config.Projec
         assert "IMAGEFORGE_BUILD_ID=${var.build_id}" in unguarded["environment_vars"]
     for cached in shells[1:5]:  # what a cached step writes cannot depend on the build
         assert not any(v.startswith("IMAGEFORGE_BUILD_ID") for v in cached["environment_vars"])
-
-
-def _flavor_scripts() -> list[str]:
-    return ["provisioners/10-one.sh", "provisioners/20-two.sh"]
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp", "openstack"])
