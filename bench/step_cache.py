@@ -7,9 +7,9 @@ In a throwaway copy of the project, with this user's caches (the layer is warm):
 2. the same build with the step cache on (`--force`: from the layer, every step saved);
    compared by their packer stage (the first may also have made the layer);
 3. a warm full build + verify (`invoke build --force`);
-4. the flavor's last provisioner made to fail (`invoke build`: fails after the steps before it,
-   which come from the cache), then fixed (a changed line) and built again: the resumed
-   build + verify.
+4. the flavor's last provisioner made to fail (`invoke build --on-error=keep`: fails after the
+   steps before it, which come from the cache, and keeps its VM), then fixed (a changed line)
+   and built again: the resumed build + verify, which first releases the kept VM.
 Prints and writes (default bench/results/step_cache.json) the times, the ratios 2/1 (target
 <= 1.15) and resumed/3 (target <= 0.5), and the step cache's disk use for the flavor.
 """
@@ -56,6 +56,7 @@ def build(project: Path, image: str, *extra: str, cache_gb: str | None = None) -
         "steps": [s["source"] for s in record.get("steps", [])],
         "timings": record["timings"],
         "stderr_tail": result.stderr[-1500:] if result.returncode else "",
+        "id": record["id"],
     }
 
 
@@ -78,13 +79,17 @@ def main() -> None:
         # Fails as it starts (a line after the shebang), whatever the script does at its end.
         shebang, _, body = original.partition("\n")
         last.write_text(f"{shebang}\nraise SystemExit('bench: the last step fails')\n{body}")
-        runs["failing_last_step"] = build(project, args.image)
+        runs["failing_last_step"] = build(project, args.image, "--on-error=keep")
         if runs["failing_last_step"]["exit"] == 0:
             sys.exit("the last step was meant to fail, and did not")
+        print(runs["failing_last_step"]["stderr_tail"])
         last.write_text(original + f"\n# fixed {time.time()}\n")
         runs["resumed_build_verify"] = build(project, args.image)
         if runs["resumed_build_verify"]["status"] != "verified":
             sys.exit(f"the resumed build did not verify: {runs['resumed_build_verify']}")
+        kept = project / "artifacts" / args.image / runs["failing_last_step"]["id"] / "kept.json"
+        if kept.exists():
+            sys.exit("the resumed build did not release the VM kept from the failed one")
         store = steps.cache()
         flavor = [e for e in store.entries() if e.flavor == args.image]
     # The packer stage (boot, steps, copies, flattening): the first run may also make the layer.

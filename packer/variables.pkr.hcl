@@ -50,6 +50,12 @@ variable "step_hook" {
   description = "Local builds: the command that saves a step's disk (: when nothing caches)"
 }
 
+variable "keep_until" {
+  type        = string
+  default     = ""
+  description = "--on-error=keep on a cloud: when `invoke sweep` may remove the kept build instance (epoch seconds)"
+}
+
 variable "resume_after" {
   type        = number
   default     = 0

@@ -28,6 +28,8 @@ class PackerSource(Protocol):
     installs_packages_in_vm: ClassVar[bool]
     # Whether a build keeps its disk after each step, and resumes from the last kept one.
     caches_steps: ClassVar[bool]
+    # Whether the build VM runs on this machine (--on-error=keep keeps it here).
+    vm_on_this_machine: ClassVar[bool]
 
     def ssh_username(self, os_name: str) -> str: ...
 

@@ -102,11 +102,12 @@ class SourceDefaults:
     # How long Packer may take, after Ctrl-C or SIGTERM, to delete what it made: in a cloud an
     # instance, its key pair and security group, which take minutes to go.
     packer_grace_seconds: float = 300.0
-
     # Whether the flavor's packages go in from a step in the build VM (else: the base layer).
     installs_packages_in_vm: bool = True
-    # Whether a build keeps its disk after each step (imageforge.stages.stepcache).
+    # Whether a build keeps its disk after each step (stages.stepcache); whether its VM runs
+    # here, where --on-error=keep keeps it (stages.keep).
     caches_steps: bool = False
+    vm_on_this_machine: bool = False
 
     def ssh_username(self, os_name: str) -> str:
         """The default login user of os_name's official images on this cloud."""
@@ -292,8 +293,7 @@ def build_tags(
 
 
 def build_keys(record: BuildRecord, version: str = __version__) -> dict[str, str]:
-    """A build's own keys, the same on every cloud's resources and images (version: the
-    imageforge that built it)."""
+    """A build's own keys, the same on every cloud's resources and images."""
     return {
         FLAVOR_KEY: record.flavor,
         BUILD_KEY: record.id,

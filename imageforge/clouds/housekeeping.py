@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from imageforge.clouds.common import BUILD_KEY, FLAVOR_KEY, Outcome, label, recorded_ids
 from imageforge.clouds.sdkerrors import errors_into
 from imageforge.errors import ConfigError
+from imageforge.packer import hcl
 from imageforge.records import state
 
 if TYPE_CHECKING:
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 # What Packer names its own temporary resources: key pairs, groups, instances, disks.
 PACKER_NAME = re.compile(r"^(packer[-_][0-9A-Za-z-]+|Packer Builder)$")
 SWEEP_MIN_AGE_MINUTES = 120
+# A failed build's instance kept by --on-error=keep: when sweep may remove it (epoch seconds).
+KEEP_KEY = "imageforge-keep-until"
 
 
 def keep_count(keep: Any) -> int:
@@ -100,8 +104,34 @@ def age_minutes(created: dt.datetime | str | None) -> float | None:
     return (dt.datetime.now(dt.UTC) - created).total_seconds() / 60
 
 
-def still_needed(build_id: str, created: Any, minutes: int, builds: dict[str, str]) -> str:
-    """Why a leftover of a build stays (it may be a running build's), or ""."""
+def instance_tags(tags: dict[str, Any]) -> hcl.Raw:
+    """A build instance's tags (labels, metadata): the image's, and with `--on-error=keep`
+    KEEP_KEY, when `invoke sweep` may remove the kept instance (var.keep_until)."""
+    expiry = f'{{ for k, v in {{ {hcl.string(KEEP_KEY)} = var.keep_until }} : k => v if v != "" }}'
+    return hcl.Raw(f"merge({hcl.value(tags, 2)}, {expiry})")
+
+
+def kept_until(tags: dict[str, str]) -> int | None:
+    """When a kept build instance may go (seconds since the epoch), if it was kept."""
+    value = tags.get(KEEP_KEY, "")
+    return int(value) if value.isdigit() else None
+
+
+def still_needed(
+    build_id: str,
+    created: Any,
+    minutes: int,
+    builds: dict[str, str],
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Why a leftover of a build stays (it may be a running build's, or kept to look inside
+    until its expiry), or ""."""
+    until = kept_until(tags or {})
+    if until is not None:  # its expiry, not --min-age, decides
+        if until > time.time():
+            at = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            return f"kept by --on-error=keep until {at}"
+        return ""
     if builds.get(build_id) == "building":
         return f"build {build_id} is still building here"
     age = age_minutes(created)

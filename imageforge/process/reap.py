@@ -30,16 +30,26 @@ def scratch_dir(prefix: str = PREFIX) -> Path:
     return claim(Path(tempfile.mkdtemp(prefix=prefix)))
 
 
-def claim(path: Path) -> Path:
-    """Name this process as the owner of a new temporary directory (imageforge-* in /tmp).
+def claim(path: Path, owner: str | None = None) -> Path:
+    """Name this process (or the process whose token is `owner`) as the owner of a temporary
+    directory (imageforge-* in /tmp).
 
     The owner file appears whole (written aside, then renamed): a reaper that read it half
     written would take a live run's directory for an orphan."""
-    token = process_token(os.getpid()) or str(os.getpid())
+    token = owner or process_token(os.getpid()) or str(os.getpid())
     partial = path / f"{OWNER_FILE}.partial"
     partial.write_text(token)
     partial.replace(path / OWNER_FILE)
     return path
+
+
+def owned_here(path: Path) -> bool:
+    """Whether this process still owns a scratch directory (a kept VM may have taken it)."""
+    try:
+        token = (path / OWNER_FILE).read_text()
+    except OSError:
+        return True
+    return token in (process_token(os.getpid()), str(os.getpid()))
 
 
 @contextlib.contextmanager

@@ -12,9 +12,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +65,15 @@ def run(
     timeout: float | None = None,
     grace: float = GRACE_SECONDS,
     die_with_parent: bool = True,
+    leaves_running: bool = False,
 ) -> CommandResult:
     """Run argv to completion, streaming its combined output; raise CommandError on failure.
 
     On Ctrl-C or SIGTERM the process group gets SIGINT, then SIGKILL after `grace` seconds,
     and Interrupted is raised. die_with_parent=False lets what the command leaves running
-    (a daemon) outlive imageforge.
+    (a daemon) outlive imageforge. leaves_running: what the command starts may outlive it and
+    hold its output open (Packer's QEMU, kept by -on-error=abort), so the command's own exit
+    ends the output.
     """
     args = [os.fspath(a) for a in argv]
     full_env = {**os.environ, **env} if env is not None else None
@@ -98,8 +103,7 @@ def run(
                 assert proc.stdin is not None
                 proc.stdin.write(stdin)
                 proc.stdin.close()
-            assert proc.stdout is not None
-            for raw in proc.stdout:
+            for raw in _output(proc, leaves_running):
                 line = redact(raw.rstrip("\n"), secrets)
                 lines.append(line)
                 tail.append(line)
@@ -125,6 +129,38 @@ def run(
     if check and returncode != 0:
         raise CommandError(args, returncode, list(tail), what=what)
     return CommandResult(args, returncode, "\n".join(lines))
+
+
+def _output(proc: subprocess.Popen[str], leaves_running: bool) -> Iterator[str]:
+    """The command's output lines, until the end of its output or, if what it started may hold
+    that open, until the command has exited and a second has passed without a line."""
+    assert proc.stdout is not None
+    if not leaves_running:
+        yield from proc.stdout
+        return
+    lines: queue.Queue[str | None] = queue.Queue()
+    stdout = proc.stdout
+
+    def pump() -> None:
+        for raw in stdout:
+            lines.put(raw)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    quiet_since: float | None = None
+    while True:
+        try:
+            raw = lines.get(timeout=0.2)
+        except queue.Empty:
+            if proc.poll() is not None:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 1.0:
+                    return
+            continue
+        if raw is None:
+            return
+        quiet_since = None
+        yield raw
 
 
 def _expire(proc: subprocess.Popen[str], grace: float, expired: threading.Event) -> None:

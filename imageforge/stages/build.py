@@ -19,13 +19,14 @@ from typing import Literal
 
 from imageforge import clouds, log, packer
 from imageforge.clouds.capabilities import PackerSource, Preflight
+from imageforge.clouds.housekeeping import KEEP_KEY
 from imageforge.config import Project
 from imageforge.config.matrix import Cell
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
 from imageforge.process import buildsecrets, console, locks, reap, runner
 from imageforge.records import buildinfo, state
 from imageforge.records.record import RECORD, BuildRecord, artifacts_root, load
-from imageforge.stages import render, steps, vagrantbox
+from imageforge.stages import keep, render, steps, vagrantbox
 from imageforge.stages import verify as verification
 
 
@@ -55,22 +56,26 @@ def build(
     refresh: bool = False,
     verify: bool = True,
     packer_version: str | None = None,
+    keep_hours: float | None = None,
 ) -> BuildRecord:
     """Build one cell, verify it, and return its record (an existing one if nothing changed).
 
     refresh rebuilds the cell's layer from the current packages even if its recipe is the same.
-    The cell's lock is held from render to the end of verification.
+    keep_hours keeps a failed build's VM (stages.keep): on a cloud, for that long.
+    The cell's lock is held from render to the end of verification; a VM kept from an earlier
+    build of the cell is released first.
     """
     cloud = clouds.get(cell.cloud)
     version = packer.version(packer_version)
     build_id = buildinfo.new_build_id(project.root)
     with locks.cell(project.root, cell.flavor_name, cell.cloud, f"build {build_id}"):
+        keep.release_cell(project.root, cell.flavor_name)
         directory = artifacts_root(project.root) / cell.flavor_name / build_id
         directory.parent.mkdir(parents=True, exist_ok=True)
         directory.mkdir(mode=0o750)  # a fresh id: never an existing directory
         directory.chmod(0o750)  # whatever the umask: logs and artifacts are not for everyone
         try:
-            record = _build(project, cell, cloud, version, directory, force, refresh)
+            record = _build(project, cell, cloud, version, directory, force, refresh, keep_hours)
         finally:
             if not (directory / RECORD).exists():  # reused, or failed before a record
                 shutil.rmtree(directory, ignore_errors=True)
@@ -90,6 +95,7 @@ def _build(
     directory: Path,
     force: bool,
     refresh: bool,
+    keep_hours: float | None,
 ) -> BuildRecord:
     """Render into the build's own directory, reuse a bound build, or run Packer."""
     timings: dict[str, float] = {}
@@ -142,7 +148,9 @@ def _build(
         ):
             if cache_usable:
                 plan = steps.plan(cell, rendered, base, fresh=force or refresh)
-            record = _packer_build(project, cell, cloud, rendered, record, scratch, plan)
+            record = _packer_build(
+                project, cell, cloud, rendered, record, scratch, plan, keep_hours
+            )
             cloud.finish_artifacts(directory, cell.flavor_name)
         return state.built(
             record,
@@ -169,7 +177,8 @@ def _scratch(build_id: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if reap.owned_here(path):  # else a kept VM holds it (stages.keep)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _packer_build(
@@ -180,9 +189,10 @@ def _packer_build(
     record: BuildRecord,
     scratch: Path,
     plan: steps.StepPlan | None,
+    keep_hours: float | None,
 ) -> BuildRecord:
     """Run `packer build` (resuming after the plan's cached steps); returns the record with
-    what the build learned on the way."""
+    what the build learned on the way. With keep_hours, a failed build's VM stays."""
     key = buildsecrets.ssh_keypair(scratch / "ssh", f"imageforge-build-{record.id}")
     proxies = buildsecrets.host_proxies()
     certificates = buildsecrets.host_ca_certificates()
@@ -203,10 +213,14 @@ def _packer_build(
         **{f"PKR_VAR_{name}": value for name, value in proxies.items()},
         **cloud_env.env,
     }
+    until = keep.expiry(keep_hours) if keep_hours is not None else None
+    if until is not None:
+        env["PKR_VAR_keep_until"] = str(until)
     if plan is not None:
         env |= plan.packer_env(scratch, record.directory / "image" / f"{cell.flavor_name}.qcow2")
         steps.announce(plan)
     tracker = _ProvisionerTracker()
+    secrets = [v for k, v in proxies.items() if k != "no_proxy"]
     finished = False
     try:
         runner.run(
@@ -214,21 +228,33 @@ def _packer_build(
                 packer.binary(),
                 "build",
                 "-color=false",
-                "-on-error=cleanup",
+                "-on-error=cleanup" if until is None else "-on-error=abort",
                 str(rendered.directory),
             ],
             env=env,
             cwd=project.root,
             logfile=record.directory / "build.log",
             prefix=cell.flavor_name,
-            secrets=[v for k, v in proxies.items() if k != "no_proxy"],
+            secrets=secrets,
             on_line=tracker.feed,
             what=f"packer build {cell.name}",
             grace=cloud.packer_grace_seconds,
+            leaves_running=until is not None,  # -on-error=abort: the build VM stays
         )
         finished = True
     except CommandError as exc:
-        raise BuildFailed(tracker.explain(exc, record.directory / "serial.log")) from None
+        message = tracker.explain(exc, record.directory / "serial.log")
+        if until is not None and cloud.vm_on_this_machine:
+            user = cloud.ssh_username(cell.os)
+            message += "\n" + keep.hold(
+                record.directory, scratch, key.private, user, tracker.output, secrets
+            )
+        elif until is not None:
+            message += (
+                f"\n--on-error=keep: the build instance stays until {keep.when(until)} "
+                f"(tag {KEEP_KEY}); `invoke sweep --cloud {cell.cloud} --yes` removes it then"
+            )
+        raise BuildFailed(message) from None
     finally:
         if tracker.seconds_to_ssh is not None:
             record = state.noted(record, boot={"packer_to_ssh_seconds": tracker.seconds_to_ssh})
@@ -251,6 +277,7 @@ class _ProvisionerTracker:
         self.script: str | None = None
         self.exit_code: int | None = None
         self.lines: list[str] = []
+        self.output: list[str] = []  # the whole output of the step running now
         self.ssh_wait_started: float | None = None
         self.seconds_to_ssh: float | None = None
 
@@ -260,13 +287,16 @@ class _ProvisionerTracker:
         elif self.SSH_UP in line and self.ssh_wait_started is not None:
             self.seconds_to_ssh = round(time.monotonic() - self.ssh_wait_started, 1)
         if match := self.STARTED.search(line):
-            self.script, self.lines = match.group(1), []
+            self.script, self.lines, self.output = match.group(1), [], [line]
         elif self.HOOK in line and self.script:  # the step cache's hook (imageforge's own)
-            self.script, self.lines = f"the step cache's hook after {self.script}", []
-        elif match := self.FAILED.search(line):
-            self.exit_code = int(match.group(1))
+            self.script = f"the step cache's hook after {self.script}"
+            self.lines, self.output = [], [line]
         elif self.script and self.exit_code is None:
-            self.lines = [*self.lines[-14:], line]
+            self.output.append(line)
+            if match := self.FAILED.search(line):
+                self.exit_code = int(match.group(1))
+            else:
+                self.lines = [*self.lines[-14:], line]
 
     def explain(self, exc: CommandError, serial_log: Path) -> str:
         """The failed provisioner and its last lines; if SSH never came up, the VM's console."""
@@ -284,9 +314,9 @@ class _ProvisionerTracker:
 def _abandon(record: BuildRecord, status: Literal["failed", "interrupted"], error: str) -> None:
     """A failed or interrupted build keeps its record, logs and rendered template, and nothing
     else."""
-    keep = (RECORD, "build.log", "serial.log", "packer")
+    keep_files = (RECORD, "build.log", "serial.log", "packer", *keep.FILES)
     for child in record.directory.iterdir():
-        if child.name not in keep:
+        if child.name not in keep_files:
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             else:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from invoke.context import Context
-from invoke.tasks import task
+from invoke.tasks import Task, task
 
 from imageforge.config import matrix
 from imageforge.config.oses import warn_unverified
 from imageforge.errors import ConfigError
 from imageforge.records import state
 from imageforge.stages import build as builder
+from imageforge.stages import keep
 from imageforge.stages import verify as verification
 from imageforge.tasks.common import friendly, project
 from imageforge.tools import cost
@@ -23,12 +26,26 @@ HELP = {
     "no_verify": "skip verification (the build cannot be published until verified)",
     "build": "build id (default: the newest build)",
     "packer_version": "render for this Packer version instead of the installed one",
+    "on_error": "cleanup (default: a failed build leaves nothing) or keep: the failed build VM "
+    "stays to log into (local: on 127.0.0.1; cloud: until --keep-hours, for `invoke sweep`)",
+    "keep_hours": f"with --on-error=keep on a cloud: hours until sweep may remove the "
+    f"instance (default {keep.DEFAULT_HOURS:g})",
+    "release": "stop the VM kept from failed build RELEASE and remove its key, then exit",
     "dry_run": "print what would be built and its cloud cost estimate (images.yml `prices:`); "
     "build nothing",
 }
 
 
-@task(help={k: v for k, v in HELP.items() if k != "build"})
+class _LetterShortFlags(Task[Any]):
+    """invoke's own short flags, letters only: it would give --on-error the flag "--"."""
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        opts["names"] = [n for n in opts["names"] if len(n) > 1 or n.isalpha()]
+        return opts
+
+
+@task(help={k: v for k, v in HELP.items() if k != "build"}, klass=_LetterShortFlags)
 @friendly
 def build(
     c: Context,
@@ -40,9 +57,19 @@ def build(
     no_verify: bool = False,
     packer_version: str | None = None,
     dry_run: bool = False,
+    on_error: str = "cleanup",
+    keep_hours: str | None = None,
+    release: str | None = None,
 ) -> None:
     """Build an image with Packer (local: QEMU) and verify it with testinfra."""
     proj = project(config)
+    if release is not None:
+        keep.release_build(proj.root, release)
+        return
+    keeping = keep.on_error_mode(on_error)
+    if keep_hours is not None and not keeping:
+        raise ConfigError("--keep-hours: only with --on-error=keep")
+    hours = keep.keep_hours(keep_hours or keep.DEFAULT_HOURS) if keeping else None
     if dry_run:
         cost.show(cost.plan(proj, matrix.selected(proj, image, cloud)))
         return
@@ -57,6 +84,7 @@ def build(
         refresh=refresh,
         verify=not no_verify,
         packer_version=packer_version,
+        keep_hours=hours,
     )
 
 

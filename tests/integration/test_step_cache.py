@@ -1,10 +1,13 @@
-"""The step cache for real: a build that fails in its last step names it and cleans up; fixed,
-it resumes from the cached disk of the step before and verifies; a changed earlier step runs
-again with everything after it. One flavor of three tiny steps, as each build is a VM boot."""
+"""The step cache and --on-error=keep for real: a build that fails in its last step names it,
+keeps its VM to log into over SSH, and `--release` leaves nothing behind; fixed, it resumes from
+the cached disk of the step before and verifies; a changed earlier step runs again with
+everything after it. One flavor of three tiny steps, as each build is a VM boot."""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -71,10 +74,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def failed(project: Path) -> tuple[Path, object]:
-    return project, invoke(project, "build", "--image", FLAVOR)
+    return project, invoke(project, "build", "--image", FLAVOR, "--on-error=keep")
 
 
-def test_a_failing_step_is_named_cleaned_up_and_the_steps_before_it_cached(
+def test_a_failing_step_is_named_its_vm_kept_then_released_and_the_steps_before_it_cached(
     failed, base_cache: Path
 ) -> None:
     project, result = failed
@@ -86,9 +89,35 @@ def test_a_failing_step_is_named_cleaned_up_and_the_steps_before_it_cached(
     directory = project / "artifacts" / FLAVOR / record["id"]
     log = (directory / "build.log").read_text()
     assert "imageforge-test: two ran" in log
-    kept = ["build.json", "build.log", "packer", "serial.log"]  # and the rendered template
+    # --on-error=keep: the VM stays; the printed command logs into it, as a user would.
+    [command] = re.findall(r"^\s+(ssh -i .+)$", result.stderr, re.MULTILINE)
+    argv = shlex.split(command)
+    key = Path(argv[argv.index("-i") + 1])
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.parent.stat().st_mode) == 0o700  # the private scratch
+    inside = subprocess.run(
+        [*argv, "-o", "BatchMode=yes", "cat /etc/hostname; ls /var/lib/imageforge-test"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert inside.returncode == 0 and "two" in inside.stdout.split(), inside.stderr
+    assert "about to fail in Python" in (directory / "failed-step.log").read_text()
+    assert (
+        "Script exited with non-zero exit status: 3" in (directory / "failed-step.log").read_text()
+    )
+    assert "systemd" in (directory / "journal.log").read_text()
+    assert "loaded units listed" in (directory / "failed-units.txt").read_text()
+    for name in ("failed-step.log", "journal.log", "failed-units.txt"):
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
+    assert processes_mentioning(record["id"])  # QEMU, kept
+    released = invoke(project, "build", "--release", record["id"])
+    assert released.returncode == 0, released.stderr
+    assert f"released the VM kept from build {record['id']}" in released.stderr
+    kept = ["build.json", "build.log", "failed-step.log", "failed-units.txt", "journal.log",
+            "packer", "serial.log"]  # fmt: skip
     assert sorted(p.name for p in directory.iterdir()) == kept
     assert processes_mentioning(str(project)) == []
+    assert processes_mentioning(record["id"]) == []
+    assert not key.exists()
     assert temp_leftovers(record["id"]) == []
     # Guard, first-boot library, base (shared with earlier runs, so perhaps from the cache)
     # and 20-two (new to this run) are cached; the failed step is not.

@@ -104,7 +104,8 @@ class RegionSweep:
         return outcomes
 
     def why_kept(self, resource: dict[str, Any], created: Any) -> str:
-        return still_needed(tags(resource).get(BUILD_KEY, ""), created, self.minutes, self.builds)
+        found = tags(resource)
+        return still_needed(found.get(BUILD_KEY, ""), created, self.minutes, self.builds, found)
 
     def key_pairs(self, doomed: list[dict[str, Any]], kept: list[dict[str, Any]]) -> dict[str, str]:
         """Temporary key pairs of our builds: by tag and age, or used by a doomed instance."""

@@ -19,6 +19,7 @@ from imageforge.clouds.common import (
     metadata,
     ssh_source,
 )
+from imageforge.clouds.housekeeping import instance_tags
 from imageforge.config import oses, settings
 from imageforge.packer import hcl
 
@@ -68,7 +69,12 @@ class AwsSource(SourceDefaults):
             "source_ami_owners": list(ami.owners),
             "volume_size": aws.volume_size_gb,
             "tag_attributes": hcl.attributes(
-                {"tags": tags, "snapshot_tags": tags, "run_tags": tags, "run_volume_tags": tags}
+                {
+                    "tags": tags,
+                    "snapshot_tags": tags,
+                    "run_tags": instance_tags(tags),
+                    "run_volume_tags": tags,
+                }
             ),
         }
 

@@ -59,7 +59,8 @@ class GcpHousekeeping:
 
         def why_kept(resource: Any) -> str:
             build = resource.labels[BUILD_KEY]
-            return still_needed(build, resource.creation_timestamp, min_age_minutes, builds)
+            created, labels = resource.creation_timestamp, dict(resource.labels)
+            return still_needed(build, created, min_age_minutes, builds, labels)
 
         with gce.errors("list instances and disks"):
             instances = [

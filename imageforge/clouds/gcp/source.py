@@ -16,6 +16,7 @@ from imageforge.clouds.common import (
     manifest_artifacts,
     metadata,
 )
+from imageforge.clouds.housekeeping import instance_tags
 from imageforge.config import oses
 from imageforge.packer import hcl
 from imageforge.packer.hcl import Raw
@@ -63,7 +64,9 @@ class GcpSource(SourceDefaults):
             "network": gcp.network,
             "subnetwork": gcp.subnetwork,
             "ssh_username": self.ssh_username(cell.os),
-            "label_attributes": hcl.attributes({"image_labels": labels, "labels": labels}),
+            "label_attributes": hcl.attributes(
+                {"image_labels": labels, "labels": instance_tags(labels)}
+            ),
         }
 
     @contextlib.contextmanager

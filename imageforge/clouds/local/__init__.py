@@ -31,6 +31,7 @@ class LocalCloud(SourceDefaults):
     datasource = "NoCloud"
     packer_grace_seconds = 20.0  # a local VM is gone at once
     caches_steps = True
+    vm_on_this_machine = True
 
     def machine(self, settings: Any) -> str:
         return f"QEMU, {settings.cpus} CPUs, {settings.memory_mb} MiB"

@@ -54,7 +54,9 @@ class OpenstackHousekeeping:
                 if packer_made(project, s.name or "", dict(s.metadata or {}))
             ]
             kept = {
-                s.id: still_needed(s.metadata[BUILD_KEY], s.created_at, min_age_minutes, builds)
+                s.id: still_needed(
+                    s.metadata[BUILD_KEY], s.created_at, min_age_minutes, builds, s.metadata
+                )
                 for s in servers
             }
             doomed = [s for s in servers if not kept[s.id]]

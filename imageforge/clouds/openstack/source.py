@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imageforge.clouds.common import SourceDefaults, image_name, manifest_artifacts, metadata
+from imageforge.clouds.housekeeping import instance_tags
 from imageforge.clouds.openstack import keystone_stub
 from imageforge.clouds.openstack.connection import PLACE
 from imageforge.packer import hcl
@@ -47,7 +48,9 @@ class OpenstackSource(SourceDefaults):
             "ssh_username": self.ssh_username(cell.os),
             # Images start private; `invoke publish` sets the visibility once verified.
             # The build server carries the same metadata, so `invoke sweep` can find it.
-            "metadata_attributes": hcl.attributes({"metadata": tags, "instance_metadata": tags}),
+            "metadata_attributes": hcl.attributes(
+                {"metadata": tags, "instance_metadata": instance_tags(tags)}
+            ),
         }
 
     @contextlib.contextmanager

@@ -8,6 +8,7 @@ GroupNames/UserIds form, which moto implements), and AMI copies do not copy tags
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import boto3
@@ -17,6 +18,7 @@ from imageforge import config
 from imageforge.clouds import aws as aws_cloud
 from imageforge.clouds.aws.sharing import AmiSharing
 from imageforge.clouds.common import Sharing
+from imageforge.clouds.housekeeping import KEEP_KEY
 from imageforge.errors import ImageforgeError
 from imageforge.records import state
 from imageforge.records.state import BuildRecord
@@ -446,3 +448,35 @@ def test_an_unreachable_endpoint_is_one_line_with_exit_code_2(project, monkeypat
         f"AWS (eu-west-1): list regions at http://127.0.0.1:{port}: no answer"
     )
     assert "\n" not in message and caught.value.exit_code == 2
+
+
+def test_sweep_keeps_a_kept_build_instance_until_its_expiry_and_not_after(project) -> None:
+    """--on-error=keep tags the build instance with its expiry: that, not --min-age, decides."""
+    client = boto3.client("ec2", region_name="eu-west-1")
+    ami, _ = make_ami("eu-west-1")
+    client.create_key_pair(KeyName="packer_7777")
+
+    def run(build: str, until: int, **extra) -> str:
+        spec = tagged(build, "instance")
+        spec[0]["Tags"].append({"Key": KEEP_KEY, "Value": str(until)})
+        return client.run_instances(
+            ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=spec, **extra
+        )["Instances"][0]["InstanceId"]
+
+    now = int(time.time())
+    waiting = run("b1", now + 3600, KeyName="packer_7777")
+    expired = run("b2", now - 60)
+    age("eu-west-1", instances=waiting)  # five hours old, yet kept: its expiry has not come
+    dry = aws_cloud.CLOUD.sweep(project, apply=False, min_age_minutes=120)
+    subjects = {o.subject.split(", kept")[0]: (o.changes, o.subject) for o in dry}
+    changes, subject = subjects[f"instance {waiting} (build b1)"]
+    assert changes == [] and "kept by --on-error=keep until" in subject
+    assert subjects[f"instance {expired} (build b2)"][0] == ["would remove"]  # young, expired
+    assert "key pair packer_7777" not in subjects  # the kept instance's: the user logs in with it
+    aws_cloud.CLOUD.sweep(project, apply=True, min_age_minutes=120)
+    states = {
+        i["InstanceId"]: i["State"]["Name"]
+        for r in client.describe_instances()["Reservations"]
+        for i in r["Instances"]
+    }
+    assert states == {waiting: "running", expired: "terminated"}

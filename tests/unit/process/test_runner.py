@@ -135,3 +135,18 @@ def test_a_command_that_goes_silent_still_times_out(tmp_path: Path) -> None:
 def test_a_command_that_ends_in_time_is_not_stopped() -> None:
     result = runner.run(["sh", "-c", "sleep 0.2; echo done"], stream=False, timeout=5)
     assert result.returncode == 0 and result.output == "done"
+
+
+def test_output_ends_with_the_command_when_what_it_left_running_holds_it_open() -> None:
+    """Packer with -on-error=abort exits and leaves QEMU holding its output: the command's
+    exit ends the run (without leaves_running, it would wait for the sleeper)."""
+    started = time.monotonic()
+    result = runner.run(
+        ["sh", "-c", "sleep 120 & echo $!; exit 3"], stream=False, check=False, leaves_running=True
+    )
+    sleeper = int(result.output.strip())
+    try:
+        assert result.returncode == 3
+        assert time.monotonic() - started < 30
+    finally:
+        os.kill(sleeper, signal.SIGKILL)

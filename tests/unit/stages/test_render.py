@@ -86,6 +86,14 @@ def test_parsed_source_matches_model(shipped: config.Project, tmp_path: Path, cl
         assert tags["imageforge-git-commit"] == "${var.git_commit}"
         assert tags["imageforge-template-hash"] == "${var.template_hash}"
         assert "imageforge-version" in tags
+        # The build instance's own: with --on-error=keep, the kept instance's expiry for sweep.
+        instance_key = {"aws": "run_tags", "gcp": "labels", "openstack": "instance_metadata"}
+        instance = source[instance_key[cloud]]
+        assert instance.startswith("${merge({") and '"imageforge-flavor" = "slurm-node"' in instance
+        assert '{for k, v in {"imageforge-keep-until" = var.keep_until} : k => v if v != ""}' in instance
+        assert "keep_until" not in json.dumps(
+            {k: v for k, v in source.items() if k != instance_key[cloud]}
+        )
 
 
 def test_build_block_runs_steps_in_order(shipped: config.Project, tmp_path: Path) -> None:
