@@ -30,6 +30,7 @@ PACKER_NAME = re.compile(r"^(packer[-_][0-9A-Za-z-]+|Packer Builder)$")
 SWEEP_MIN_AGE_MINUTES = 120
 # A failed build's instance kept by --on-error=keep: when sweep may remove it (epoch seconds).
 KEEP_KEY = "imageforge-keep-until"
+KEEP_MAX_HOURS = 168
 
 
 def keep_count(keep: Any) -> int:
@@ -112,9 +113,13 @@ def instance_tags(tags: dict[str, Any]) -> hcl.Raw:
 
 
 def kept_until(tags: dict[str, str]) -> int | None:
-    """When a kept build instance may go (seconds since the epoch), if it was kept."""
+    """When a kept build instance may go (seconds since the epoch), if it was kept: a value
+    of ASCII digits, at most a week (the longest --keep-hours) from now; else None."""
     value = tags.get(KEEP_KEY, "")
-    return int(value) if value.isdigit() else None
+    if not re.fullmatch(r"[0-9]{1,11}", value, re.ASCII):
+        return None
+    until = int(value)
+    return until if until <= time.time() + KEEP_MAX_HOURS * 3600 else None
 
 
 def still_needed(
@@ -126,14 +131,14 @@ def still_needed(
 ) -> str:
     """Why a leftover of a build stays (it may be a running build's, or kept to look inside
     until its expiry), or ""."""
+    if builds.get(build_id) == "building":
+        return f"build {build_id} is still building here"
     until = kept_until(tags or {})
     if until is not None:  # its expiry, not --min-age, decides
         if until > time.time():
             at = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
             return f"kept by --on-error=keep until {at}"
         return ""
-    if builds.get(build_id) == "building":
-        return f"build {build_id} is still building here"
     age = age_minutes(created)
     if age is None:
         return "its age is unknown"

@@ -133,7 +133,8 @@ def run(
 
 def _output(proc: subprocess.Popen[str], leaves_running: bool) -> Iterator[str]:
     """The command's output lines, until the end of its output or, if what it started may hold
-    that open, until the command has exited and a second has passed without a line."""
+    that open, until the command has exited and a second has passed without a line (5 s at
+    most: what is left running may write on)."""
     assert proc.stdout is not None
     if not leaves_running:
         yield from proc.stdout
@@ -147,20 +148,23 @@ def _output(proc: subprocess.Popen[str], leaves_running: bool) -> Iterator[str]:
         lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    quiet_since: float | None = None
+    exited: float | None = None  # when the command exited: then a second's quiet, 5 s at most
+    last = time.monotonic()
     while True:
         try:
             raw = lines.get(timeout=0.2)
         except queue.Empty:
-            if proc.poll() is not None:
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since > 1.0:
-                    return
-            continue
+            raw = ""
+        now = time.monotonic()
         if raw is None:
             return
-        quiet_since = None
-        yield raw
+        if raw:
+            last = now
+            yield raw
+        if exited is None and proc.poll() is not None:
+            exited = now
+        if exited is not None and (now - last > 1.0 or now - exited > 5.0):
+            return
 
 
 def _expire(proc: subprocess.Popen[str], grace: float, expired: threading.Event) -> None:

@@ -19,7 +19,6 @@ from typing import Literal
 
 from imageforge import clouds, log, packer
 from imageforge.clouds.capabilities import PackerSource, Preflight
-from imageforge.clouds.housekeeping import KEEP_KEY
 from imageforge.config import Project
 from imageforge.config.matrix import Cell
 from imageforge.errors import CommandError, ImageforgeError, Interrupted
@@ -69,7 +68,8 @@ def build(
     version = packer.version(packer_version)
     build_id = buildinfo.new_build_id(project.root)
     with locks.cell(project.root, cell.flavor_name, cell.cloud, f"build {build_id}"):
-        keep.release_cell(project.root, cell.flavor_name)
+        if cloud.vm_on_this_machine:  # a VM kept from an earlier build of the cell goes
+            keep.release_cell(project.root, cell.flavor_name)
         directory = artifacts_root(project.root) / cell.flavor_name / build_id
         directory.parent.mkdir(parents=True, exist_ok=True)
         directory.mkdir(mode=0o750)  # a fresh id: never an existing directory
@@ -245,15 +245,11 @@ def _packer_build(
     except CommandError as exc:
         message = tracker.explain(exc, record.directory / "serial.log")
         if until is not None and cloud.vm_on_this_machine:
+            output = tracker.output or exc.tail  # not a provisioner's failure: Packer's end
             user = cloud.ssh_username(cell.os)
-            message += "\n" + keep.hold(
-                record.directory, scratch, key.private, user, tracker.output, secrets
-            )
+            message += keep.hold(record.directory, scratch, key.private, user, output, secrets)
         elif until is not None:
-            message += (
-                f"\n--on-error=keep: the build instance stays until {keep.when(until)} "
-                f"(tag {KEEP_KEY}); `invoke sweep --cloud {cell.cloud} --yes` removes it then"
-            )
+            message += keep.kept_instance(cell.cloud, until)
         raise BuildFailed(message) from None
     finally:
         if tracker.seconds_to_ssh is not None:
@@ -314,7 +310,8 @@ class _ProvisionerTracker:
 def _abandon(record: BuildRecord, status: Literal["failed", "interrupted"], error: str) -> None:
     """A failed or interrupted build keeps its record, logs and rendered template, and nothing
     else."""
-    keep_files = (RECORD, "build.log", "serial.log", "packer", *keep.FILES)
+    kept_vm = ["image"] if (record.directory / keep.KEPT).exists() else []  # its disk
+    keep_files = [RECORD, "build.log", "serial.log", "packer", *keep.FILES, *kept_vm]
     for child in record.directory.iterdir():
         if child.name not in keep_files:
             if child.is_dir():

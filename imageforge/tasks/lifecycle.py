@@ -27,9 +27,10 @@ HELP = {
     "build": "build id (default: the newest build)",
     "packer_version": "render for this Packer version instead of the installed one",
     "on_error": "cleanup (default: a failed build leaves nothing) or keep: the failed build VM "
-    "stays to log into (local: on 127.0.0.1; cloud: until --keep-hours, for `invoke sweep`)",
-    "keep_hours": f"with --on-error=keep on a cloud: hours until sweep may remove the "
-    f"instance (default {keep.DEFAULT_HOURS:g})",
+    "stays up (local: SSH on 127.0.0.1, a ready ssh command; cloud: the build instance, "
+    "which `invoke sweep` removes after --keep-hours)",
+    "keep_hours": f"with --on-error=keep on a cloud: hours from the start of the build until "
+    f"`invoke sweep` may remove the kept instance (default {keep.DEFAULT_HOURS:g})",
     "release": "stop the VM kept from failed build RELEASE and remove its key, then exit",
     "dry_run": "print what would be built and its cloud cost estimate (images.yml `prices:`); "
     "build nothing",
@@ -64,12 +65,16 @@ def build(
     """Build an image with Packer (local: QEMU) and verify it with testinfra."""
     proj = project(config)
     if release is not None:
+        if image is not None or on_error != "cleanup" or keep_hours is not None:
+            raise ConfigError("--release BUILD takes no other option: it only stops a kept VM")
         keep.release_build(proj.root, release)
         return
     keeping = keep.on_error_mode(on_error)
     if keep_hours is not None and not keeping:
         raise ConfigError("--keep-hours: only with --on-error=keep")
-    hours = keep.keep_hours(keep_hours or keep.DEFAULT_HOURS) if keeping else None
+    hours = None
+    if keeping:
+        hours = keep.keep_hours(keep.DEFAULT_HOURS if keep_hours is None else keep_hours)
     if dry_run:
         cost.show(cost.plan(proj, matrix.selected(proj, image, cloud)))
         return

@@ -454,7 +454,8 @@ def test_sweep_keeps_a_kept_build_instance_until_its_expiry_and_not_after(projec
     """--on-error=keep tags the build instance with its expiry: that, not --min-age, decides."""
     client = boto3.client("ec2", region_name="eu-west-1")
     ami, _ = make_ami("eu-west-1")
-    client.create_key_pair(KeyName="packer_7777")
+    # Packer's key pair, tagged with the kept build and old: only its instance keeps it.
+    client.create_key_pair(KeyName="packer_7777", TagSpecifications=tagged("b1", "key-pair"))
 
     def run(build: str, until: int, **extra) -> str:
         spec = tagged(build, "instance")
@@ -466,7 +467,7 @@ def test_sweep_keeps_a_kept_build_instance_until_its_expiry_and_not_after(projec
     now = int(time.time())
     waiting = run("b1", now + 3600, KeyName="packer_7777")
     expired = run("b2", now - 60)
-    age("eu-west-1", instances=waiting)  # five hours old, yet kept: its expiry has not come
+    age("eu-west-1", instances=waiting, keys="packer_7777")  # old, yet kept: not expired
     dry = aws_cloud.CLOUD.sweep(project, apply=False, min_age_minutes=120)
     subjects = {o.subject.split(", kept")[0]: (o.changes, o.subject) for o in dry}
     changes, subject = subjects[f"instance {waiting} (build b1)"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imageforge.errors import ConfigError
+from imageforge.errors import ConfigError, Interrupted
 from imageforge.process import reap
 from imageforge.records.record import artifacts_root
 from imageforge.stages import build, keep
@@ -30,9 +30,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def left(scratch: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def left(
+    scratch: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict]:
     """What a failed build with -on-error=abort leaves: its directory, its private scratch
-    with the key, and QEMU forwarding SSH on 127.0.0.1 with the scratch on its command line."""
+    with the key, and QEMU forwarding SSH on 127.0.0.1 (unless the test is marked no_ssh)
+    with the scratch on its command line."""
     directory = artifacts_root(scratch) / "stepped" / BUILD
     directory.mkdir(parents=True)
     temp = tmp_path_factory.mktemp("tmp")
@@ -44,7 +47,10 @@ def left(scratch: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     key.chmod(0o600)
     port = free_port()
     argv = ["qemu-system-x86_64", "-S", "-nodefaults", "-display", "none"]
-    argv += ["-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22"]
+    forward = (
+        "" if request.node.get_closest_marker("no_ssh") else f",hostfwd=tcp:127.0.0.1:{port}-:22"
+    )
+    argv += ["-nic", f"user,model=virtio-net-pci{forward}"]
     argv += ["-pidfile", f"{private}/qemu.pid"]
     qemu = subprocess.Popen(argv)
     deadline = time.monotonic() + 30
@@ -75,6 +81,8 @@ def test_the_vm_is_taken_over_its_scratch_spared_then_released(
     assert "s3cret" not in step.read_text() and "30-three.py" in step.read_text()
     assert stat.S_IMODE(step.stat().st_mode) == 0o600
     # QEMU owns the scratch now: a later run's reap leaves it (and the key) while QEMU runs.
+    owner = (left["scratch"] / reap.OWNER_FILE).read_text()
+    assert owner == kept["process"] == reap.process_token(left["qemu"].pid)
     assert not reap.owned_here(left["scratch"])
     assert reap.reap_scratch(left["scratch"].parent) == []
     assert keep.release(left["directory"]) is True
@@ -97,7 +105,7 @@ def test_the_next_build_of_the_flavor_releases_it(
 def test_release_by_build_id_and_its_errors(left: dict, scratch: Path, monkeypatch) -> None:
     monkeypatch.setattr(keep, "_collect", lambda directory, vm, secrets: None)
     keep.hold(left["directory"], left["scratch"], left["key"], "debian", [], [])
-    for wrong in ("20261207-000000-nope", "../stepped", ".", ""):
+    for wrong in ("20261207-000000-nope", "../stepped", ".", "", "*", "2026*", "**", "[0-9]*"):
         with pytest.raises(ConfigError, match=f"kept now: {BUILD}"):
             keep.release_build(scratch, wrong)
     assert keep.release_build(scratch, BUILD) == left["directory"]
@@ -146,3 +154,54 @@ def test_the_tracker_keeps_the_whole_output_of_the_failing_step() -> None:
         tracker.feed(line)
     assert tracker.output == lines[2:-1] and tracker.exit_code == 3
     assert len(tracker.lines) == 15  # the message's tail
+
+
+def test_a_kept_vm_powered_off_from_inside_leaves_its_scratch_to_reap(
+    left: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keep, "_collect", lambda directory, vm, secrets: None)
+    keep.hold(left["directory"], left["scratch"], left["key"], "debian", [], [])
+    left["qemu"].kill()
+    left["qemu"].wait(timeout=30)
+    assert reap.reap_scratch(left["scratch"].parent) == [left["scratch"]]
+    assert keep.release(left["directory"]) is True  # the record's side, tidied
+    assert not (left["directory"] / keep.KEPT).exists()
+
+
+@pytest.mark.no_ssh
+def test_a_vm_without_ssh_on_127_0_0_1_is_stopped_not_kept(left: dict) -> None:
+    message = keep.hold(left["directory"], left["scratch"], left["key"], "debian", [], [])
+    assert "no SSH port on 127.0.0.1; nothing is kept" in message
+    assert not alive(left["qemu"].pid) and not (left["directory"] / keep.KEPT).exists()
+    assert reap.owned_here(left["scratch"])
+
+
+def test_an_interrupt_while_reading_the_journal_stops_the_vm(
+    left: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(directory: Path, vm: keep.KeptVm, secrets: list[str]) -> None:
+        raise Interrupted("interrupted", signum=2)
+
+    monkeypatch.setattr(keep, "_collect", interrupted)
+    with pytest.raises(Interrupted):
+        keep.hold(left["directory"], left["scratch"], left["key"], "debian", [], [])
+    assert not alive(left["qemu"].pid)  # never a VM that nobody owns
+    assert not (left["directory"] / keep.KEPT).exists()
+    assert reap.owned_here(left["scratch"])  # the build's own again: it removes it
+
+
+def test_release_never_signals_a_process_that_is_not_the_kept_qemu(
+    left: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keep, "_collect", lambda directory, vm, secrets: None)
+    keep.hold(left["directory"], left["scratch"], left["key"], "debian", [], [])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        record = json.loads((left["directory"] / keep.KEPT).read_text())
+        record["process"] = reap.process_token(other.pid)  # a token of a live process
+        (left["directory"] / keep.KEPT).write_text(json.dumps(record))
+        assert keep.release(left["directory"]) is True
+        assert alive(other.pid)  # not QEMU on the build's scratch: left alone
+    finally:
+        other.kill()
+        other.wait()
