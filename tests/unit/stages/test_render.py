@@ -90,7 +90,10 @@ def test_parsed_source_matches_model(shipped: config.Project, tmp_path: Path, cl
         instance_key = {"aws": "run_tags", "gcp": "labels", "openstack": "instance_metadata"}
         instance = source[instance_key[cloud]]
         assert instance.startswith("${merge({") and '"imageforge-flavor" = "slurm-node"' in instance
-        assert '{for k, v in {"imageforge-keep-until" = var.keep_until} : k => v if v != ""}' in instance
+        assert (
+            '{for k, v in {"imageforge-keep-until" = var.keep_until} : k => v if v != ""}'
+            in instance
+        )
         assert "keep_until" not in json.dumps(
             {k: v for k, v in source.items() if k != instance_key[cloud]}
         )
