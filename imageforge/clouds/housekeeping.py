@@ -112,6 +112,11 @@ def instance_tags(tags: dict[str, Any]) -> hcl.Raw:
     return hcl.Raw(f"merge({hcl.value(tags, 2)}, {expiry})")
 
 
+def utc_minute(epoch: int) -> str:
+    """A time (seconds since the epoch) as people read it: 2026-12-07 09:30 UTC."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def kept_until(tags: dict[str, str]) -> int | None:
     """When a kept build instance may go (seconds since the epoch), if it was kept: a value
     of ASCII digits, at most a week (the longest --keep-hours) from now; else None."""
@@ -136,8 +141,7 @@ def still_needed(
     until = kept_until(tags or {})
     if until is not None:  # its expiry, not --min-age, decides
         if until > time.time():
-            at = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-            return f"kept by --on-error=keep until {at}"
+            return f"kept by --on-error=keep until {utc_minute(until)}"
         return ""
     age = age_minutes(created)
     if age is None:

@@ -15,7 +15,6 @@ On a cloud, the build instance stays with an expiry tag (KEEP_KEY), for `invoke 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import re
@@ -27,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imageforge import log
-from imageforge.clouds.housekeeping import KEEP_KEY, KEEP_MAX_HOURS
+from imageforge.clouds.housekeeping import KEEP_KEY, KEEP_MAX_HOURS, utc_minute
 from imageforge.errors import ConfigError, ImageforgeError, Interrupted
-from imageforge.process import locks, reap, runner
+from imageforge.process import console, locks, reap, runner
 from imageforge.records.record import artifacts_root
 from imageforge.stages import sshchecks
 
@@ -69,10 +68,6 @@ def keep_hours(value: object) -> float:
 def expiry(hours: float) -> int:
     """When a kept cloud instance may go: seconds since the epoch (a valid GCP label too)."""
     return int(time.time() + hours * 3600)
-
-
-def when(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass(frozen=True)
@@ -140,7 +135,7 @@ def hold(
 def kept_instance(cloud: str, until: int) -> str:
     """The lines a failed cloud build's message gets: its instance stays until `until`."""
     return (
-        f"\n--on-error=keep: the build instance stays until {when(until)} (tag {KEEP_KEY}); "
+        f"\n--on-error=keep: the build instance stays until {utc_minute(until)} (tag {KEEP_KEY}); "
         f"`invoke sweep --cloud {cloud} --yes` removes it then (Packer's key for it is gone)"
     )
 
@@ -217,9 +212,8 @@ def _collect(directory: Path, kept: KeptVm, secrets: list[str]) -> None:
 def _write(path: Path, text: str, secrets: list[str]) -> None:
     """A file of the build directory, for its owner only (a journal can say much), with the
     build's secrets (proxy passwords) redacted."""
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(runner.redact(text, secrets))
+    with os.fdopen(console.create_private(path), "w") as stream:  # 0600 before a byte, no link
+        stream.write(runner.redact(text, secrets))
 
 
 def kept(directory: Path) -> KeptVm | None:
