@@ -63,6 +63,8 @@ class Settings(BaseSettings):
 
     debug: Annotated[bool, BeforeValidator(_flag)] = False
     cache_dir: Path | None = None
+    # A directory laid out as /etc/apt whose sources `invoke outdated` reads instead.
+    apt_sources: Path | None = None
     # The step cache's size limit (GiB); 0 turns it off.
     step_cache_gb: Annotated[float, Field(ge=0)] = 20.0
     packer: str = "packer"
