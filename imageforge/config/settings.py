@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     verify_ssh_via: Annotated[str, AfterValidator(_host_port)] = ""
     gcp_endpoint: Annotated[str, AfterValidator(_endpoint)] = ""
     extra_ca_certs: str | None = None  # set but empty: no extra CA at all
+    # The provenance signing key (its public half beside it, with .pub).
+    signing_key: Path | None = None
 
 
 def current() -> Settings:

@@ -25,7 +25,7 @@ from imageforge.errors import CommandError, ImageforgeError, Interrupted
 from imageforge.process import buildsecrets, console, locks, reap, runner
 from imageforge.records import buildinfo, state
 from imageforge.records.record import RECORD, BuildRecord, artifacts_root, load
-from imageforge.stages import keep, render, steps, vagrantbox
+from imageforge.stages import attest, keep, render, steps, vagrantbox
 from imageforge.stages import verify as verification
 
 
@@ -83,6 +83,8 @@ def build(
             record = verification.verify(project, cell, record)
         if record.directory == directory and _wants_box(project, cell, record):
             record = _derive_box(project, cell, record)
+        if record.directory == directory and record.verified:
+            attest.attest(project, cell, record)
     _summary(record)
     return record
 

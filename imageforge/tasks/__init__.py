@@ -5,10 +5,12 @@ from invoke.exceptions import Exit, ParseError
 from invoke.program import Program
 
 from imageforge.tasks import (
+    attest,
     cache,
     cluster,
     images,
     lifecycle,
+    outdated,
     registry,
     report,
     sharing,
@@ -16,7 +18,7 @@ from imageforge.tasks import (
 )
 
 namespace = Collection()
-for module in (images, lifecycle, sharing, cluster, registry, report, vagrant, cache):
+for module in (images, lifecycle, sharing, cluster, registry, report, outdated, vagrant, cache, attest):
     for task in module.TASKS:
         namespace.add_task(task)
 

@@ -11,6 +11,7 @@ from imageforge.config import matrix
 from imageforge.config.oses import warn_unverified
 from imageforge.errors import ConfigError
 from imageforge.records import state
+from imageforge.stages import attest as attesting
 from imageforge.stages import build as builder
 from imageforge.stages import keep
 from imageforge.stages import verify as verification
@@ -106,7 +107,8 @@ def verify(
     proj = project(config)
     cell = matrix.find(proj, image, cloud)
     record = state.find(proj.root, cell.flavor_name, cell.cloud, build)
-    verification.verify(proj, cell, record)
+    record = verification.verify(proj, cell, record)
+    attesting.attest(proj, cell, record)
 
 
 TASKS = [build, verify]
