@@ -18,7 +18,18 @@ from imageforge.tasks import (
 )
 
 namespace = Collection()
-for module in (images, lifecycle, sharing, cluster, registry, report, outdated, vagrant, cache, attest):
+for module in (
+    images,
+    lifecycle,
+    sharing,
+    cluster,
+    registry,
+    report,
+    outdated,
+    vagrant,
+    cache,
+    attest,
+):
     for task in module.TASKS:
         namespace.add_task(task)
 
