@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imageforge import log
-from imageforge.clouds.local import disk, guestfiles, pyenv, wheelbuild
+from imageforge.clouds.local import disk, guestfiles, pyenv, reproducible, wheelbuild
 from imageforge.clouds.local.debcache import Harvest
 from imageforge.clouds.local.recipe import (  # noqa: F401 (the recipe, re-exported for callers)
     BASE_FORMAT,
@@ -127,7 +127,8 @@ def _build(recipe: BaseRecipe, digest: str, root: Path) -> dict[str, Any]:
             size_mib = max(recipe.disk_size_mib, disk.tree_size_mib(rootfs) + HEADROOM_MIB)
         steps["configure"] = timing["seconds"]
         with log.step("Disk: sfdisk, mke2fs -d, GRUB boot code") as timing:
-            disk.assemble(rootfs, raw, size_mib, logs / "disk.log")
+            pins = reproducible.pins_for(digest)
+            disk.assemble(rootfs, raw, size_mib, logs / "disk.log", pins=pins)
             _remove_tree(rootfs)
         steps["disk"] = timing["seconds"]
         out.mkdir()
@@ -185,7 +186,10 @@ def _bootstrap(
         rootfs,
         *recipe.sources,
     ]
-    runner.run(argv, logfile=logfile, prefix="mmdebstrap", what="mmdebstrap")
+    # SOURCE_DATE_EPOCH: mmdebstrap and what it runs (dpkg, maintainer scripts) write no clock
+    # time into the tree, and it removes the logs and caches that would hold one.
+    env = {"SOURCE_DATE_EPOCH": reproducible.ENVIRONMENT["SOURCE_DATE_EPOCH"]}
+    runner.run(argv, env=env, logfile=logfile, prefix="mmdebstrap", what="mmdebstrap")
     return cache.harvest(outbox)
 
 

@@ -5,6 +5,7 @@ GRUB goes on the disk the way grub-install would put it there for a BIOS boot: t
 grub-mkimage makes core.img (its prefix names the partition, so it needs no search), boot.img
 goes into the MBR's code area and core.img into the gap before the partition, and the modules
 and a grub.cfg go into /boot/grub. `update-grub` in a running system replaces that grub.cfg.
+The same tree and pins give the same disk, byte for byte (reproducible.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from imageforge.clouds.local import reproducible
+from imageforge.clouds.local.reproducible import Pins
 from imageforge.errors import ImageforgeError
 from imageforge.process import runner
 
@@ -80,9 +83,10 @@ def install_grub_files(rootfs: Path, append: str) -> Path:
     return target / "core.img"
 
 
-def assemble(rootfs: Path, raw: Path, size_mib: int, logfile: Path) -> None:
+def assemble(rootfs: Path, raw: Path, size_mib: int, logfile: Path, *, pins: Pins) -> None:
     """A raw disk: an MBR with one bootable partition at 1 MiB holding ext4 made from rootfs,
-    and GRUB's boot code in the MBR and the gap before the partition."""
+    and GRUB's boot code in the MBR and the gap before the partition. Its identifiers are the
+    pins and its times reproducible.EPOCH, so the same tree gives the same bytes."""
     core = (rootfs / "boot/grub/i386-pc/core.img").read_bytes()
     boot = (rootfs / "boot/grub/i386-pc/boot.img").read_bytes()
     gap = PARTITION_START_MIB * MIB - SECTOR
@@ -93,11 +97,13 @@ def assemble(rootfs: Path, raw: Path, size_mib: int, logfile: Path) -> None:
     start = PARTITION_START_MIB * MIB
     runner.run(
         ["sfdisk", "--no-reread", "--no-tell-kernel", raw],
-        stdin=f"label: dos\nstart={start // SECTOR}, type=83, bootable\n",
+        stdin=f"label: dos\nlabel-id: {pins.label_id}\n"
+        f"start={start // SECTOR}, type=83, bootable\n",
         logfile=logfile,
         stream=False,
         what="sfdisk",
     )
+    reproducible.clamp_times(rootfs)
     size_kib = (size_mib - PARTITION_START_MIB) * 1024
     runner.run(
         [
@@ -108,17 +114,21 @@ def assemble(rootfs: Path, raw: Path, size_mib: int, logfile: Path) -> None:
             "ext4",
             "-L",
             ROOT_LABEL,
+            "-U",
+            pins.fs_uuid,
             "-d",
             rootfs,
             "-E",
-            f"offset={start}",
+            f"offset={start},hash_seed={pins.hash_seed}",
             raw,
             f"{size_kib}k",
         ],
+        env=reproducible.ENVIRONMENT,
         logfile=logfile,
         stream=False,
         what="mke2fs -d",
     )
+    _set_inode_times(rootfs, f"{raw}?offset={start}")
     with raw.open("r+b") as handle:
         mbr = bytearray(handle.read(SECTOR))
         code = bytearray(boot[:MBR_CODE_END])
@@ -129,6 +139,21 @@ def assemble(rootfs: Path, raw: Path, size_mib: int, logfile: Path) -> None:
         handle.write(mbr)
         handle.seek(SECTOR)
         handle.write(core)
+
+
+def _set_inode_times(rootfs: Path, device: str) -> None:
+    """The times mke2fs took from the build host (see reproducible.inode_time_commands)."""
+    result = runner.run(
+        ["debugfs", "-w", "-f", "-", device],
+        stdin=reproducible.inode_time_commands(rootfs),
+        env=reproducible.ENVIRONMENT,
+        stream=False,
+        what="debugfs: set inode times",
+    )
+    # debugfs echoes each command ("debugfs: sif ...") and goes on after one that fails.
+    errors = [line for line in result.output.splitlines() if not line.startswith("debugfs")]
+    if errors:
+        raise ImageforgeError(f"debugfs could not set inode times: {errors[0]}")
 
 
 def tree_size_mib(rootfs: Path) -> int:

@@ -14,7 +14,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from imageforge.clouds.local import disk
+from imageforge.clouds.local import disk, reproducible
 from imageforge.process import runner
 
 # A kernel that panics reboots after 10 s instead of hanging forever: on a cloud the instance
@@ -211,7 +211,7 @@ def files(user: str, hostname: str, suite: str) -> dict[str, str]:
 def fingerprint(user: str, hostname: str, suite: str) -> str:
     """Changes whenever what this module or disk.py would write into an image changes."""
     digest = hashlib.sha256(f"{user}\0{hostname}\0{suite}\0".encode())
-    for module in (__file__, disk.__file__):
+    for module in (__file__, disk.__file__, reproducible.__file__):
         digest.update(Path(module).read_bytes())
     return digest.hexdigest()
 
@@ -260,9 +260,9 @@ def apply(rootfs: Path, user: str, hostname: str, suite: str) -> None:
 
 
 def _stamp_updated(rootfs: Path) -> None:
-    """/etc and /var are as new as /usr (systemd's ConditionNeedsUpdate= is false): /usr's
-    time is rounded to the second, so a filesystem that keeps no nanoseconds agrees."""
-    seconds = int((rootfs / "usr").stat().st_mtime)
+    """/etc and /var are as new as /usr (systemd's ConditionNeedsUpdate= is false): /usr and
+    the stamps say reproducible.EPOCH, the time every file of the build is clamped to."""
+    seconds = reproducible.EPOCH
     os.utime(rootfs / "usr", (seconds, seconds))
     for relative in UPDATE_STAMPS:
         stamp = rootfs / relative

@@ -15,12 +15,17 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from imageforge.clouds.local import reproducible
 from imageforge.config import oses
 from imageforge.errors import ImageforgeError
 from imageforge.process import runner
 
 WHEELS_IN_TREE = "/tmp/imageforge-wheels"
-CLEAN_ENV = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
+# SOURCE_DATE_EPOCH: pip byte-compiles into hash-checked .pyc files, which hold no file times.
+CLEAN_ENV = (
+    "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "
+    f"SOURCE_DATE_EPOCH={reproducible.EPOCH}"
+)
 
 
 def pip_download() -> list[str]:

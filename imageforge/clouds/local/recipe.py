@@ -19,7 +19,7 @@ from imageforge.errors import ImageforgeError
 from imageforge.process import qemu, runner
 
 # Bump when the build changes in a way the hashed recipe, guest files and options do not show.
-BASE_FORMAT = 3
+BASE_FORMAT = 4  # 4: reproducible layers (reproducible.py)
 IMAGE_NAME = "disk.qcow2"
 INFO = "base.json"
 REPO_ROOT = Path(__file__).resolve().parents[3]

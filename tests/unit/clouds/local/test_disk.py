@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from imageforge.clouds.local import disk
+from imageforge.clouds.local import disk, reproducible
 from imageforge.errors import ImageforgeError
+
+PINS = reproducible.pins_for("0" * 64)
 
 
 def fake_tree(root: Path, core_size: int = 3000) -> Path:
@@ -24,7 +26,7 @@ def fake_tree(root: Path, core_size: int = 3000) -> Path:
 def test_boot_code_goes_into_the_mbr_and_core_behind_it(tmp_path: Path) -> None:
     tree = fake_tree(tmp_path / "tree")
     raw = tmp_path / "disk.raw"
-    disk.assemble(tree, raw, 16, tmp_path / "disk.log")
+    disk.assemble(tree, raw, 16, tmp_path / "disk.log", pins=PINS)
     data = raw.read_bytes()
     boot = (tree / "boot/grub/i386-pc/boot.img").read_bytes()
     mbr = data[: disk.SECTOR]
@@ -47,7 +49,7 @@ def test_boot_code_goes_into_the_mbr_and_core_behind_it(tmp_path: Path) -> None:
 def test_a_core_image_too_big_for_the_gap_is_refused(tmp_path: Path) -> None:
     tree = fake_tree(tmp_path / "tree", core_size=disk.MIB)
     with pytest.raises(ImageforgeError, match="does not fit"):
-        disk.assemble(tree, tmp_path / "disk.raw", 16, tmp_path / "disk.log")
+        disk.assemble(tree, tmp_path / "disk.raw", 16, tmp_path / "disk.log", pins=PINS)
 
 
 def test_menu_boots_the_kernel_by_label_with_no_wait() -> None:
