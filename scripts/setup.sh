@@ -9,6 +9,7 @@ APT_PACKAGES=(
     packer                          # Debian's Packer 1.6.6: qemu, amazon-ebs, googlecompute, openstack
     qemu-system-x86 qemu-utils      # the local cloud, and qemu-img
     mmdebstrap                      # the Debian base image, from packages
+    apt-utils                       # apt-ftparchive: test_outdated's local package archive
     e2fsprogs fdisk                 # mke2fs -d and sfdisk: a disk image without loop devices
     vde2                            # vde_switch: the private network of `invoke cluster up`
     iproute2                        # ip netns: the cluster test runs in a namespace of its own
