@@ -42,7 +42,7 @@ def keygen(c: Context) -> None:
 def attest(
     c: Context,
     action: str,
-    target: str = "",
+    target: str,
     key: str | None = None,
     image_id: str | None = None,
     config: str | None = None,
