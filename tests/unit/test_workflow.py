@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from imageforge.tools import outdated as checks
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "images.yml"
 EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)
@@ -132,3 +134,64 @@ def test_publish_runs_only_on_the_default_branch_after_the_verified_build(workfl
     assert "matrix.cloud != 'local'" in condition
     assert "invoke publish" in publish["run"]
     assert workflow["permissions"] == {"contents": "read"}
+
+
+OUTDATED = ROOT / ".github" / "workflows" / "outdated.yml"
+
+
+@pytest.fixture(scope="module")
+def outdated_workflow() -> dict[str, Any]:
+    return YAML(typ="safe").load(OUTDATED.read_text())
+
+
+def test_the_outdated_workflow_validates_and_runs_daily(outdated_workflow) -> None:
+    checker = shutil.which("check-jsonschema")
+    assert checker, "check-jsonschema is in the test extra"
+    done = subprocess.run(
+        [checker, "--builtin-schema", "vendor.github-workflows", str(OUTDATED)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    triggers = outdated_workflow["on"]
+    assert set(triggers) == {"schedule", "workflow_dispatch"}
+    minute, hour, *days = triggers["schedule"][0]["cron"].split()
+    assert days == ["*", "*", "*"] and minute.isdigit() and hour.isdigit()
+    assert outdated_workflow["permissions"] == {"contents": "read", "actions": "read"}
+
+
+def test_outdated_reads_the_records_and_treats_100_as_pending(outdated_workflow) -> None:
+    check = outdated_workflow["jobs"]["check"]
+    assert check["container"].startswith("debian:")  # Debian's own apt sources and keyring
+    records = named(check, "Build records")
+    assert "workflows/images.yml/runs" in records["run"]
+    assert 'startswith("build-")' in records["run"]  # images.yml's "Keep logs and records"
+    assert "$GITHUB_API_URL" in records["run"]  # no host written down
+    script = next(step["run"] for step in steps(check) if step.get("id") == "check")
+    assert "invoke outdated --format github" in script
+    assert f'"$status" -eq {checks.SECURITY_PENDING}' in script
+    assert "set -e" not in script.replace("set -euo", "")  # exit 100 must not end the step
+    assert check["outputs"] == {
+        "matrix": "${{ steps.check.outputs.matrix }}",
+        "pending": "${{ steps.check.outputs.pending }}",
+    }
+
+
+def test_outdated_rebuilds_the_cells_with_refresh_through_images_yml(
+    outdated_workflow, workflow
+) -> None:
+    rebuild = outdated_workflow["jobs"]["rebuild"]
+    assert rebuild["needs"] == "check"
+    assert rebuild["if"] == "needs.check.outputs.pending == 'true'"
+    assert rebuild["uses"] == "./.github/workflows/images.yml"
+    assert rebuild["with"] == {"matrix": "${{ needs.check.outputs.matrix }}", "refresh": True}
+    assert rebuild["secrets"] == "inherit"
+    inputs = workflow["on"]["workflow_call"]["inputs"]
+    assert set(rebuild["with"]) <= set(inputs)
+    assert inputs["refresh"]["type"] == "boolean" and inputs["refresh"]["default"] is False
+    plan = next(step for step in steps(workflow["jobs"]["plan"]) if step.get("id") == "plan")
+    assert plan["env"]["CALLED_MATRIX"] == "${{ inputs.matrix }}"
+    assert plan["run"].index("CALLED_MATRIX") < plan["run"].index("invoke matrix")
+    build = named(workflow["jobs"]["build"], "Build and verify")
+    assert build["env"]["REFRESH"] == "${{ inputs.refresh && '--refresh' || '' }}"
+    assert build["run"].endswith("$REFRESH")
