@@ -101,6 +101,13 @@ class Sharer(Protocol):
 
 
 @runtime_checkable
+class Tagger(Protocol):
+    def tag(self, project: Project, record: BuildRecord, key: str, value: str) -> list[Outcome]:
+        """Tag, label or set a property key=value on every image of the build."""
+        ...
+
+
+@runtime_checkable
 class Housekeeper(Protocol):
     def prune(self, project: Project, flavor: str, keep: int, *, apply: bool) -> list[Outcome]:
         """Delete this pipeline's images of a flavor beyond the newest `keep` (>= 1)."""

@@ -123,7 +123,15 @@ class Policies(Protocol):
     def flavors(self) -> Mapping[str, Any]: ...
 
 
-class AwsPublish(Model):
+class Signed(Model):
+    """require_signed: publish only builds whose signed provenance verifies."""
+
+    require_signed: StrictBool = Field(
+        False, description="refuse a build without signed provenance that verifies"
+    )
+
+
+class AwsPublish(Signed):
     """Launch permission on every AMI; volume permission on its snapshots only if asked."""
 
     public: StrictBool = Field(False, description="every AWS account")
@@ -144,7 +152,7 @@ class AwsPublish(Model):
         return self
 
 
-class GcpPublish(Model):
+class GcpPublish(Signed):
     """roles/compute.imageUser on the image for these IAM members."""
 
     members: tuple[GcpMember, ...] = Field(
@@ -155,7 +163,7 @@ class GcpPublish(Model):
 OPENSTACK_VISIBILITIES = ("private", "shared", "community", "public")
 
 
-class OpenstackPublish(Model):
+class OpenstackPublish(Signed):
     """The Glance image's visibility, and member projects for a shared image."""
 
     visibility: Literal["private", "shared", "community", "public"] | None = Field(
@@ -178,7 +186,7 @@ class OpenstackPublish(Model):
 CloudPolicy = AwsPublish | GcpPublish | OpenstackPublish
 
 
-class PublishPolicy(Model):
+class PublishPolicy(Signed):
     """Who a cell's images are shared with, per cloud; no entry: not shared."""
 
     aws: AwsPublish | None = None
@@ -192,6 +200,15 @@ def policy_for(images: Policies, flavor: str, cloud: str) -> CloudPolicy | None:
     own = images.flavors[flavor].publish
     chosen = getattr(own, cloud, None) if own is not None else None
     return chosen if chosen is not None else getattr(images.publish, cloud, None)
+
+
+def requires_signature(images: Policies, flavor: str, cloud: str) -> bool:
+    """Whether any publish policy of the cell (the flavor's or the top level's, for every
+    cloud or this one) says require_signed: the command line cannot lift it."""
+    policies = [images.flavors[flavor].publish, images.publish]
+    found = [p for p in policies if p is not None]
+    found += [getattr(p, cloud, None) for p in found]
+    return any(p is not None and p.require_signed for p in found)
 
 
 def sharing(policy: CloudPolicy) -> Sharing | None:

@@ -8,13 +8,14 @@ in the record per place, so that revoking removes exactly that.
 from __future__ import annotations
 
 from imageforge import clouds, log
-from imageforge.clouds.capabilities import Sharer
+from imageforge.clouds.capabilities import Sharer, Tagger
 from imageforge.clouds.common import Outcome
-from imageforge.config import Project
+from imageforge.config import Project, publishpolicy
 from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ImageforgeError
-from imageforge.records import state
+from imageforge.records import provenance, state
 from imageforge.records.record import BuildRecord
+from imageforge.stages import attest
 
 
 def candidates(project: Project, flavor: str, cloud: str) -> list[BuildRecord]:
@@ -56,9 +57,13 @@ def publish(
     sharer = clouds.capability(place, Sharer)
     if not revoke:
         state.require_bound(record)
+        if publishpolicy.requires_signature(project.images, record.flavor, place):
+            attest.require_signed(record, None)
     action = "unpublish" if revoke else "publish"
     with log.step(f"{action} {record.flavor} build {record.id} on {place} ({sharing.describe()})"):
         result = (sharer.unpublish if revoke else sharer.publish)(project, record, sharing)
+        if not revoke:
+            result.outcomes.extend(_tag_provenance(project, record, sharer))
         report(result.outcomes)
     state.published(
         record,
@@ -77,6 +82,17 @@ def publish(
             + "; it completes only what is missing",
         )
     return result.outcomes
+
+
+def _tag_provenance(project: Project, record: BuildRecord, sharer: object) -> list[Outcome]:
+    """The images carry the sha256 of the build's signed provenance (a tag, label or
+    property), so whoever has an image can fetch and check the envelope it names."""
+    envelope = record.directory / provenance.FILE
+    if not envelope.is_file() or not isinstance(sharer, Tagger):
+        return []
+    digest = provenance.envelope_digest(envelope)
+    value = provenance.label_value(digest) if record.cloud == "gcp" else digest
+    return sharer.tag(project, record, provenance.TAG, value)
 
 
 def report(outcomes: list[Outcome]) -> None:

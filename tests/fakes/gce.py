@@ -702,6 +702,23 @@ def _images_deprecate(fake: FakeGce, request: Request) -> dict[str, Any]:
     return fake._operation(project, "setDeprecation", image["selfLink"], image["id"])
 
 
+@handles("compute.images.setLabels")
+def _images_set_labels(fake: FakeGce, request: Request) -> dict[str, Any]:
+    """Labels replace the image's, if the fingerprint is the current one (as the API does)."""
+    project = fake._project(request)
+    image = fake._image(project, request.params["resource"])
+    body = request.body or {}
+    if body.get("labelFingerprint") != image.get("labelFingerprint"):
+        raise ApiError(
+            412,
+            "conditionNotMet",
+            "Labels fingerprint either invalid or resource labels have changed",
+        )
+    image["labels"] = dict(body.get("labels", {}))
+    image["labelFingerprint"] = _labels_fingerprint(image["labels"])
+    return fake._operation(project, "setLabels", image["selfLink"], image["id"])
+
+
 @handles("compute.images.getIamPolicy")
 def _images_get_iam_policy(fake: FakeGce, request: Request) -> dict[str, Any]:
     project = fake._project(request)

@@ -56,6 +56,20 @@ class AwsSharing:
                 added.pop(region, None)
         return Published(outcomes, added)
 
+    def tag(self, project: Project, record: BuildRecord, key: str, value: str) -> list[Outcome]:
+        """Tag every AMI of the build key=value (the provenance envelope's sha256)."""
+        outcomes = []
+        for region, ami in sorted(amis(record).items()):
+            outcome = Outcome(region, ami)
+            outcomes.append(outcome)
+            with errors_into(outcome):
+                client = ec2(region)
+                ours = [{"Name": "resource-id", "Values": [ami]}, {"Name": "key", "Values": [key]}]
+                if [t["Value"] for t in client.describe_tags(Filters=ours)["Tags"]] != [value]:
+                    client.create_tags(Resources=[ami], Tags=[{"Key": key, "Value": value}])
+                    outcome.changes = [f"tagged {key}={value}"]
+        return outcomes
+
 
 def amis(record: BuildRecord) -> dict[str, str]:
     """Every AMI of a build by region: built, then copied after verification."""

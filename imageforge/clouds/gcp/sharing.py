@@ -73,6 +73,30 @@ class GcpSharing:
         gone = {} if outcome.error else {where: targets}
         return Published([outcome], remove_added(added, gone))
 
+    def tag(self, project: Project, record: BuildRecord, key: str, value: str) -> list[Outcome]:
+        """Label the image key=value, with its label fingerprint (no concurrent change lost)."""
+        from google.cloud import compute_v1
+
+        where, name = locate(project, record)
+        gce = Gce(where)
+        outcome = Outcome(where, name)
+        with errors_into(outcome):
+            image = gce.images.get(project=gce.project, image=name)
+            labels = dict(image.labels)
+            if labels.get(key) != value:
+                request = compute_v1.GlobalSetLabelsRequest(
+                    labels={**labels, key: value}, label_fingerprint=image.label_fingerprint
+                )
+                gce.wait(
+                    gce.images.set_labels(
+                        project=gce.project,
+                        resource=name,
+                        global_set_labels_request_resource=request,
+                    )
+                )
+                outcome.changes = [f"labelled {key}={value}"]
+        return [outcome]
+
 
 def locate(project: Project, record: BuildRecord) -> tuple[str, str]:
     """(project id, image name) of a build: the image recorded at build time, in the project

@@ -57,6 +57,16 @@ class OpenstackSharing:
                 _restore_visibility(conn, image, entry, outcome)
         return Published([outcome, *outcomes], _kept(added, cloud, entry))
 
+    def tag(self, project: Project, record: BuildRecord, key: str, value: str) -> list[Outcome]:
+        """Set the Glance image property key=value."""
+        cloud, conn, image, _, _ = _start(project, record, "tag")
+        outcome = Outcome(cloud, f"image {image.id} ({image.name})")
+        with errors_into(outcome):
+            if image.properties.get(key) != value:
+                conn.image.update_image(image, **{key: value})
+                outcome.changes = [f"property {key}={value}"]
+        return [outcome]
+
 
 def _start(
     project: Project, record: BuildRecord, operation: str

@@ -20,7 +20,7 @@ from imageforge.clouds.aws.sharing import AmiSharing
 from imageforge.clouds.common import Sharing
 from imageforge.clouds.housekeeping import KEEP_KEY
 from imageforge.errors import ImageforgeError
-from imageforge.records import state
+from imageforge.records import provenance, state
 from imageforge.records.state import BuildRecord
 from imageforge.stages import publish
 
@@ -481,3 +481,20 @@ def test_sweep_keeps_a_kept_build_instance_until_its_expiry_and_not_after(projec
         for i in r["Instances"]
     }
     assert states == {waiting: "running", expired: "terminated"}
+
+
+def test_publish_tags_every_ami_with_the_provenance_digest(project, scratch: Path) -> None:
+    made = {r: make_ami(r) for r in REGIONS}
+    record = make_record(scratch, {r: a for r, (a, _) in made.items()})
+    (record.directory / provenance.FILE).write_text('{"payloadType": "stand-in"}\n')
+    digest = state.sha256(record.directory / provenance.FILE)
+    outcomes = publish.publish(project, record, Sharing(public=True))
+    assert [o.changes for o in outcomes][-2:] == [[f"tagged {provenance.TAG}={digest}"]] * 2
+    for region, (ami, _) in made.items():
+        found = boto3.client("ec2", region_name=region).describe_tags(
+            Filters=[{"Name": "resource-id", "Values": [ami]}]
+        )["Tags"]
+        tags = {t["Key"]: t["Value"] for t in found}
+        assert tags[provenance.TAG] == digest and tags["imageforge-flavor"] == "slurm-node"
+    again = publish.publish(project, fresh(record), Sharing(public=True))
+    assert all(o.changes == [] for o in again)

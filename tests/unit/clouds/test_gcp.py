@@ -18,7 +18,7 @@ from imageforge.clouds.common import Sharing
 from imageforge.clouds.gcp import sharing as gcp_sharing
 from imageforge.config import matrix
 from imageforge.errors import ImageforgeError
-from imageforge.records import state
+from imageforge.records import provenance, state
 from imageforge.records.state import BuildRecord
 from imageforge.stages import publish
 from tests.fakes.gce import FakeGce, Request, serve
@@ -638,3 +638,19 @@ def test_fake_filters_like_the_list_api(gce) -> None:
     assert [i.name for i in found] == ["imageforge-img-2"]
     answer = api(gce, "GET", f"projects/{PROJECT}/global/images?filter=name%20eq%20img.*")
     assert answer.status_code == 400
+
+
+def test_publish_labels_the_image_with_the_provenance_digest(project, scratch, gce) -> None:
+    make_image(gce, "imageforge-img-1")
+    record = make_record(scratch, "imageforge-img-1")
+    (record.directory / provenance.FILE).write_text('{"payloadType": "stand-in"}\n')
+    value = provenance.label_value(state.sha256(record.directory / provenance.FILE))
+    assert len(value) <= 63 and value == value.lower()
+    publish.publish(project, record, Sharing(public=True))
+    labels = gce.images[(PROJECT, "imageforge-img-1")]["labels"]
+    assert labels[provenance.TAG] == value
+    assert labels["imageforge-flavor"] == FLAVOR  # the build's own labels stay
+    (call,) = gce.calls("compute.images.setLabels")
+    assert call.body["labelFingerprint"]  # the one images.get returned
+    publish.publish(project, state.load(record.directory), Sharing(public=True))
+    assert len(gce.calls("compute.images.setLabels")) == 1

@@ -22,7 +22,7 @@ from imageforge.clouds.common import Outcome, Sharing
 from imageforge.clouds.openstack.connection import connect, image_ids
 from imageforge.config.matrix import find
 from imageforge.errors import ImageforgeError
-from imageforge.records import state
+from imageforge.records import provenance, state
 from imageforge.records.state import BuildRecord
 from imageforge.stages import publish
 from tests.fakes.glance import QCOW2_MAGIC, FakeCloud, FakeGlance
@@ -667,3 +667,18 @@ def test_sweep_spares_young_servers_and_running_builds(
     assert all(not o.changes for o in outcomes) and len(outcomes) == 2
     assert "still building here" in outcomes[1].subject
     assert nova.deleted == [] and set(nova.servers) == {"young", "busy"}
+
+
+def test_publish_sets_the_provenance_digest_property(
+    project, scratch: Path, glance: FakeGlance
+) -> None:
+    image = ours(glance, "b1")
+    record = make_record(scratch, image_id=image["id"])
+    (record.directory / provenance.FILE).write_text('{"payloadType": "stand-in"}\n')
+    digest = state.sha256(record.directory / provenance.FILE)
+    outcomes = pub(project, record, Sharing(public=True))
+    assert outcomes[-1].changes == [f"property {provenance.TAG}={digest}"]
+    assert glance.images[image["id"]][provenance.TAG] == digest
+    before = list(glance.mutations)
+    pub(project, record, Sharing(public=True))
+    assert glance.mutations == before

@@ -145,7 +145,7 @@ def test_a_flavor_entry_replaces_the_top_level_one_for_that_cloud_only(scratch: 
             "  openstack: {visibility: public, members: [p1]}\n",
             "publish.openstack: Glance adds members to shared images only, not public ones",
         ),
-        ("  azure: {}\n", "images.yml:4:3: publish: unknown key 'azure'; allowed: aws, gcp"),
+        ("  azure: {}\n", "images.yml:4:3: publish: unknown key 'azure'; allowed: require_signed, aws, gcp"),
     ],
 )
 def test_bad_policies_are_located_errors(scratch: Path, section: str, expected: str) -> None:

@@ -10,9 +10,11 @@ import pytest
 
 from imageforge import clouds, config
 from imageforge.clouds import Outcome, Published, Sharing
+from imageforge.config import matrix, publishpolicy
 from imageforge.errors import ImageforgeError
-from imageforge.records import state
-from imageforge.stages import publish
+from imageforge.records import provenance, signingkeys, state
+from imageforge.records.provenance import ProvenanceError
+from imageforge.stages import attest, publish
 from tests.records import make_record
 
 from ..conftest import write
@@ -95,3 +97,42 @@ def test_publish_records_who_it_was_shared_with(
     publish.publish(project, record, sharing, cloud_name="openstack")
     saved = state.load(record.directory).published["openstack"]
     assert saved.sharing == "visibility shared; shared with p1, p2"
+
+
+@pytest.mark.parametrize(
+    "images_yml",
+    [
+        "publish:\n  require_signed: true\nflavors:\n  a: {}\n",
+        "flavors:\n  a:\n    publish:\n      aws: {public: true, require_signed: true}\n",
+    ],
+)
+def test_require_signed_refuses_an_unsigned_build_whoever_it_is_shared_with(
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    images_yml: str,
+) -> None:
+    write(scratch, images_yml)
+    project = config.load(scratch / "images.yml")
+    assert publishpolicy.requires_signature(project.images, "a", "aws")
+    everywhere = images_yml.startswith("publish:")
+    assert publishpolicy.requires_signature(project.images, "a", "gcp") == everywhere
+    monkeypatch.setenv("IMAGEFORGE_SIGNING_KEY", str(tmp_path_factory.mktemp("k") / "key"))
+    signingkeys.generate(signingkeys.private_path())
+    record = make_record(project.root / "artifacts", "a", "aws", artifact_ids=IDS)
+    sharer = FakeSharer([Outcome("eu-west-1", "ami", ["launch: all"])], {"eu-west-1": ["all"]})
+    use(monkeypatch, sharer)
+    with pytest.raises(ProvenanceError, match=f"build {record.id} has no provenance"):
+        publish.publish(project, record, Sharing(public=True))
+    assert sharer.seen == []
+    attest.attest(project, matrix.find(project, "a", "aws"), record)
+    publish.publish(project, state.load(record.directory), Sharing(public=True))
+    assert sharer.seen == [{}]
+    # signed by another key: refused
+    (record.directory / provenance.FILE).unlink()
+    monkeypatch.setenv("IMAGEFORGE_SIGNING_KEY", str(tmp_path_factory.mktemp("k") / "other"))
+    signingkeys.generate(signingkeys.private_path())
+    attest.attest(project, matrix.find(project, "a", "aws"), record)
+    monkeypatch.setenv("IMAGEFORGE_SIGNING_KEY", str(record.directory.parent / "missing"))
+    with pytest.raises(ProvenanceError, match="require_signed needs the public key"):
+        publish.publish(project, state.load(record.directory), Sharing(public=True))
