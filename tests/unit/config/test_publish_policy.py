@@ -129,8 +129,8 @@ def test_a_flavor_entry_replaces_the_top_level_one_for_that_cloud_only(scratch: 
         ),
         (
             "  aws: {publc: true}\n",
-            "images.yml:4:9: publish.aws: unknown key 'publc'; allowed: public, accounts, "
-            "organizations, snapshots; did you mean 'public'?",
+            "images.yml:4:9: publish.aws: unknown key 'publc'; allowed: require_signed, public, "
+            "accounts, organizations, snapshots; did you mean 'public'?",
         ),
         (
             "  aws: {public: true, accounts: ['123456789012']}\n",
@@ -145,7 +145,10 @@ def test_a_flavor_entry_replaces_the_top_level_one_for_that_cloud_only(scratch: 
             "  openstack: {visibility: public, members: [p1]}\n",
             "publish.openstack: Glance adds members to shared images only, not public ones",
         ),
-        ("  azure: {}\n", "images.yml:4:3: publish: unknown key 'azure'; allowed: require_signed, aws, gcp"),
+        (
+            "  azure: {}\n",
+            "images.yml:4:3: publish: unknown key 'azure'; allowed: require_signed, aws, gcp",
+        ),
     ],
 )
 def test_bad_policies_are_located_errors(scratch: Path, section: str, expected: str) -> None:
