@@ -1,8 +1,10 @@
 """The Vagrant box catalog: one `metadata.json` per flavor that `vagrant box add URL` reads.
 
 Each verified local build with a box is one version of `<name_prefix>/<flavor>`, with the
-libvirt provider's url and sha256. The catalog only grows: a build already in it is left as it
-is, and a version that would be written with another checksum is refused, never rewritten.
+libvirt provider's url and sha256, and the url of the build's signed provenance (`provenance`,
+beside the box) when the build has one. The catalog only grows: a build already in it is left
+as it is, and a version that would be written with another checksum is refused, never
+rewritten.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imageforge.errors import ImageforgeError
-from imageforge.records import state
+from imageforge.records import provenance, state
 from imageforge.records.record import BuildRecord
 
 CATALOG = "metadata.json"
@@ -30,6 +32,7 @@ class Entry:
     box: Path
     sha256: str
     description: str
+    provenance: Path | None = None  # the signed provenance.intoto.jsonl
 
 
 def version_of(build_id: str) -> str:
@@ -48,9 +51,10 @@ def entries(records: list[BuildRecord]) -> list[Entry]:
             path = record.directory / artifact.path
             if path.suffix == ".box" and path.is_file() and state.sha256(path) == artifact.sha256:
                 described = f"build {record.id} (git {record.git_commit[:12] or 'unknown'})"
-                found.append(
-                    Entry(version_of(record.id), record.id, path, artifact.sha256, described)
-                )
+                envelope = record.directory / provenance.FILE
+                signed = envelope if envelope.is_file() else None
+                version = version_of(record.id)
+                found.append(Entry(version, record.id, path, artifact.sha256, described, signed))
     return found
 
 
@@ -68,15 +72,19 @@ def load(path: Path) -> dict[str, Any] | None:
 
 
 def merge(
-    old: dict[str, Any] | None, name: str, description: str, new: list[tuple[Entry, str]]
+    old: dict[str, Any] | None,
+    name: str,
+    description: str,
+    new: list[tuple[Entry, str, str | None]],
 ) -> tuple[dict[str, Any], list[str]]:
-    """The catalog with new (entry, url) versions added; returns it and the versions added."""
+    """The catalog with new (entry, box url, provenance url) versions added; returns it and
+    the versions added. A version listed before gets the provenance url it lacked."""
     catalog = old or {"name": name, "description": description, "versions": []}
     if catalog.get("name") != name:
         raise ImageforgeError(f"the catalog is for {catalog.get('name')!r}, not {name!r}")
     known = {v["version"]: v for v in catalog["versions"]}
     added = []
-    for entry, url in new:
+    for entry, url, signed in new:
         existing = known.get(entry.version)
         if existing is not None:
             sums = {p.get("checksum") for p in existing.get("providers", [])}
@@ -86,6 +94,8 @@ def merge(
                     f"another box (build {existing.get('description', '?')}); "
                     "a published version is never rewritten"
                 )
+            if signed and "provenance" not in existing:
+                existing["provenance"] = signed
             continue
         version = {
             "version": entry.version,
@@ -94,6 +104,8 @@ def merge(
                 {"name": "libvirt", "url": url, "checksum_type": "sha256", "checksum": entry.sha256}
             ],
         }
+        if signed:
+            version["provenance"] = signed
         catalog["versions"].append(version)
         known[entry.version] = version
         added.append(entry.version)
@@ -133,7 +145,11 @@ def write(
     for entry in entries(records):
         relative = f"{entry.version}/{flavor}.box"
         place(entry.box, directory / relative)
-        new.append((entry, f"{root}/{relative}"))
+        signed = None
+        if entry.provenance is not None:
+            signed = f"{root}/{entry.version}/{provenance.FILE}"
+            shutil.copyfile(entry.provenance, directory / entry.version / provenance.FILE)
+        new.append((entry, f"{root}/{relative}", signed))
     catalog, added = merge(load(path), name, description, new)
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(CATALOG + ".partial")

@@ -12,7 +12,7 @@ import pytest
 
 from imageforge.errors import ImageforgeError
 from imageforge.process import qemu
-from imageforge.records import state
+from imageforge.records import provenance, state
 from imageforge.stages import vagrantbox
 from imageforge.tools import vagrantcatalog
 from tests.records import make_record
@@ -199,3 +199,25 @@ def test_plain_http_base_url_for_a_remote_host_is_warned_about(
     assert capsys.readouterr().err == ""
     check_base_url("http://boxes.example/")
     assert "plain http:// for boxes.example" in capsys.readouterr().err
+
+
+def test_the_catalog_lists_each_versions_provenance_beside_its_box(tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    unsigned = boxed(artifacts, "20260101-000000-abcdef0-000001")
+    out = tmp_path / "catalog"
+    path, _ = vagrantcatalog.write([unsigned], "slurm-node", "imageforge/slurm-node", out)
+    assert "provenance" not in json.loads(path.read_text())["versions"][0]
+    envelope = unsigned.directory / provenance.FILE
+    envelope.write_text('{"payloadType": "stand-in"}\n')
+    signed = boxed(artifacts, "20260102-000000-abcdef0-000002", b"another box")
+    (signed.directory / provenance.FILE).write_text('{"payloadType": "signed"}\n')
+    vagrantcatalog.write(
+        [unsigned, signed], "slurm-node", "imageforge/slurm-node", out, "https://b.example"
+    )
+    versions = json.loads(path.read_text())["versions"]
+    assert [v.get("provenance") for v in versions] == [
+        f"https://b.example/slurm-node/{v}/{provenance.FILE}" for v in ("20260101.0", "20260102.0")
+    ]
+    assert (out / "slurm-node/20260102.0" / provenance.FILE).read_text() == (
+        '{"payloadType": "signed"}\n'
+    )
