@@ -75,10 +75,22 @@ def base_cache() -> Path:
 def slurm_build(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """One real `invoke build --image slurm-node` (layer, packer, verification) per test run,
-    shared by every test that only reads what it made."""
+    """One real `invoke build --image slurm-node` (layer, packer, verification, signed
+    provenance with a key `invoke keygen` made) per test run, shared by every test that only
+    reads what it made."""
     project = copy_project(tmp_path_factory.mktemp("local-build"))
-    return project, invoke(project, "build", "--image", "slurm-node")
+    env = {**os.environ, SIGNING_KEY: str(signing_key(project))}
+    made = invoke(project, "keygen", env=env)
+    assert made.returncode == 0, made.stderr
+    return project, invoke(project, "build", "--image", "slurm-node", env=env)
+
+
+SIGNING_KEY = "IMAGEFORGE_SIGNING_KEY"
+
+
+def signing_key(project: Path) -> Path:
+    """The signing key of a test project's builds: beside the project, never in it."""
+    return project.parent / f"{project.name}-signing" / "signing-key"
 
 
 def images_without_boxes() -> str:

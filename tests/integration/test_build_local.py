@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 from imageforge.stages.stepcache import StepCache
 
-from .conftest import copy_project, invoke, processes_mentioning, temp_leftovers
+from .conftest import copy_project, invoke, processes_mentioning, signing_key, temp_leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +63,32 @@ def test_build_and_verify_slurm_node(slurm_build) -> None:
     assert "PRIVATE KEY" not in (directory / "build.log").read_text()
     assert processes_mentioning(str(project)) == []
     assert temp_leftovers(record["id"]) == []
+
+
+def test_the_verified_build_is_signed_and_its_provenance_verifies(slurm_build) -> None:
+    project, result = slurm_build
+    [record] = records(project, "slurm-node")
+    assert "provenance: provenance.intoto.jsonl, signed by key" in result.stderr
+    directory = project / "artifacts" / "slurm-node" / record["id"]
+    key = signing_key(project).with_name("signing-key.pub")
+    envelope = json.loads((directory / "provenance.intoto.jsonl").read_text())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    subjects = {s["name"] for s in statement["subject"]}
+    assert subjects == {
+        "image/slurm-node.qcow2",
+        "manifest.json",
+        "slurm-node.box",
+        "sbom.cdx.json",
+    }
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    debs = [d for d in deps if d.get("uri", "").startswith("pkg:deb/")]
+    # Every .deb of the layer came from the shared cache, so each has the installed file's digest.
+    slurmd = [d for d in debs if d["uri"].startswith("pkg:deb/debian/slurmd@")]
+    assert slurmd and "sha256" in slurmd[0].get("digest", {}), slurmd
+    assert sum("digest" in d for d in debs) >= 0.9 * len(debs)
+    verified = invoke(project, "attest", "verify", record["id"], "--key", str(key))
+    assert verified.returncode == 0, verified.stderr
+    assert "re-hashed 4 files" in verified.stdout
 
 
 def test_a_node_refuses_a_wrong_value_from_multipart_user_data(slurm_build, tmp_path) -> None:
