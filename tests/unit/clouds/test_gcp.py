@@ -609,7 +609,7 @@ IMAGES = f"projects/{PROJECT}/global/images"
         ("GET", "projects/Not_A_Project/global/images", None, 400, "Must be a match"),
         ("GET", f"{IMAGES}/img-1", None, 404, "images/img-1' was not found"),
         ("GET", "projects/nobody/global/images", None, 404, "'projects/nobody' was not found"),
-        ("POST", f"{IMAGES}/img-1/setLabels", {}, 501, "compute.images.setLabels"),
+        ("POST", f"{IMAGES}/img-1/testIamPermissions", {}, 501, "compute.images.testIam"),
     ],
 )
 def test_fake_rejects_what_the_document_does_not_allow(gce, verb, path, body, status, says) -> None:
