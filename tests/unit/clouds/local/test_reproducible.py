@@ -14,6 +14,7 @@ from imageforge.clouds.local.reproducible import EPOCH
 from .test_disk import fake_tree
 
 DIGEST = "ab" * 32
+PINS = reproducible.pins_for(DIGEST)
 
 
 def tree(root: Path) -> Path:
@@ -104,6 +105,20 @@ def test_two_disks_of_the_same_tree_are_equal(tmp_path: Path) -> None:
     (root / "etc/hostname").read_text()  # a read moves an atime
     disk.assemble(root, tmp_path / "b.raw", 16, tmp_path / "disk.log", pins=pins)
     assert (tmp_path / "a.raw").read_bytes() == (tmp_path / "b.raw").read_bytes()
+
+
+def test_the_layer_is_converted_in_order(tmp_path: Path, monkeypatch) -> None:
+    """qemu-img convert -W (out-of-order writes) gave two qcow2 files of one raw disk."""
+    raw = tmp_path / "disk.raw"
+    disk.assemble(tree(tmp_path / "tree"), raw, 16, tmp_path / "log", pins=PINS)
+    disk.to_qcow2(raw, tmp_path / "a.qcow2", tmp_path / "log")
+    disk.to_qcow2(raw, tmp_path / "b.qcow2", tmp_path / "log")
+    assert (tmp_path / "a.qcow2").read_bytes() == (tmp_path / "b.qcow2").read_bytes()
+    seen: list[list[str]] = []
+    monkeypatch.setattr(disk.runner, "run", lambda argv, **_: seen.append(list(map(str, argv))))
+    disk.to_qcow2(raw, tmp_path / "c.qcow2", tmp_path / "log")
+    disk.to_qcow2(raw, tmp_path / "d.qcow2", tmp_path / "log", compress=True)
+    assert "-W" not in seen[0] and "-W" in seen[1]  # shipped disks come from a VM anyway
 
 
 def test_update_stamps_say_the_epoch(tmp_path: Path) -> None:
