@@ -156,6 +156,15 @@ def test_diff_names_the_images_yml_settings_that_changed(project: Path) -> None:
     assert fields == {"flavor.packages": ('["slurmd"]', '["slurmd", "tree"]')}
 
 
+def test_diff_names_a_layer_of_the_same_recipe_with_other_bytes(project: Path) -> None:
+    """Layers are reproducible: the same recipe hash with another sha256 is worth seeing."""
+    artifacts = project / "artifacts"
+    layer = {"recipe_hash": "ab" * 32, "sha256": "11" * 32, "path": "/cache/layers/x"}
+    old = make_record(artifacts, build_id=OLD, base_image=layer)
+    new = make_record(artifacts, build_id=NEW, base_image={**layer, "sha256": "22" * 32})
+    assert builddiff.diff(old, new).fields == {"base_image.sha256": ("11" * 32, "22" * 32)}
+
+
 def test_settings_missing_from_an_older_record_are_a_note_not_a_change(project: Path) -> None:
     artifacts = project / "artifacts"
     old = make_record(artifacts, build_id=OLD)
