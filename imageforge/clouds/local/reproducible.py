@@ -13,9 +13,11 @@ would otherwise come from the clock or from a random number generator is pinned 
   identity: two layers of different recipes still differ in them, as two random ones would.
 
 EPOCH is a fixed date, not the time of the build nor of the newest package: a date that moves
-with the packages would need them all read first, and every image's times would still say
-nothing about when it was built (the record says that). Package files keep their own older
-times; only what the build itself wrote (directories, configuration, caches) shows EPOCH.
+with the packages would need them all read first, and the record says when a layer was built.
+Package files older than EPOCH keep their times; newer ones show EPOCH like everything the build
+wrote (directories, configuration, caches), so no cache a maintainer script made looks older
+than what it was made from. Python's byte code does not depend on it: with SOURCE_DATE_EPOCH
+set, py_compile writes hash-checked .pyc files (all 1262 of the slurm-node layer are).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def walk(rootfs: Path) -> Iterator[tuple[Path, str]]:
 def clamp_times(rootfs: Path, epoch: int = EPOCH) -> None:
     """No file newer than epoch, and every atime equal to its mtime: what mke2fs -d copies.
 
-    Package files keep their older times; what the build wrote itself gets epoch. Links are
+    Older package files keep their times; what the build wrote itself gets epoch. Links are
     changed themselves (follow_symlinks=False), never what they point to. The tree is listed
     first: listing a directory moves its atime.
     """

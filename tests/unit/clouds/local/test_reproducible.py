@@ -4,11 +4,13 @@ two builds of one layer (real sfdisk, mke2fs and debugfs on a small tree)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from imageforge.clouds.local import disk, guestfiles, reproducible
+from imageforge.clouds.local import disk, guestfiles, pyenv, reproducible
 from imageforge.clouds.local.reproducible import EPOCH
 
 from .test_disk import fake_tree
@@ -119,6 +121,16 @@ def test_the_layer_is_converted_in_order(tmp_path: Path, monkeypatch) -> None:
     disk.to_qcow2(raw, tmp_path / "c.qcow2", tmp_path / "log")
     disk.to_qcow2(raw, tmp_path / "d.qcow2", tmp_path / "log", compress=True)
     assert "-W" not in seen[0] and "-W" in seen[1]  # shipped disks come from a VM anyway
+
+
+def test_pip_in_the_tree_writes_hash_checked_byte_code(tmp_path: Path) -> None:
+    """.pyc files hold their source's mtime unless SOURCE_DATE_EPOCH reaches the compiler
+    through pyenv's clean environment (env -i)."""
+    (tmp_path / "m.py").write_text("X = 1\n")
+    argv = [*shlex.split(pyenv.CLEAN_ENV), sys.executable, "-m", "py_compile", "m.py"]
+    subprocess.run(argv, cwd=tmp_path, check=True)
+    (pyc,) = (tmp_path / "__pycache__").glob("m.*.pyc")
+    assert pyc.read_bytes()[4:8] == (3).to_bytes(4, "little")  # hash-based, checked
 
 
 def test_update_stamps_say_the_epoch(tmp_path: Path) -> None:
