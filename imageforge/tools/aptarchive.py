@@ -9,7 +9,6 @@ read with python-debian; versions compare with python-debian's Debian version ru
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import re
@@ -25,6 +24,7 @@ from debian.debian_support import Version
 from imageforge.clouds.local.debcache import DebCache
 from imageforge.errors import ImageforgeError
 from imageforge.process import runner
+from imageforge.records.state import sha256
 
 # The suites an image takes updates from: its release, -updates and -security (no backports).
 POCKETS = {"": "release", "-updates": "updates", "-security": "security"}
@@ -136,7 +136,7 @@ class SuiteArchive:
         """The candidate's .deb in cache: the cached file when its sha256 is the index's, or
         downloaded there (`apt-get download`) first."""
         cached = cache.directory / candidate.deb_name
-        if cached.is_file() and _sha256(cached) == candidate.sha256:
+        if cached.is_file() and sha256(cached) == candidate.sha256:
             return cached
         cache.directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache.directory, prefix=".outdated-") as tmp:
@@ -182,11 +182,3 @@ def _opened(path: Path) -> Iterator[IO[str]]:
             yield stream
     else:
         yield io.StringIO(runner.output([APT_HELPER, "cat-file", path], what="apt-helper cat-file"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

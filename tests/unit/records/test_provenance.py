@@ -65,6 +65,15 @@ def verified(project: Path, **facts: object) -> state.BuildRecord:
     return state.verification_done(state.load(record.directory), outcome)
 
 
+def aws_build(project: Path) -> state.BuildRecord:
+    """A verified AWS build: its Packer manifest, and the AMI it made in eu-west-1."""
+    files = {"manifest.json": b"{}"}
+    ids = {"eu-west-1": "ami-0a"}
+    return make_record(
+        project / "artifacts", cloud="aws", build_id=BUILD, artifact_ids=ids, files=files
+    )
+
+
 def signed(project: Path, record: state.BuildRecord) -> Path:
     cell = matrix.find(config.load(project / "images.yml"), record.flavor, record.cloud)
     path = attest.attest(config.load(project / "images.yml"), cell, record)
@@ -124,13 +133,7 @@ def test_the_statement_names_every_subject_and_dependency(project: Path) -> None
 
 
 def test_cloud_image_ids_per_region_are_subjects(project: Path) -> None:
-    record = make_record(
-        project / "artifacts",
-        cloud="aws",
-        build_id=BUILD,
-        artifact_ids={"eu-west-1": "ami-0a"},
-        files={"manifest.json": b"{}"},
-    )
+    record = aws_build(project)
     record = state.distributed(record, {"us-east-1": "ami-0b"})
     names = [s["name"] for s in provenance.subjects(record)]
     assert names == ["manifest.json", "aws:eu-west-1:ami-0a", "aws:us-east-1:ami-0b"]
@@ -192,13 +195,7 @@ def test_an_unsigned_build_is_said_and_refused_under_require_signed(
 
 
 def test_an_image_id_verifies_with_only_the_envelope_and_the_key(project: Path, key: Path) -> None:
-    record = make_record(
-        project / "artifacts",
-        cloud="aws",
-        build_id=BUILD,
-        artifact_ids={"eu-west-1": "ami-0a"},
-        files={"manifest.json": b"{}"},
-    )
+    record = aws_build(project)
     envelope = signed(project, record)
     alone = project / "downloaded.intoto.jsonl"
     alone.write_bytes(envelope.read_bytes())
