@@ -1,7 +1,8 @@
 """`invoke outdated`: the package updates each cell's newest verified image still misses.
 
 Exit code 0: no security update is pending; 100 (tools.outdated.SECURITY_PENDING): at least one
-is, so a scheduled workflow rebuilds the cells `--format github` prints; 2: a usage error.
+is, so a scheduled workflow rebuilds the cells `--format github` prints; 1: none is known, but
+a verified build could not be checked; 2: a usage error.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def outdated(
             log.warn(f"{report.flavor} on {report.cloud}: not checked: {report.unchecked}")
     if any(r.security_pending for r in reports):
         raise Exit(code=checks.SECURITY_PENDING)
+    if any(r.failed for r in reports):  # never "nothing pending" when it could not look
+        raise Exit(code=checks.CHECK_FAILED)
 
 
 def table(reports: list[CellReport]) -> Table:

@@ -35,6 +35,8 @@ from imageforge.tools.aptarchive import Candidate, SuiteArchive
 
 # The exit code of `invoke outdated` when a security update is pending (0: none).
 SECURITY_PENDING = 100
+# ... when no security update is known to be pending, but a verified build could not be checked.
+CHECK_FAILED = 1
 CVE = re.compile(r"CVE-\d{4}-\d{4,}")
 
 
@@ -82,6 +84,11 @@ class CellReport:
     def security_pending(self) -> bool:
         return any(update.security for update in self.updates)
 
+    @property
+    def failed(self) -> bool:
+        """A verified build that could not be checked (not: a cell with no build yet)."""
+        return self.build is not None and self.unchecked is not None
+
     def as_json(self) -> dict[str, Any]:
         return {
             "flavor": self.flavor,
@@ -95,12 +102,15 @@ class CellReport:
 def read_sbom(path: Path) -> list[Installed]:
     """The deb packages of a CycloneDX SBOM (pkg:deb/... package URLs with their arch)."""
     document = json.loads(path.read_text())
+    components = document.get("components") if isinstance(document, dict) else None
+    if not isinstance(components, list):
+        raise ValueError("not a CycloneDX SBOM: no components list")
     found = []
-    for component in document.get("components", []):
-        text = str(component.get("purl", ""))
+    for component in components:
+        text = str(component.get("purl", "")) if isinstance(component, dict) else ""
         if not text.startswith("pkg:deb/"):
             continue
-        url = PackageURL.from_string(text)
+        url = PackageURL.from_string(text)  # a bad one: ValueError, the cell is unchecked
         if url.version:
             found.append(Installed(url.name, url.version, str(url.qualifiers.get("arch", ""))))
     if not found:

@@ -313,3 +313,15 @@ def test_backports_and_other_suites_are_not_sources() -> None:
     assert Candidate("a", Version("1:2.0-1"), "all", "release", "", "a").deb_name == (
         "a_1%3a2.0-1_all.deb"
     )
+
+
+@pytest.mark.parametrize("text", ["[]", '{"components": ["x", 7]}', '{"components": {}}', "{"])
+def test_a_verified_build_that_cannot_be_checked_exits_1_never_0(
+    project: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    (project / "artifacts" / "calm" / "20260601-000001-abcdef0-000001" / sbom.FILE).write_text(text)
+    code, out, err = run(capsys, format="json", image="calm")
+    assert code == checks.CHECK_FAILED == 1
+    [cell] = json.loads(out)["cells"]
+    assert cell["build"] and cell["unchecked"] and cell["packages"] == []
+    assert "Traceback" not in err and "internal error" not in err
