@@ -99,13 +99,20 @@ def _package(purl: PackageURL, deb_dir: Path | None) -> dict[str, Any]:
 
 
 def _sbom_purls(record: BuildRecord) -> list[PackageURL]:
+    """The package URLs of the build's SBOM; one that cannot be read is a ProvenanceError."""
     sbom = record.verification.get("sbom")
     path = record.directory / str(sbom) if isinstance(sbom, str) else None
     if path is None or not path.is_file():
         return []
-    components = json.loads(path.read_text()).get("components", [])
-    purls = {c["purl"] for c in components if isinstance(c, dict) and c.get("purl")}
-    return [PackageURL.from_string(p) for p in sorted(purls)]
+    try:
+        document = json.loads(path.read_text())
+        components = document.get("components", []) if isinstance(document, dict) else None
+        if not isinstance(components, list):
+            raise ValueError("no components list")
+        texts = {c.get("purl") for c in components if isinstance(c, dict)}
+        return [PackageURL.from_string(p) for p in sorted(t for t in texts if isinstance(t, str))]
+    except (OSError, ValueError) as exc:
+        raise ProvenanceError(f"{path}: not an SBOM provenance can list: {exc}") from None
 
 
 def statement(
@@ -211,9 +218,27 @@ def open_envelope(text: bytes, key: Key) -> dict[str, Any]:
     return dict(document)
 
 
-def check_files(document: dict[str, Any], directory: Path) -> list[str]:
-    """Re-hash every file subject in directory; the files checked. A missing or changed
-    file is a ProvenanceError."""
+def check_record(document: dict[str, Any], record: BuildRecord) -> None:
+    """The provenance is this build's, and names every file and image id it has now: an
+    envelope of another build, or one signed before an import, is refused."""
+    metadata = document["predicate"].get("runDetails", {}).get("metadata", {})
+    if metadata.get("invocationId") != record.id:
+        raise ProvenanceError(f"the provenance is not of build {record.id}")
+    named = {s["name"]: s["digest"].get("sha256") for s in document["subject"]}
+    for artifact in (*record.artifacts, *record.derived):
+        if named.get(artifact.path) != artifact.sha256:
+            raise ProvenanceError(f"the signed provenance does not name {artifact.path} as built")
+    wanted = [s["name"] for s in subjects(record) if _is_image(s)]
+    if missing := [name for name in wanted if name not in named]:
+        raise ProvenanceError(
+            f"the signed provenance does not name image {missing[0]}",
+            hint=f"`invoke attest sign {record.id}` signs it with every image it has now",
+        )
+
+
+def check_files(document: dict[str, Any], directory: Path, *, present: bool = False) -> list[str]:
+    """Re-hash every file subject in directory; the files checked. A changed file is a
+    ProvenanceError, and so is a missing one (with present: only when none is there)."""
     checked = []
     for subject in document["subject"]:
         name = subject["name"]
@@ -222,11 +247,18 @@ def check_files(document: dict[str, Any], directory: Path) -> list[str]:
         path = directory / name
         if not path.resolve().is_relative_to(directory.resolve()):
             raise ProvenanceError(f"subject {name!r} is outside the build directory")
+        if present and not path.is_file():
+            continue
         if not path.is_file():
             raise ProvenanceError(f"{name}: the file is missing")
         if _sha256(path) != subject["digest"].get("sha256"):
             raise ProvenanceError(f"{name}: its sha256 differs from the signed one")
         checked.append(name)
+    if present and not checked:
+        raise ProvenanceError(
+            f"none of the files the provenance names is in {directory}",
+            hint="put the envelope beside the box or image, or give --image-id",
+        )
     return checked
 
 

@@ -15,7 +15,7 @@ from imageforge.clouds.local import recipe
 from imageforge.config import Project, oses
 from imageforge.config.matrix import Cell
 from imageforge.errors import ImageforgeError
-from imageforge.records import provenance, signingkeys
+from imageforge.records import provenance, signingkeys, state
 from imageforge.records.provenance import ProvenanceError
 from imageforge.records.record import BuildRecord
 from imageforge.stages import render
@@ -38,8 +38,7 @@ def attest(project: Project, cell: Cell, record: BuildRecord) -> Path | None:
             " (`invoke keygen` makes one)"
         )
         return None
-    if not record.verified:
-        raise ImageforgeError(f"build {record.id} is not verified; its provenance is not signed")
+    state.require_bound(record)  # verified, for exactly the files and ids it has now
     with log.step(f"sign the provenance of build {record.id}"):
         debs = recipe.deb_cache(oses.get(record.os).suite).directory if record.os else None
         document = provenance.statement(record, project.root, steps(cell), debs)
@@ -55,18 +54,22 @@ def attest(project: Project, cell: Cell, record: BuildRecord) -> Path | None:
     return path
 
 
-def verify_build(record: BuildRecord, public_key: Path) -> list[str]:
-    """Check a build's envelope against the key and re-hash its files; the files checked."""
-    path = record.directory / provenance.FILE
+def verify_build(record: BuildRecord, public_key: Path, envelope: Path | None = None) -> list[str]:
+    """Check a build's envelope (its own, or the one given) against the key: it is of this
+    build and names all it has now; then re-hash its files. The files checked."""
+    path = envelope or record.directory / provenance.FILE
     if not path.is_file():
         raise ProvenanceError(f"build {record.id} has no provenance (it is unsigned)")
-    return verify_file(path, public_key, record.directory)
+    document = _opened(path, public_key)
+    provenance.check_record(document, record)
+    return provenance.check_files(document, record.directory)
 
 
-def verify_file(envelope: Path, public_key: Path, directory: Path | None) -> list[str]:
-    """Check an envelope against the key; with a directory, re-hash its file subjects."""
+def verify_file(envelope: Path, public_key: Path) -> list[str]:
+    """Check an envelope against the key and re-hash the files it names that are beside it
+    (a downloaded box, say); at least one must be."""
     document = _opened(envelope, public_key)
-    return provenance.check_files(document, directory) if directory is not None else []
+    return provenance.check_files(document, envelope.parent, present=True)
 
 
 def verify_image(envelope: Path, public_key: Path, image_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from imageforge import clouds, log
 from imageforge.clouds.capabilities import Sharer, Tagger
 from imageforge.clouds.common import Outcome
+from imageforge.clouds.sdkerrors import errors_into
 from imageforge.config import Project, publishpolicy
 from imageforge.config.publishpolicy import Sharing
 from imageforge.errors import ImageforgeError
@@ -63,7 +64,7 @@ def publish(
     with log.step(f"{action} {record.flavor} build {record.id} on {place} ({sharing.describe()})"):
         result = (sharer.unpublish if revoke else sharer.publish)(project, record, sharing)
         if not revoke:
-            result.outcomes.extend(_tag_provenance(project, record, sharer))
+            result.outcomes.extend(_tag_provenance(project, record, sharer, place))
         report(result.outcomes)
     state.published(
         record,
@@ -84,15 +85,21 @@ def publish(
     return result.outcomes
 
 
-def _tag_provenance(project: Project, record: BuildRecord, sharer: object) -> list[Outcome]:
+def _tag_provenance(
+    project: Project, record: BuildRecord, sharer: object, place: str
+) -> list[Outcome]:
     """The images carry the sha256 of the build's signed provenance (a tag, label or
-    property), so whoever has an image can fetch and check the envelope it names."""
+    property), so whoever has an image can fetch and check the envelope it names. A failure
+    is an outcome: what was shared is still recorded."""
     envelope = record.directory / provenance.FILE
     if not envelope.is_file() or not isinstance(sharer, Tagger):
         return []
     digest = provenance.envelope_digest(envelope)
-    value = provenance.label_value(digest) if record.cloud == "gcp" else digest
-    return sharer.tag(project, record, provenance.TAG, value)
+    value = provenance.label_value(digest) if place == "gcp" else digest
+    failed = Outcome(place, f"{provenance.TAG} tag")
+    with errors_into(failed):
+        return sharer.tag(project, record, provenance.TAG, value)
+    return [failed]
 
 
 def report(outcomes: list[Outcome]) -> None:

@@ -11,7 +11,7 @@ from imageforge import log
 from imageforge.config import matrix
 from imageforge.errors import ConfigError
 from imageforge.records import provenance, registry, signingkeys
-from imageforge.records.record import RECORD
+from imageforge.records.record import RECORD, load
 from imageforge.stages import attest as attesting
 from imageforge.tasks.common import friendly, out, project
 
@@ -54,23 +54,23 @@ def attest(
         raise ConfigError(f"attest {action}: name a build id or a provenance file")
     public = Path(key) if key else signingkeys.public_path(signingkeys.private_path())
     envelope = Path(target)
-    if action == "verify" and (envelope.is_file() or image_id is not None):
-        if image_id is not None:
-            subject = attesting.verify_image(envelope, public, image_id)
-            out.print(f"verified: {envelope} is signed by {public} and names {subject}")
-            return
-        # An envelope in a build directory: its files are re-hashed too.
-        directory = envelope.parent if (envelope.parent / RECORD).is_file() else None
-        checked = attesting.verify_file(envelope, public, directory)
-        rehashed = f"; re-hashed {len(checked)} files" if directory else "; no files re-hashed"
-        out.print(f"verified: {envelope} is signed by {public}{rehashed}")
+    if action == "verify" and image_id is not None:
+        subject = attesting.verify_image(envelope, public, image_id)
+        out.print(f"verified: {envelope} is signed by {public} and names {subject}")
         return
-    proj = project(config)
-    record = registry.find(proj.root, target)
+    in_build = envelope.is_file() and (envelope.parent / RECORD).is_file()
+    if action == "verify" and envelope.is_file() and not in_build:
+        checked = attesting.verify_file(envelope, public)
+        out.print(f"verified: {envelope} is signed by {public}; re-hashed {', '.join(checked)}")
+        return
     if action == "sign":
+        proj = project(config)
+        record = registry.find(proj.root, target)
         attesting.attest(proj, matrix.find(proj, record.flavor, record.cloud), record)
         return
-    checked = attesting.verify_build(record, public)
+    # An envelope in a build directory is that build's, whichever project holds it.
+    record = load(envelope.parent) if in_build else registry.find(project(config).root, target)
+    checked = attesting.verify_build(record, public, envelope if in_build else None)
     out.print(
         f"verified: build {record.id} ({provenance.FILE}) is signed by {public};"
         f" re-hashed {len(checked)} files: {', '.join(checked)}"

@@ -9,7 +9,8 @@ from imageforge import clouds, log
 from imageforge.clouds import Housekeeper, Importer, Preflight
 from imageforge.clouds import housekeeping as rules
 from imageforge.config import matrix
-from imageforge.records import state
+from imageforge.records import provenance, signingkeys, state
+from imageforge.stages import attest as attesting
 from imageforge.stages import publish as publishing
 from imageforge.stages import publishplan
 from imageforge.tasks.common import friendly, project
@@ -110,6 +111,11 @@ def import_(
     for place, image_id in clouds.capability(cloud, Importer).import_build(proj, record).items():
         record = state.imported(record, place, image_id)
         log.info(f"imported {record.flavor} build {record.id} as {place} image {image_id}")
+    if (record.directory / provenance.FILE).is_file():  # signed: now naming the new image too
+        if signingkeys.signer() is None:
+            log.warn(f"build {record.id}: its provenance does not name the imported image")
+        else:
+            attesting.attest(proj, matrix.find(proj, record.flavor, record.cloud), record)
 
 
 @task(help=pick("cloud", "image", "keep", "yes", "config"))

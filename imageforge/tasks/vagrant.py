@@ -12,12 +12,13 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from imageforge import log
-from imageforge.config import matrix
+from imageforge.config import matrix, publishpolicy
 from imageforge.config.configerrors import suggest
-from imageforge.errors import ConfigError
+from imageforge.errors import ConfigError, ImageforgeError
 from imageforge.process import qemu
 from imageforge.records import state
-from imageforge.records.record import artifacts_root
+from imageforge.records.record import BuildRecord, artifacts_root
+from imageforge.stages import attest as attesting
 from imageforge.tasks.common import friendly, integer, project
 from imageforge.tools import cluster, clusterseeds, vagrantcatalog
 
@@ -63,6 +64,8 @@ def vagrant(
         for flavor in flavors:
             description = proj.images.flavors[flavor].description
             records = state.records(proj.root, flavor, "local")
+            if publishpolicy.requires_signature(proj.images, flavor, "local"):
+                records = signed_only(records)
             if not vagrantcatalog.entries(records) and not (out / flavor).is_dir():
                 log.info(
                     f"{prefix}/{flavor}: no verified box yet "
@@ -161,6 +164,22 @@ def write_seeds(directory: Path, workers: int, cluster_name: str = "vagrant") ->
         )
         written[name] = seed
     return written
+
+
+def signed_only(records: list[BuildRecord]) -> list[BuildRecord]:
+    """Under require_signed, the verified builds whose provenance verifies; each other one is
+    left out of the catalog with a warning."""
+    kept = []
+    for record in records:
+        if state.unbound_reason(record) is not None:
+            continue
+        try:
+            attesting.require_signed(record, None)
+        except ImageforgeError as exc:
+            log.warn(f"build {record.id} is not catalogued (require_signed): {exc.message}")
+            continue
+        kept.append(record)
+    return kept
 
 
 TASKS = [vagrant]

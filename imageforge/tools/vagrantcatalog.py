@@ -145,12 +145,16 @@ def write(
     for entry in entries(records):
         relative = f"{entry.version}/{flavor}.box"
         place(entry.box, directory / relative)
-        signed = None
-        if entry.provenance is not None:
-            signed = f"{root}/{entry.version}/{provenance.FILE}"
-            shutil.copyfile(entry.provenance, directory / entry.version / provenance.FILE)
+        signed = f"{root}/{entry.version}/{provenance.FILE}" if entry.provenance else None
         new.append((entry, f"{root}/{relative}", signed))
     catalog, added = merge(load(path), name, description, new)
+    for entry, _, _ in new:  # once merge took them: a refused version gets nothing
+        if entry.provenance is not None:
+            target = directory / entry.version / provenance.FILE
+            partial = target.with_name(f".{target.name}.partial")
+            partial.unlink(missing_ok=True)
+            shutil.copyfile(entry.provenance, partial)
+            partial.replace(target)  # a link planted at the target is replaced, not followed
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(CATALOG + ".partial")
     partial.write_text(json.dumps(catalog, indent=2) + "\n")

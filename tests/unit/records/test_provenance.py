@@ -235,3 +235,57 @@ def test_the_command_line_keygen_verify_and_refusals(project: Path) -> None:
     assert usage.returncode == 2 and "not one of verify, sign" in usage.stderr
     no_key = invoke(project, "attest", "verify", BUILD, "--key", str(project / "nope.pub"))
     assert no_key.returncode == 2 and "cannot read the public key" in no_key.stderr
+
+
+def test_an_envelope_must_be_of_this_build_and_name_all_it_has_now(
+    project: Path, key: Path
+) -> None:
+    record = aws_build(project)
+    envelope = signed(project, record)
+    other = make_record(
+        project / "artifacts", cloud="aws", build_id="20260101-000000-abcdef0-000002",
+        artifact_ids={"eu-west-1": "ami-0a"}, files={"manifest.json": b"{}"},
+    )  # fmt: skip
+    (other.directory / provenance.FILE).write_bytes(envelope.read_bytes())
+    with pytest.raises(ProvenanceError, match=f"not of build {other.id}"):
+        attest.verify_build(other, key)
+    imported = state.imported(record, "openstack:lab", "glance-1")
+    with pytest.raises(ProvenanceError, match="does not name image openstack:lab:glance-1"):
+        attest.require_signed(imported, key)
+    signed(project, imported)
+    attest.require_signed(imported, key)
+    assert attest.verify_image(envelope, key, "glance-1") == "openstack:lab:glance-1"
+
+
+def test_a_downloaded_envelope_rehashes_the_files_beside_it(project: Path, key: Path) -> None:
+    record = verified(project)
+    envelope = signed(project, record)
+    download = project / "download"
+    download.mkdir()
+    (download / provenance.FILE).write_bytes(envelope.read_bytes())
+    with pytest.raises(ProvenanceError, match="none of the files the provenance names is in"):
+        attest.verify_file(download / provenance.FILE, key)
+    sbom = (record.directory / "sbom.cdx.json").read_bytes()
+    (download / "sbom.cdx.json").write_bytes(sbom)
+    assert attest.verify_file(download / provenance.FILE, key) == ["sbom.cdx.json"]
+    (download / "sbom.cdx.json").write_bytes(sbom + b" ")
+    with pytest.raises(ProvenanceError, match=r"sbom\.cdx\.json: its sha256 differs"):
+        attest.verify_file(download / provenance.FILE, key)
+
+
+def test_a_build_whose_files_changed_since_verification_is_not_signed(
+    project: Path, key: Path
+) -> None:
+    record = verified(project)
+    (record.directory / "image/slurm-node.qcow2").write_bytes(b"QFI\xfb another image")
+    with pytest.raises(ImageforgeError, match="is not verified"):
+        signed(project, record)
+    assert not (record.directory / provenance.FILE).exists()
+
+
+@pytest.mark.parametrize("text", ["[]", '{"components": {}}', '{"components": [{"purl": "x"}]}'])
+def test_an_sbom_provenance_cannot_read_is_one_clear_error(project: Path, text: str) -> None:
+    record = verified(project)
+    (record.directory / "sbom.cdx.json").write_text(text)
+    with pytest.raises(ProvenanceError, match="not an SBOM provenance can list"):
+        provenance.statement(record, project, [], None)

@@ -128,11 +128,34 @@ def test_require_signed_refuses_an_unsigned_build_whoever_it_is_shared_with(
     attest.attest(project, matrix.find(project, "a", "aws"), record)
     publish.publish(project, state.load(record.directory), Sharing(public=True))
     assert sharer.seen == [{}]
-    # signed by another key: refused
-    (record.directory / provenance.FILE).unlink()
+    # re-signed by another key: refused against the user's own public key
+    mine = signingkeys.private_path()
     monkeypatch.setenv("IMAGEFORGE_SIGNING_KEY", str(tmp_path_factory.mktemp("k") / "other"))
     signingkeys.generate(signingkeys.private_path())
     attest.attest(project, matrix.find(project, "a", "aws"), record)
+    monkeypatch.setenv("IMAGEFORGE_SIGNING_KEY", str(mine))
+    with pytest.raises(ProvenanceError, match="the signature is not by key"):
+        publish.publish(project, state.load(record.directory), Sharing(public=True))
     monkeypatch.setenv("IMAGEFORGE_SIGNING_KEY", str(record.directory.parent / "missing"))
     with pytest.raises(ProvenanceError, match="require_signed needs the public key"):
         publish.publish(project, state.load(record.directory), Sharing(public=True))
+    assert sharer.seen == [{}]
+
+
+def test_a_failed_provenance_tag_is_an_outcome_and_the_sharing_is_recorded(
+    project: config.Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = make_record(project.root / "artifacts", "a", "aws", artifact_ids=IDS)
+    (record.directory / provenance.FILE).write_text('{"payloadType": "stand-in"}\n')
+
+    class TaggingFails(FakeSharer):
+        def tag(self, *args: Any) -> list[Outcome]:
+            raise ImageforgeError("the tag API is down")
+
+    sharer = TaggingFails([Outcome("eu-west-1", "ami", ["launch: all"])], {"eu-west-1": ["all"]})
+    use(monkeypatch, sharer)
+    with pytest.raises(ImageforgeError, match="publish incomplete in aws"):
+        publish.publish(project, record, Sharing(public=True))
+    saved = state.load(record.directory)
+    assert saved.added("aws") == {"eu-west-1": ["all"]}  # revoke can take it back
+    assert saved.published["aws"].outcomes[-1]["error"] == "the tag API is down"

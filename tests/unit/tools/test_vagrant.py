@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from imageforge import config
+from imageforge.config import matrix
 from imageforge.errors import ImageforgeError
 from imageforge.process import qemu
-from imageforge.records import provenance, state
-from imageforge.stages import vagrantbox
+from imageforge.records import provenance, signingkeys, state
+from imageforge.stages import attest, vagrantbox
 from imageforge.tools import vagrantcatalog
 from tests.records import make_record
 
@@ -221,3 +223,26 @@ def test_the_catalog_lists_each_versions_provenance_beside_its_box(tmp_path: Pat
     assert (out / "slurm-node/20260102.0" / provenance.FILE).read_text() == (
         '{"payloadType": "signed"}\n'
     )
+
+
+def test_under_require_signed_only_boxes_whose_provenance_verifies_are_catalogued(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    write(scratch, "publish:\n  require_signed: true\nflavors:\n  slurm-node: {}\n")
+    (scratch / "tasks.py").write_text((Path(__file__).parents[3] / "tasks.py").read_text())
+    monkeypatch.setenv("IMAGEFORGE_SIGNING_KEY", str(tmp_path_factory.mktemp("k") / "key"))
+    signingkeys.generate(signingkeys.private_path())
+    unsigned = boxed(scratch / "artifacts", "20260101-000000-abcdef0-000001")
+    signed = boxed(scratch / "artifacts", "20260102-000000-abcdef0-000002", b"another box")
+    images = config.load(scratch / "images.yml")
+    attest.attest(images, matrix.find(images, "slurm-node", "local"), signed)
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "vagrant", "catalog"],
+        cwd=scratch, capture_output=True, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"build {unsigned.id} is not catalogued (require_signed)" in done.stderr
+    catalog = scratch / "artifacts/vagrant/slurm-node/metadata.json"
+    versions = json.loads(catalog.read_text())["versions"]
+    assert [v["version"] for v in versions] == ["20260102.0"]
+    assert versions[0]["provenance"].endswith(f"/20260102.0/{provenance.FILE}")
