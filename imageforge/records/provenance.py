@@ -31,6 +31,7 @@ from imageforge import __version__
 from imageforge.errors import ImageforgeError
 from imageforge.records.record import BuildRecord
 from imageforge.records.state import sha256 as _sha256
+from imageforge.stages.sbom import package_urls
 
 FILE = "provenance.intoto.jsonl"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -105,12 +106,7 @@ def _sbom_purls(record: BuildRecord) -> list[PackageURL]:
     if path is None or not path.is_file():
         return []
     try:
-        document = json.loads(path.read_text())
-        components = document.get("components", []) if isinstance(document, dict) else None
-        if not isinstance(components, list):
-            raise ValueError("no components list")
-        texts = {c.get("purl") for c in components if isinstance(c, dict)}
-        return [PackageURL.from_string(p) for p in sorted(t for t in texts if isinstance(t, str))]
+        return package_urls(path)
     except (OSError, ValueError) as exc:
         raise ProvenanceError(f"{path}: not an SBOM provenance can list: {exc}") from None
 
@@ -274,10 +270,6 @@ def names_image(document: dict[str, Any], image_id: str) -> str | None:
 
 def _is_image(subject: dict[str, Any]) -> bool:
     return bool((subject.get("annotations") or {}).get(IMAGE))
-
-
-def envelope_digest(path: Path) -> str:
-    return _sha256(path)
 
 
 def label_value(digest: str) -> str:

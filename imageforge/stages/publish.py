@@ -94,7 +94,7 @@ def _tag_provenance(
     envelope = record.directory / provenance.FILE
     if not envelope.is_file() or not isinstance(sharer, Tagger):
         return []
-    digest = provenance.envelope_digest(envelope)
+    digest = state.sha256(envelope)
     value = provenance.label_value(digest) if place == "gcp" else digest
     failed = Outcome(place, f"{provenance.TAG} tag")
     with errors_into(failed):

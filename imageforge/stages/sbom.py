@@ -107,6 +107,17 @@ def purl(package: Package, distro: str = "debian") -> PackageURL:
     return PackageURL("pypi", None, package.name, package.version)
 
 
+def package_urls(path: Path) -> list[PackageURL]:
+    """The package URLs of an SBOM (sorted, each once): what provenance and `outdated` read.
+    Not a CycloneDX document with a components list, or a bad package URL: ValueError."""
+    document = json.loads(path.read_text())
+    components = document.get("components") if isinstance(document, dict) else None
+    if not isinstance(components, list):
+        raise ValueError("not a CycloneDX SBOM: no components list")
+    texts = {c.get("purl") for c in components if isinstance(c, dict)}
+    return [PackageURL.from_string(t) for t in sorted(t for t in texts if isinstance(t, str))]
+
+
 def document(
     packages: Iterable[Package],
     *,

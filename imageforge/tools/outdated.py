@@ -10,7 +10,6 @@ the shared .deb cache, where a `--refresh` build takes it.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import tempfile
 from collections import Counter
@@ -21,7 +20,6 @@ from typing import Any
 
 from debian.debfile import DebError, DebFile
 from debian.debian_support import Version
-from packageurl import PackageURL
 
 from imageforge import log
 from imageforge.clouds.local import aptsources, recipe
@@ -101,18 +99,11 @@ class CellReport:
 
 def read_sbom(path: Path) -> list[Installed]:
     """The deb packages of a CycloneDX SBOM (pkg:deb/... package URLs with their arch)."""
-    document = json.loads(path.read_text())
-    components = document.get("components") if isinstance(document, dict) else None
-    if not isinstance(components, list):
-        raise ValueError("not a CycloneDX SBOM: no components list")
-    found = []
-    for component in components:
-        text = str(component.get("purl", "")) if isinstance(component, dict) else ""
-        if not text.startswith("pkg:deb/"):
-            continue
-        url = PackageURL.from_string(text)  # a bad one: ValueError, the cell is unchecked
-        if url.version:
-            found.append(Installed(url.name, url.version, str(url.qualifiers.get("arch", ""))))
+    found = [
+        Installed(url.name, url.version, str(url.qualifiers.get("arch", "")))
+        for url in sbom.package_urls(path)  # ValueError: the cell is unchecked
+        if url.type == "deb" and url.version
+    ]
     if not found:
         raise ValueError("it lists no deb package")
     return found
